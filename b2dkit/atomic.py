@@ -1,0 +1,44 @@
+"""Write a file so that readers see either nothing or the whole thing.
+
+Interrupted downloads, remasters and crashes must never leave a half-written file
+where a finished one is expected: we write to a temp file in the target directory
+(same filesystem, so the rename is atomic) and rename only on success.
+"""
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_path(target, mode=0o644):
+    """Yield a temp path next to ``target``; rename it over ``target`` if the block succeeds.
+
+    On any exception (including KeyboardInterrupt) the temp file is removed and
+    ``target`` is left exactly as it was.
+    """
+    target = Path(target)
+    parent = target.parent
+    if not parent.is_dir():
+        raise InputError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"output directory {parent} is not writable")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes(target, data: bytes, mode=0o644):
+    with atomic_path(target, mode=mode) as tmp:
+        tmp.write_bytes(data)

@@ -1,0 +1,117 @@
+"""NAT port forwards: parsing what users type, naming rules, and checking host ports.
+
+Both providers speak in ``Forward`` values; only they know how to apply one
+(``VBoxManage ... natpf1`` or QEMU ``hostfwd``).
+"""
+
+import errno
+import re
+import socket
+from dataclasses import asdict, dataclass
+
+from .errors import InputError, PortInUse
+
+PROTOCOLS = ("tcp", "udp")
+LOOPBACK = "127.0.0.1"
+DOCKER_PORTS = (2375, 2376)
+_SPEC = re.compile(r"^(?:(?P<host>[^:/]*):)?(?P<guest>[^:/]*)(?:/(?P<proto>.*))?$")
+
+
+@dataclass(frozen=True, order=True)
+class Forward:
+    """One host→guest rule. ``name`` is derived, so re-adding the same rule is a no-op."""
+
+    host_port: int
+    guest_port: int
+    proto: str = "tcp"
+    host_ip: str = LOOPBACK
+    guest_ip: str = ""
+    name: str = ""
+
+    def __post_init__(self):
+        if not self.name:
+            object.__setattr__(self, "name", rule_name(self.proto, self.host_port))
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def rule_name(proto: str, host_port: int) -> str:
+    """Deterministic rule name: one rule per (protocol, host port), as the host can bind it once."""
+    return f"{proto}-{host_port}"
+
+
+def parse_port(value, what="port") -> int:
+    text = str(value).strip()
+    if not text.isdigit():
+        raise InputError(f"invalid {what} {value!r}: expected a number from 1 to 65535")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise InputError(f"invalid {what} {value!r}: expected a number from 1 to 65535")
+    return port
+
+
+def parse_spec(spec, host_ip=LOOPBACK) -> Forward:
+    """``8000`` | ``8080:80`` | ``5353:53/udp`` → Forward (host port first, as in ``docker -p``)."""
+    text = str(spec).strip()
+    match = _SPEC.match(text)
+    if not text or not match:
+        raise InputError(f"invalid forward {spec!r}: use PORT, HOST:GUEST or HOST:GUEST/udp")
+    proto = (match.group("proto") or "tcp").lower()
+    if proto not in PROTOCOLS:
+        raise InputError(f"invalid forward {spec!r}: unknown protocol {proto!r} (use tcp or udp)")
+    guest = parse_port(match.group("guest"), "guest port")
+    host_text = match.group("host")
+    host = guest if host_text is None else parse_port(host_text, "host port")
+    return Forward(host_port=host, guest_port=guest, proto=proto, host_ip=check_host_ip(host_ip))
+
+
+def check_host_ip(host_ip) -> str:
+    text = str(host_ip or LOOPBACK).strip()
+    try:
+        socket.inet_aton(text)
+    except OSError:
+        raise InputError(f"invalid host IP {host_ip!r}: expected an IPv4 address such as 127.0.0.1") from None
+    if text.count(".") != 3:
+        raise InputError(f"invalid host IP {host_ip!r}: expected an IPv4 address such as 127.0.0.1")
+    return text
+
+
+def check_exposure(fwd: Forward, force=False):
+    """Refuse to publish the Docker daemon beyond loopback unless forced: it is root on the VM."""
+    if fwd.guest_port in DOCKER_PORTS and not fwd.host_ip.startswith("127.") and not force:
+        raise InputError(
+            f"refusing to expose the Docker daemon port {fwd.guest_port} on {fwd.host_ip}: "
+            "anyone who reaches it is root in the VM (bind 127.0.0.1, or force it explicitly)"
+        )
+
+
+def host_port_free(port: int, host_ip=LOOPBACK, proto="tcp") -> bool:
+    """True if we could bind the port now (what VirtualBox/QEMU will try later)."""
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind((host_ip, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise InputError(f"cannot bind {host_ip}:{port}: {exc.strerror}") from None
+    return True
+
+
+def require_free(fwd: Forward, owner=None):
+    """Raise PortInUse naming the port and, if known, who has it."""
+    who = f" by {owner}" if owner else ""
+    if owner or not host_port_free(fwd.host_port, fwd.host_ip, fwd.proto):
+        raise PortInUse(
+            f"host port {fwd.host_ip}:{fwd.host_port}/{fwd.proto} is already in use{who}",
+            hint="free it, pick another host port (HOST:GUEST), or use --auto-correct",
+        )
+
+
+def pick_free_port(host_ip=LOOPBACK, proto="tcp", start=2200, end=2250, taken=()):
+    """First free port in a bounded range (Vagrant's usable_port_range), else PortInUse."""
+    for port in range(start, end + 1):
+        if port not in taken and host_port_free(port, host_ip, proto):
+            return port
+    raise PortInUse(f"no free host port between {start} and {end} on {host_ip}")

@@ -1,0 +1,8 @@
+"""The task namespace shared by ``b2dkit …`` and, inside the repo, ``invoke …``.
+
+Task modules are thin: parse arguments, call the library, print.
+"""
+
+from invoke import Collection
+
+ns = Collection()
