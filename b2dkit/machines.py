@@ -1,0 +1,94 @@
+"""Which b2dkit VMs this user has, which hypervisor holds each, and which one is active.
+
+The hypervisor stays the source of truth for a VM's *state*; this only records what the
+hypervisor cannot tell us: that b2dkit made the VM, with which provider and profile, so
+``vm.forward 8000`` needs no other argument (docker-machine's "active machine").
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from . import atomic, paths
+from .errors import InputError, VMNotFound
+
+RECORD = "b2dkit.json"
+
+
+@dataclass
+class Machine:
+    name: str
+    provider: str
+    profile: str = ""  # the profile name or path it was created from
+    mounts: List[dict] = field(default_factory=list)  # [{"guest": ..., "host": ...}] from the profile
+    persistent_dirs: List[str] = field(default_factory=list)
+    boot_codes: List[str] = field(default_factory=list)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _active_file() -> Path:
+    return paths.data_dir() / "active"
+
+
+def save(machine: Machine) -> None:
+    vm_dir = paths.ensure_dir(paths.vm_dir(machine.name))
+    atomic.write_bytes(vm_dir / RECORD, json.dumps(machine.to_dict(), indent=2, sort_keys=True).encode())
+
+
+def load(name: str) -> Machine:
+    path = paths.vm_dir(name) / RECORD
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VMNotFound(
+            f"no b2dkit VM named {name!r}", hint="see `b2dkit vm.list`, or create it with `b2dkit vm.create`"
+        ) from None
+    except ValueError:
+        raise InputError(f"{path} is corrupt; delete it and re-run `b2dkit vm.create`") from None
+    known = {k: v for k, v in data.items() if k in Machine.__dataclass_fields__}
+    return Machine(**known)
+
+
+def forget(name: str) -> None:
+    (paths.vm_dir(name) / RECORD).unlink(missing_ok=True)
+    if active_name() == name:
+        _active_file().unlink(missing_ok=True)
+
+
+def all_machines() -> List[Machine]:
+    root = paths.data_dir() / "vms"
+    found = []
+    for record in sorted(root.glob(f"*/{RECORD}")) if root.is_dir() else []:
+        try:
+            found.append(load(record.parent.name))
+        except (VMNotFound, InputError):
+            continue
+    return found
+
+
+def set_active(name: str) -> None:
+    paths.ensure_dir(paths.data_dir())
+    atomic.write_bytes(_active_file(), (paths.check_vm_name(name) + "\n").encode())
+
+
+def active_name() -> Optional[str]:
+    try:
+        name = _active_file().read_text().strip()
+    except FileNotFoundError:
+        return None
+    return name or None
+
+
+def resolve(name: Optional[str] = None) -> Machine:
+    """The VM a ``vm.*`` task acts on: ``--name`` if given, else the active one."""
+    if name:
+        return load(paths.check_vm_name(name))
+    active = active_name()
+    if not active:
+        raise VMNotFound(
+            "no active VM", hint="create one with `b2dkit vm.create --profile=NAME`, or pass --name"
+        )
+    return load(active)
