@@ -46,6 +46,13 @@ class MachineSpec:
 
 
 @dataclass
+class Status:
+    state: VMState
+    forwards: List[Forward] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
 class ApplyReport:
     """What create/converge did, so tasks can say it (idempotent re-runs report nothing)."""
 
@@ -115,6 +122,16 @@ class Provider(ABC):
     def info(self) -> dict:
         """Extra provider facts for ``vm.status`` (ISO path, memory...). Optional."""
         return {}
+
+    def status(self) -> "Status":
+        """State, forwards and facts together, in as few hypervisor calls as the provider can.
+
+        The default asks three times; VirtualBox overrides it to read one ``showvminfo``.
+        """
+        state = self.state()
+        if state == VMState.ABSENT:
+            return Status(state=state)
+        return Status(state=state, forwards=self.forwards(), info=self.info())
 
 
 def default_provider_name() -> str:
