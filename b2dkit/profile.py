@@ -578,7 +578,7 @@ def _check_forward(check, at, item):
     proto = str(data.get("proto", "tcp"))
     if proto not in forwards.PROTOCOLS:
         raise check.error(f"{at}.proto", f"unknown protocol {data.get('proto')!r}: use tcp or udp")
-    if data.get("remove") is not None and check.flag(f"{at}.remove", data["remove"]):
+    if "remove" in data and check.flag(f"{at}.remove", data["remove"]):
         extra = sorted(set(data) - {"host", "proto", "remove"})
         if extra:
             raise check.error(f"{at}.{extra[0]}", "a forward with remove: true takes only host and proto")
