@@ -5,4 +5,7 @@ Task modules are thin: parse arguments, call the library, print.
 
 from invoke import Collection
 
+from . import profile
+
 ns = Collection()
+ns.add_collection(Collection.from_module(profile, name="profile"))

@@ -1,0 +1,781 @@
+"""Team profiles: one YAML file says which VM every laptop gets.
+
+A profile names the VM, its provider and size, where its boot2docker ISO comes from, the
+kernel boot codes to bake into it, NAT forwards, the directories that must survive a
+reboot and the sshfs mounts.  ``extends`` layers a team's changes on another profile
+(``cst`` on ``default``), so most profiles are a few lines.
+
+Validation is strict on purpose: a typo in a shared profile would otherwise give every
+new hire a subtly different VM.  Every error is one line naming the file, the key path
+(``forwards[1].host``) and the bad value.
+
+Merging rules, base first, extending file last:
+
+* scalars (``name``, ``memory`` ...) override; ``iso`` is replaced as a whole (it names one image);
+* ``boot_codes`` merge by key; ``key: null`` (or ``false``) drops an inherited code;
+  ``key: true`` is a bare flag such as ``noembed``;
+* ``forwards`` merge by (protocol, host port), ``mounts`` by guest dir, ``persistent_dirs``
+  by value; an item with ``remove: true`` drops the inherited one.
+"""
+
+import difflib
+import os
+import posixpath
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import yaml
+
+from . import bootcfg, forwards, paths
+from .errors import InputError, ProfileError
+from .forwards import Forward
+from .providers import PROVIDERS, MachineSpec, default_provider_name
+
+ENV_PATH = "B2DKIT_PROFILES"
+DEFAULT_PROFILE = "default"
+SUFFIXES = (".yaml", ".yml")
+PROVIDER_CHOICES = PROVIDERS + ("auto",)
+
+# boot2docker runs from RAM; only the disk mounted at /mnt/sda1 survives a reboot.
+PERSISTENT_ROOT = "/mnt/sda1"
+SSH_GUEST_PORT = 22
+MEMORY_MB = (256, 65536)
+DISK_MB = (1024, 2_000_000)
+CPUS = (1, 64)
+URL_SCHEMES = ("https://", "http://", "file://")
+# Marks a sha256 nobody has verified yet: the profile loads (a local ``iso.path`` works),
+# but downloading by URL refuses until a real digest is pinned.
+SHA256_PLACEHOLDER = "UNVERIFIED"
+
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+# Guest dirs end up in the guest's shell commands (mkdir, sshfs): keep them boring.
+_GUEST_PATH = re.compile(r"^/[A-Za-z0-9._@+/-]*$")
+
+TOP_KEYS = (
+    "extends",
+    "description",
+    "name",
+    "provider",
+    "memory",
+    "cpus",
+    "disk",
+    "iso",
+    "boot_codes",
+    "forwards",
+    "persistent_dirs",
+    "mounts",
+)
+ISO_KEYS = ("urls", "sha256", "path")
+FORWARD_KEYS = ("host", "guest", "proto", "host_ip", "force", "remove")
+MOUNT_KEYS = ("guest", "host", "remove")
+PERSISTENT_KEYS = ("path", "remove")
+_REMOVE = object()  # marks "drop the inherited item" inside a layer
+
+
+# -- the resolved result ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IsoSource:
+    """Where the boot2docker ISO comes from: mirrors tried in order, or a local file."""
+
+    urls: Tuple[str, ...] = ()
+    sha256: Optional[str] = None  # lower-case hex, SHA256_PLACEHOLDER, or None (local path only)
+    path: Optional[Path] = None
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.sha256) and self.sha256 != SHA256_PLACEHOLDER
+
+    def require_sha256(self) -> str:
+        """The digest a download must match; refuses the unverified placeholder."""
+        if not self.pinned:
+            raise ProfileError(
+                f"iso.sha256 is {self.sha256!r}, not a verified digest, so the download cannot be checked",
+                hint="put the sha256 from the boot2docker release notes in the profile, or set iso.path "
+                "to a local boot2docker.iso",
+            )
+        return self.sha256
+
+    def to_dict(self) -> dict:
+        data = {}
+        if self.urls:
+            data["urls"] = list(self.urls)
+        if self.sha256:
+            data["sha256"] = self.sha256
+        if self.path:
+            data["path"] = str(self.path)
+        return data
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A guest dir (under /mnt/sda1) shown on the host through sshfs."""
+
+    guest: str
+    host: Path
+
+    def to_dict(self) -> dict:
+        return {"guest": self.guest, "host": str(self.host)}
+
+
+@dataclass
+class Profile:
+    """A fully resolved profile: every value set, validated, inherited values merged in.
+
+    ``boot_codes`` maps key -> value, or None for a bare flag; ``chain`` lists the files
+    that made it, the profile's own file first.
+    """
+
+    name: str
+    provider: str
+    memory: int  # MB
+    cpus: int
+    disk: int  # MB
+    iso: IsoSource
+    boot_codes: Dict[str, Optional[str]] = field(default_factory=dict)
+    forwards: List[Forward] = field(default_factory=list)
+    persistent_dirs: List[str] = field(default_factory=list)
+    mounts: List[Mount] = field(default_factory=list)
+    description: str = ""
+    source: Optional[Path] = None
+    chain: List[Path] = field(default_factory=list)
+
+    @property
+    def profile_name(self) -> str:
+        """The profile's own name (``cst``), as opposed to the VM's name."""
+        return _stem(self.source) if self.source else self.name
+
+    @property
+    def ssh_forward(self) -> Forward:
+        for fwd in self.forwards:
+            if fwd.guest_port == SSH_GUEST_PORT and fwd.proto == "tcp":
+                return fwd
+        raise ProfileError(f"profile {self.profile_name!r} has no forward to guest port 22 (ssh)")
+
+    def boot_code_args(self) -> List[str]:
+        """``["tz=CST-8", "noembed"]``: what goes on the kernel command line."""
+        return [key if value is None else f"{key}={value}" for key, value in self.boot_codes.items()]
+
+    def machine_spec(self, iso: Path, public_key: str = "") -> MachineSpec:
+        """What a provider's ``create`` needs, given the (remastered) ISO to boot."""
+        return MachineSpec(
+            name=self.name,
+            memory_mb=self.memory,
+            cpus=self.cpus,
+            disk_mb=self.disk,
+            iso=Path(iso),
+            forwards=list(self.forwards),
+            public_key=public_key,
+        )
+
+    def to_dict(self) -> dict:
+        """Plain data in file order; itself a valid profile file (no ``extends``)."""
+        data = {}
+        if self.description:
+            data["description"] = self.description
+        data.update(
+            name=self.name,
+            provider=self.provider,
+            memory=self.memory,
+            cpus=self.cpus,
+            disk=self.disk,
+            iso=self.iso.to_dict(),
+            boot_codes={key: True if value is None else value for key, value in self.boot_codes.items()},
+            forwards=[_forward_dict(fwd) for fwd in self.forwards],
+            persistent_dirs=list(self.persistent_dirs),
+            mounts=[mount.to_dict() for mount in self.mounts],
+        )
+        return data
+
+
+def _forward_dict(fwd: Forward) -> dict:
+    data = {"host": fwd.host_port, "guest": fwd.guest_port, "proto": fwd.proto, "host_ip": fwd.host_ip}
+    try:
+        forwards.check_exposure(fwd)
+    except InputError:
+        data["force"] = True  # it loaded, so the file forced it; keep the output loadable
+    return data
+
+
+# -- finding profiles ------------------------------------------------------------------------
+
+
+def builtin_dir() -> Path:
+    """The profiles shipped with b2dkit: ``profiles/`` in a checkout, ``b2dkit/profiles/`` in a wheel.
+
+    pyproject maps the repo's ``profiles/`` to the data-only package ``b2dkit.profiles``.
+    It has no ``__init__.py``, so ``importlib.resources`` sees a namespace package and hands
+    back no plain path; the installed files simply sit next to this module.
+    """
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "profiles"
+    return checkout if checkout.is_dir() else here / "profiles"
+
+
+def search_dirs() -> List[Path]:
+    """``$B2DKIT_PROFILES`` (os.pathsep-separated) first, so a team can shadow built-ins."""
+    dirs = [Path(item).expanduser() for item in os.environ.get(ENV_PATH, "").split(os.pathsep) if item]
+    dirs.append(builtin_dir())
+    return dirs
+
+
+def available() -> List[Tuple[str, Path]]:
+    """(name, path) of every profile on the search path; the first of a name wins."""
+    found = {}
+    for directory in search_dirs():
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.iterdir()):
+            if path.suffix in SUFFIXES and path.is_file():
+                found.setdefault(path.stem, path)
+    return sorted(found.items())
+
+
+def is_path_like(text: str) -> bool:
+    return "/" in text or os.sep in text or text.endswith(SUFFIXES)
+
+
+def find(name_or_path, base_dir: Optional[Path] = None) -> Path:
+    """A path (relative to ``base_dir`` when given) or a profile name on the search path."""
+    text = str(name_or_path).strip()
+    if not text:
+        raise ProfileError("empty profile name: give a profile name (e.g. default) or a path to a .yaml file")
+    if is_path_like(text):
+        path = Path(text).expanduser()
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        if not path.is_file():
+            raise ProfileError(f"profile file {display_path(path)} does not exist")
+        return path
+    for directory in search_dirs():
+        for suffix in SUFFIXES:
+            path = directory / f"{text}{suffix}"
+            if path.is_file():
+                return path
+    names = [name for name, _ in available()]
+    close = difflib.get_close_matches(text, names, n=1)
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    raise ProfileError(
+        f"unknown profile {text!r}: {guess}available: {', '.join(names) or 'none'}",
+        hint=f"or give a path to a .yaml file, or add a directory to ${ENV_PATH}",
+    )
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def load(name_or_path=DEFAULT_PROFILE, provider: Optional[str] = None, name: Optional[str] = None) -> Profile:
+    """Find, read, merge and validate a profile; ``provider``/``name`` override its values."""
+    return _resolve(find(name_or_path), provider=provider, name=name)
+
+
+def check_file(path) -> Profile:
+    """Validate one file (``profile.check``): always a path, even without a slash."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ProfileError(f"profile file {display_path(path)} does not exist")
+    return _resolve(path)
+
+
+def _resolve(path: Path, provider=None, name=None) -> Profile:
+    layers = _load_chain(path, [])
+    merged = {}
+    for layer in layers:
+        _merge(merged, layer)
+    return _finish(merged, path, [layer.path for layer in reversed(layers)], provider, name)
+
+
+class _Layer:
+    """One file's checked settings, values already normalised."""
+
+    def __init__(self, path: Path, values: dict):
+        self.path = path
+        self.values = values
+
+
+def _load_chain(path: Path, seen: List[Path]) -> List[_Layer]:
+    """Layers base first; ``seen`` is the chain walked so far, for the cycle message."""
+    key = path.resolve()
+    if key in seen:
+        loop = " -> ".join(display_path(p) for p in seen + [key])
+        raise ProfileError(f"profile cycle: {loop} (extends must not loop back)")
+    layer = _check_layer(path, _read(path))
+    parent = layer.values.pop("extends", None)
+    if parent is None:
+        return [layer]
+    try:
+        parent_path = find(parent, base_dir=path.parent)
+    except ProfileError as exc:
+        raise ProfileError(f"{display_path(path)}: extends: {exc.message}", hint=exc.hint) from None
+    return _load_chain(parent_path, seen + [key]) + [layer]
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML would silently keep the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+                    )
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+def _read(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ProfileError(f"{display_path(path)}: not a text file (expected UTF-8 YAML)") from None
+    except OSError as exc:
+        raise ProfileError(f"{display_path(path)}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{display_path(path)}:{mark.line + 1}" if mark else display_path(path)
+        problem = " ".join(str(exc.problem or exc.context or "cannot parse").split())
+        raise ProfileError(f"{where}: invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{display_path(path)}: invalid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:
+        raise ProfileError(f"{display_path(path)}: the file is empty; a profile needs at least one setting")
+    if not isinstance(data, dict):
+        raise ProfileError(
+            f"{display_path(path)}: the top level must be a mapping of settings (name: ..., memory: ...), "
+            f"not a {_kind(data)}"
+        )
+    return data
+
+
+# -- checking one file -----------------------------------------------------------------------
+
+
+class _Checker:
+    """Validates one file's raw mapping; every error names the file and key path."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def error(self, where: str, message: str, hint=None) -> ProfileError:
+        return ProfileError(f"{display_path(self.path)}: {where}: {message}", hint=hint)
+
+    def wrap(self, where: str, exc: InputError, hint=None) -> ProfileError:
+        return self.error(where, exc.message, hint=hint or exc.hint)
+
+    def keys(self, where: str, data: dict, allowed: Iterable[str]):
+        allowed = tuple(allowed)
+        for key in data:
+            if not isinstance(key, str):
+                raise self.error(_join(where, str(key)), f"keys must be words, got {key!r}")
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                tip = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(allowed)}"
+                raise self.error(_join(where, key), f"unknown key {key!r}; {tip}")
+
+    def mapping(self, where: str, value) -> dict:
+        if not isinstance(value, dict):
+            raise self.error(where, f"expected a mapping, got {value!r} ({_kind(value)})")
+        return value
+
+    def items(self, where: str, value) -> list:
+        if not isinstance(value, list):
+            raise self.error(where, f"expected a list, got {value!r} ({_kind(value)})")
+        return value
+
+    def text(self, where: str, value) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(where, f"expected a non-empty string, got {value!r} ({_kind(value)})")
+        return value.strip()
+
+    def flag(self, where: str, value) -> bool:
+        if not isinstance(value, bool):
+            raise self.error(where, f"expected true or false, got {value!r} ({_kind(value)})")
+        return value
+
+    def integer(self, where: str, value, bounds: Tuple[int, int], unit="") -> int:
+        # bool is an int in Python; "memory: yes" must not mean 1 MB.
+        if isinstance(value, bool) or not isinstance(value, int):
+            what = f"a whole number of {unit}" if unit else "a whole number"
+            raise self.error(where, f"expected {what}, got {value!r} ({_kind(value)})")
+        low, high = bounds
+        if not low <= value <= high:
+            raise self.error(where, f"{value} is out of range: use {low} to {high}{unit and ' ' + unit}")
+        return value
+
+    def port(self, where: str, value, what: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(where, f"expected a port number from 1 to 65535, got {value!r} ({_kind(value)})")
+        try:
+            return forwards.parse_port(value, what)
+        except InputError as exc:
+            raise self.wrap(where, exc) from None
+
+    def guest_dir(self, where: str, value, why: str) -> str:
+        text = self.text(where, value)
+        if not _GUEST_PATH.match(text):
+            raise self.error(
+                where, f"{text!r} is not a plain absolute guest path (use letters, digits and . _ - /)"
+            )
+        norm = posixpath.normpath(text)
+        if norm != PERSISTENT_ROOT and not norm.startswith(PERSISTENT_ROOT + "/"):
+            raise self.error(
+                where,
+                f"{text!r} is outside {PERSISTENT_ROOT}: {why}",
+                hint=f"boot2docker keeps only {PERSISTENT_ROOT} across reboots; e.g. {PERSISTENT_ROOT}/dev",
+            )
+        return norm
+
+
+def _check_layer(path: Path, data: dict) -> _Layer:
+    check = _Checker(path)
+    check.keys("", data, TOP_KEYS)
+    out = {}
+    for key, value in data.items():
+        out[key] = _CHECKS[key](check, key, value)
+    return _Layer(path, out)
+
+
+def _check_extends(check, where, value):
+    return check.text(where, value)
+
+
+def _check_description(check, where, value):
+    return check.text(where, value)
+
+
+def _check_name(check, where, value):
+    text = check.text(where, value)
+    try:
+        return paths.check_vm_name(text)
+    except InputError as exc:
+        raise check.wrap(where, exc) from None
+
+
+def _check_provider(check, where, value):
+    text = check.text(where, value)
+    if text not in PROVIDER_CHOICES:
+        close = difflib.get_close_matches(text, PROVIDER_CHOICES, n=1)
+        tip = f" (did you mean {close[0]!r}?)" if close else ""
+        raise check.error(where, f"unknown provider {text!r}{tip}: use one of {', '.join(PROVIDER_CHOICES)}")
+    return text
+
+
+def _check_memory(check, where, value):
+    return check.integer(where, value, MEMORY_MB, "MB")
+
+
+def _check_cpus(check, where, value):
+    return check.integer(where, value, CPUS)
+
+
+def _check_disk(check, where, value):
+    return check.integer(where, value, DISK_MB, "MB")
+
+
+def _check_iso(check, where, value):
+    data = check.mapping(where, value)
+    check.keys(where, data, ISO_KEYS)
+    urls = ()
+    if "urls" in data:
+        items = check.items(_join(where, "urls"), data["urls"])
+        if not items:
+            raise check.error(_join(where, "urls"), "the list is empty: give at least one URL")
+        urls = []
+        for index, item in enumerate(items):
+            at = f"{where}.urls[{index}]"
+            url = check.text(at, item)
+            if not url.startswith(URL_SCHEMES) or any(ch.isspace() for ch in url):
+                raise check.error(at, f"{url!r} is not a URL: use https://..., http://... or file://...")
+            urls.append(url)
+        urls = tuple(urls)
+    sha256 = None
+    if "sha256" in data:
+        at = _join(where, "sha256")
+        sha256 = check.text(at, data["sha256"])
+        if sha256 != SHA256_PLACEHOLDER and not _SHA256.match(sha256):
+            raise check.error(at, f"{sha256!r} is not a sha256 digest: expected 64 hex characters")
+        if sha256 != SHA256_PLACEHOLDER:
+            sha256 = sha256.lower()
+    path = None
+    if "path" in data:
+        at = _join(where, "path")
+        path = Path(check.text(at, data["path"])).expanduser()
+        if not path.is_absolute():
+            path = check.path.parent.resolve() / path  # a team can ship an ISO next to its profile
+    if urls and path:
+        raise check.error(where, "set either iso.urls (with iso.sha256) or iso.path, not both")
+    if not urls and not path:
+        raise check.error(where, "no image: set iso.urls (with iso.sha256) or iso.path")
+    if urls and not sha256:
+        raise check.error(
+            _join(where, "sha256"),
+            "missing: a download by URL must be checked against a sha256",
+            hint="copy it from the release notes, e.g. sha256: <64 hex characters>",
+        )
+    return IsoSource(urls=urls, sha256=sha256, path=path)
+
+
+def _check_boot_codes(check, where, value):
+    data = check.mapping(where, value)
+    codes = {}
+    for key, raw in data.items():
+        at = _join(where, str(key))
+        if not isinstance(key, str):
+            raise check.error(at, f"boot code names must be words, got {key!r}")
+        if raw is None or raw is False:
+            codes[key] = _REMOVE
+            continue
+        if raw is True:
+            text = key
+        elif isinstance(raw, (str, int)):
+            text = f"{key}={raw}"
+        else:
+            kind = _kind(raw)
+            raise check.error(at, f"expected a word, a number or true (a bare flag), got {raw!r} ({kind})")
+        try:
+            code_key, code_value = bootcfg.parse_code(bootcfg.check_code(text))  # check_code knows tz
+        except InputError as exc:
+            raise check.wrap(at, exc) from None
+        codes[code_key] = code_value
+    return codes
+
+
+def _check_forwards(check, where, value):
+    result = {}  # (proto, host port) -> Forward | _REMOVE
+    for index, item in enumerate(check.items(where, value)):
+        at = f"{where}[{index}]"
+        fwd = _check_forward(check, at, item)
+        key = (fwd[0], fwd[1]) if isinstance(fwd, tuple) else (fwd.proto, fwd.host_port)
+        if key in result:
+            raise check.error(
+                at, f"duplicate host port {key[1]}/{key[0]}: each host port can be forwarded only once"
+            )
+        result[key] = _REMOVE if isinstance(fwd, tuple) else fwd
+    return result
+
+
+def _check_forward(check, at, item):
+    """A Forward, or (proto, host port) for ``remove: true``."""
+    if isinstance(item, (str, int)) and not isinstance(item, bool):
+        try:
+            fwd = forwards.parse_spec(item)
+        except InputError as exc:
+            raise check.wrap(at, exc) from None
+        _check_exposure(check, at, fwd, force=False)
+        return fwd
+    data = check.mapping(at, item)
+    check.keys(at, data, FORWARD_KEYS)
+    if "host" not in data:
+        raise check.error(at, "missing key 'host' (the port on this computer)")
+    host = check.port(f"{at}.host", data["host"], "host port")
+    proto = str(data.get("proto", "tcp"))
+    if proto not in forwards.PROTOCOLS:
+        raise check.error(f"{at}.proto", f"unknown protocol {data.get('proto')!r}: use tcp or udp")
+    if "remove" in data and check.flag(f"{at}.remove", data["remove"]):
+        extra = sorted(set(data) - {"host", "proto", "remove"})
+        if extra:
+            raise check.error(f"{at}.{extra[0]}", "a forward with remove: true takes only host and proto")
+        return (proto, host)
+    guest = check.port(f"{at}.guest", data["guest"], "guest port") if "guest" in data else host
+    try:
+        host_ip = forwards.check_host_ip(data.get("host_ip", forwards.LOOPBACK))
+    except InputError as exc:
+        raise check.wrap(f"{at}.host_ip", exc) from None
+    force = check.flag(f"{at}.force", data["force"]) if "force" in data else False
+    fwd = Forward(host_port=host, guest_port=guest, proto=proto, host_ip=host_ip)
+    _check_exposure(check, at, fwd, force)
+    return fwd
+
+
+def _check_exposure(check, at, fwd, force):
+    try:
+        forwards.check_exposure(fwd, force=force)
+    except InputError as exc:
+        reason = exc.message.rsplit(" (", 1)[0]  # swap the CLI advice for the profile's own
+        hint = "set host_ip: 127.0.0.1, or add force: true to this forward"
+        raise check.error(at, reason, hint=hint) from None
+
+
+def _check_persistent_dirs(check, where, value):
+    result = {}  # dir -> True | _REMOVE
+    why = "it would be lost at reboot"
+    for index, item in enumerate(check.items(where, value)):
+        at = f"{where}[{index}]"
+        remove = False
+        if isinstance(item, dict):
+            check.keys(at, item, PERSISTENT_KEYS)
+            if "path" not in item:
+                raise check.error(at, "missing key 'path'")
+            remove = check.flag(f"{at}.remove", item["remove"]) if "remove" in item else False
+            directory = check.guest_dir(f"{at}.path", item["path"], why)
+        else:
+            directory = check.guest_dir(at, item, why)
+        if directory in result:
+            raise check.error(at, f"duplicate persistent dir {directory!r}")
+        result[directory] = _REMOVE if remove else True
+    return result
+
+
+def _check_mounts(check, where, value):
+    result = {}  # guest dir -> Mount | _REMOVE
+    why = "files there live in RAM and would be lost at reboot"
+    for index, item in enumerate(check.items(where, value)):
+        at = f"{where}[{index}]"
+        data = check.mapping(at, item)
+        check.keys(at, data, MOUNT_KEYS)
+        if "guest" not in data:
+            raise check.error(at, "missing key 'guest' (the VM directory to mount)")
+        guest = check.guest_dir(f"{at}.guest", data["guest"], why)
+        if guest in result:
+            raise check.error(f"{at}.guest", f"duplicate mount of guest dir {guest!r}")
+        remove = check.flag(f"{at}.remove", data["remove"]) if "remove" in data else False
+        if remove:
+            if "host" in data:
+                raise check.error(f"{at}.host", "a mount with remove: true takes only guest")
+            result[guest] = _REMOVE
+            continue
+        if "host" not in data:
+            raise check.error(at, "missing key 'host' (the directory on this computer)")
+        host_text = check.text(f"{at}.host", data["host"])
+        host = Path(host_text).expanduser()
+        if not host.is_absolute():
+            raise check.error(f"{at}.host", f"{host_text!r} is relative: use an absolute path or ~/...")
+        result[guest] = Mount(guest=guest, host=host)
+    return result
+
+
+_CHECKS = {
+    "extends": _check_extends,
+    "description": _check_description,
+    "name": _check_name,
+    "provider": _check_provider,
+    "memory": _check_memory,
+    "cpus": _check_cpus,
+    "disk": _check_disk,
+    "iso": _check_iso,
+    "boot_codes": _check_boot_codes,
+    "forwards": _check_forwards,
+    "persistent_dirs": _check_persistent_dirs,
+    "mounts": _check_mounts,
+}
+_KEYED = ("boot_codes", "forwards", "persistent_dirs", "mounts")
+
+
+# -- merging and finishing -------------------------------------------------------------------
+
+
+def _merge(merged: dict, layer: _Layer):
+    for key, value in layer.values.items():
+        if key not in _KEYED:
+            merged[key] = value
+            continue
+        target = merged.setdefault(key, {})
+        for item_key, item in value.items():
+            if item is not _REMOVE:
+                target[item_key] = item
+            elif item_key in target:
+                del target[item_key]
+            else:
+                raise ProfileError(
+                    f"{display_path(layer.path)}: {key}: cannot remove {_item_label(key, item_key)}: "
+                    "no profile it extends sets it"
+                )
+
+
+def _item_label(key, item_key) -> str:
+    if key == "forwards":
+        proto, port = item_key
+        return f"forward of host port {port}/{proto}"
+    return repr(item_key)
+
+
+def _finish(merged: dict, path: Path, chain: List[Path], provider, name) -> Profile:
+    if name is not None:
+        try:
+            merged["name"] = paths.check_vm_name(str(name).strip())
+        except InputError as exc:
+            raise InputError(f"--name: {exc.message}") from None
+    missing = [key for key in ("name", "memory", "cpus", "disk", "iso") if key not in merged]
+    if missing:
+        raise ProfileError(
+            f"{display_path(path)}: missing {', '.join(missing)}: set them, or extend a profile that does",
+            hint="e.g. extends: default",
+        )
+    if provider is not None:
+        choice = str(provider).strip()
+        if choice not in PROVIDER_CHOICES:
+            choices = ", ".join(PROVIDER_CHOICES)
+            raise InputError(f"--provider: unknown provider {choice!r}: use one of {choices}")
+        merged["provider"] = choice
+    chosen = merged.get("provider", "auto")
+    fwds = list(merged.get("forwards", {}).values())
+    if not any(f.guest_port == SSH_GUEST_PORT and f.proto == "tcp" for f in fwds):
+        raise ProfileError(
+            f"{display_path(path)}: forwards: no forward to guest port 22: b2dkit reaches the VM over ssh",
+            hint="add e.g. {host: 2022, guest: 22}",
+        )
+    mounts = list(merged.get("mounts", {}).values())
+    hosts = {}
+    for mount in mounts:
+        if mount.host in hosts:
+            raise ProfileError(
+                f"{display_path(path)}: mounts: host dir {str(mount.host)!r} is used by both "
+                f"{hosts[mount.host]!r} and {mount.guest!r}; give each mount its own host dir"
+            )
+        hosts[mount.host] = mount.guest
+    return Profile(
+        name=merged["name"],
+        provider=_auto_provider() if chosen == "auto" else chosen,
+        memory=merged["memory"],
+        cpus=merged["cpus"],
+        disk=merged["disk"],
+        iso=merged["iso"],
+        boot_codes=dict(merged.get("boot_codes", {})),
+        forwards=fwds,
+        persistent_dirs=list(merged.get("persistent_dirs", {})),
+        mounts=mounts,
+        description=merged.get("description", ""),
+        source=path,
+        chain=chain,
+    )
+
+
+# -- small helpers ---------------------------------------------------------------------------
+
+
+def _auto_provider() -> str:
+    try:
+        return default_provider_name()
+    except ImportError:  # a build without the VirtualBox wrapper (b2dkit.vbox) can only run QEMU
+        return "qemu"
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "mapping"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _stem(path: Path) -> str:
+    return path.name[: -len(path.suffix)] if path.suffix in SUFFIXES else path.name
+
+
+def display_path(path) -> str:
+    """Paths in messages: relative when under the current directory, else as absolute."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
