@@ -136,9 +136,9 @@ class Provider(ABC):
 
 def default_provider_name() -> str:
     """VirtualBox where VBoxManage is installed, else QEMU (Linux CI, laptops without VirtualBox)."""
-    from ..vbox import find_vboxmanage  # local import: keep provider modules optional
-
     try:
+        from ..vbox import find_vboxmanage  # local import: keep provider modules optional
+
         find_vboxmanage()
         return "virtualbox"
     except Exception:
