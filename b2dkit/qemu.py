@@ -33,6 +33,8 @@ NETDEV = "n0"
 GUEST_IP = "10.0.2.15"  # what QEMU's user network hands the first (only) guest by DHCP
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS; keep a margin
 _FWD_FAILED = "could not set up host forwarding rule"
+KVM_DEVICE = "/dev/kvm"
+KVM_PVM_MARKERS = (Path("/sys/module/kvm_pvm"), Path("/proc/modules"))  # loaded module dir, module list
 
 
 def find_qemu() -> str:
@@ -170,8 +172,8 @@ def decide_accel(qemu: Optional[str] = None) -> Tuple[str, str]:
         if "hvf" in _accels_listed(qemu or find_qemu()):
             return "hvf", "macOS Hypervisor.framework"
         return "tcg", "this QEMU has no hvf"
-    if not (os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)):
-        return "tcg", "/dev/kvm is missing or not accessible"
+    if not (os.path.exists(KVM_DEVICE) and os.access(KVM_DEVICE, os.R_OK | os.W_OK)):
+        return "tcg", f"{KVM_DEVICE} is missing or not accessible"
     if _kvm_pvm_loaded():
         return "tcg", "kvm_pvm (nested software KVM) cannot boot guests"
     return _cached_probe(qemu or find_qemu())
@@ -183,16 +185,18 @@ def _accels_listed(qemu: str) -> List[str]:
 
 
 def _kvm_pvm_loaded() -> bool:
-    if os.path.isdir("/sys/module/kvm_pvm"):
+    module_dir, module_list = KVM_PVM_MARKERS
+    if module_dir.is_dir():
         return True
     with contextlib.suppress(OSError):
-        return any(line.split()[0] == "kvm_pvm" for line in Path("/proc/modules").read_text().splitlines())
+        return any(line.split()[:1] == ["kvm_pvm"] for line in module_list.read_text().splitlines())
     return False
 
 
-def probe_kernel() -> Optional[Path]:
+def probe_kernel(boot=Path("/boot")) -> Optional[Path]:
     """A bootable kernel to probe with: the running one's image if readable, else any in /boot."""
-    candidates = [Path(f"/boot/vmlinuz-{os.uname().release}")] + sorted(Path("/boot").glob("vmlinuz-*"))
+    boot = Path(boot)
+    candidates = [boot / f"vmlinuz-{os.uname().release}"] + sorted(boot.glob("vmlinuz-*"))
     for path in candidates:
         if path.is_file() and os.access(path, os.R_OK):
             return path
