@@ -51,6 +51,7 @@ _STATES = {
 
 class QemuProvider(Provider):
     name = "qemu"
+    destroy_timeout = 10.0  # destroy shuts the guest down cleanly first: the kept disk must be consistent
 
     def __init__(self, vm: str, qemu_binary: Optional[str] = None):
         super().__init__(vm)
@@ -257,7 +258,7 @@ class QemuProvider(Provider):
         if not exists and not (purge and any(p.exists() for p in kept)):
             raise VMNotFound(f"no QEMU VM named {self.vm!r}")
         if exists:
-            self.stop(timeout=10.0)
+            self.stop(timeout=self.destroy_timeout)
         doomed = [
             self.machine_file,
             self.pidfile,
