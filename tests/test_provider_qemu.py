@@ -270,6 +270,8 @@ def test_forwards_are_read_from_qemu_not_the_definition(running):
     assert Forward(port, 9000) in vm.forwards()
     defined = [Forward(**f) for f in json.loads((vm.dir / "machine.json").read_text())["forwards"]]
     assert Forward(port, 9000) not in defined
+    vm.remove_forward(f"tcp-{port}")  # a rule only QEMU knows can still be removed by name
+    assert host_port_free(port) and Forward(port, 9000) not in vm.forwards()
 
 
 @pytest.mark.slow

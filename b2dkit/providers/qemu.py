@@ -313,18 +313,21 @@ class QemuProvider(Provider):
 
     def remove_forward(self, name: str) -> None:
         data = self._require()
-        running = self._pid() is not None
-        current = self.forwards() if running else data["forwards"]
-        matches = [f for f in current if f.name == name]
-        if not matches:
-            known = ", ".join(f.name for f in current) or "none"
-            raise InputError(f"VM {self.vm!r} has no forward named {name!r} (it has: {known})")
-        if running:
+        live = self.forwards() if self._pid() is not None else []
+        persisted = [f for f in data["forwards"] if f.name == name]
+        matches = [f for f in live if f.name == name]
+        if not (matches or persisted):
+            known = sorted({f.name for f in live + data["forwards"]})
+            raise InputError(
+                f"VM {self.vm!r} has no forward named {name!r} (it has: {', '.join(known) or 'none'})"
+            )
+        if matches:
             with self._qmp() as mon:
                 for fwd in matches:
                     mon.hostfwd_remove(fwd)
-        data["forwards"] = [f for f in data["forwards"] if f.name != name]
-        self._save(data)
+        if persisted:
+            data["forwards"] = [f for f in data["forwards"] if f.name != name]
+            self._save(data)
 
     def _require_free(self, fwd: Forward) -> None:
         if host_port_free(fwd.host_port, fwd.host_ip, fwd.proto):
