@@ -35,6 +35,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _descendants(root: int):
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 class SSHServer:
     """One dropbear listening on 127.0.0.1:<port>; stop() kills it and every session it forked."""
 
@@ -52,7 +70,7 @@ class SSHServer:
                 [DROPBEAR, "-F", "-E", "-s", "-P", str(self.workdir / "dropbear.pid"),
                  "-p", f"127.0.0.1:{self.port}", "-r", str(self.hostkey)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True,  # its forked sessions share the group: stop() kills them too
+                start_new_session=True,  # keep our Ctrl-C and terminal away from it
             )  # fmt: skip
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -67,12 +85,14 @@ class SSHServer:
         raise RuntimeError(f"dropbear did not start; see {self.log}: {self.log.read_text()[-500:]}")
 
     def stop(self):
+        """Kill the listener and every session it forked (they setsid(), so no killpg)."""
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait(timeout=10)
         self.proc = None
 
