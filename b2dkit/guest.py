@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence, Union
 import paramiko
 
 from . import atomic
-from .errors import GuestError, ToolMissing
+from .errors import GuestError, InputError, ToolMissing
 
 DEFAULT_USER = "docker"
 PERSISTENT_ROOT = "/mnt/sda1"  # boot2docker's data disk; everything else in the guest is RAM
@@ -154,7 +154,10 @@ class GuestSession:
         text = cmd if isinstance(cmd, str) else shlex.join(str(a) for a in cmd)
         deadline = time.monotonic() + timeout
         try:
-            chan = self.client.get_transport().open_session(timeout=timeout)
+            transport = self.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise EOFError("connection closed")
+            chan = transport.open_session(timeout=timeout)
             chan.exec_command(text)
             out, err = bytearray(), bytearray()
             while True:
@@ -294,9 +297,11 @@ def persistent_path(path: str, root: str = PERSISTENT_ROOT) -> str:
 
     Only ``root`` survives a reboot, so anything outside it would be created and then lost.
     """
+    if any(c in path for c in "\n\0|"):
+        raise InputError(f"persistent dir {path!r} contains a newline, NUL or '|'; rename it")
     full = posixpath.normpath(posixpath.join(root, path))
-    if not full.startswith(root.rstrip("/") + "/") or any(c in full for c in "\n\0|"):
-        raise GuestError(
+    if not full.startswith(root.rstrip("/") + "/"):
+        raise InputError(
             f"persistent dir {path!r} is outside {root}, which is the only place in the guest that "
             f"survives a reboot; use a path under {root}"
         )
