@@ -1,0 +1,453 @@
+"""Talk to a running guest over SSH: wait for it, pin its host key, run commands, set it up.
+
+Both providers forward a host port to the guest's sshd, so everything here takes
+``host``/``port`` and works the same for VirtualBox and QEMU. Authentication is the
+VM's own key only (never an agent, never ``~/.ssh``, never a password) and the guest's
+host key is pinned in the VM's own ``known_hosts`` on first contact: a different key
+later is an error, because silently trusting it would hand our key and files to
+whatever now answers on that port.
+"""
+
+import datetime
+import posixpath
+import select
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import paramiko
+
+from . import atomic
+from .errors import GuestError, InputError, ToolMissing
+
+DEFAULT_USER = "docker"
+PERSISTENT_ROOT = "/mnt/sda1"  # boot2docker's data disk; everything else in the guest is RAM
+
+Command = Union[str, Sequence[str]]
+
+
+@dataclass(frozen=True)
+class Result:
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass
+class SetupReport:
+    created: List[str] = field(default_factory=list)  # persistent dirs made now
+    fixed: List[str] = field(default_factory=list)  # existed with the wrong owner; chowned
+    present: List[str] = field(default_factory=list)  # already there and right
+    clock_set: bool = False
+    drift: Optional[float] = None  # guest - host seconds, measured after set-up
+
+
+# -- host key pinning ------------------------------------------------------------------------
+
+
+def host_label(host: str, port: int) -> str:
+    """The host name as OpenSSH writes it in known_hosts (``[host]:port`` unless port 22)."""
+    return host if int(port) == 22 else f"[{host}]:{int(port)}"
+
+
+def pinned_keys(known_hosts_path, host: str, port: int) -> List[str]:
+    """``"<type> <base64>"`` of each key recorded for host:port (normally one)."""
+    label = host_label(host, port)
+    rows = _known_host_lines(known_hosts_path)
+    return [f"{parts[1]} {parts[2]}" for parts in rows if label in parts[0].split(",")]
+
+
+def forget_host_key(known_hosts_path, host: str, port: int) -> bool:
+    """Drop the pinned key for host:port (after the VM was recreated); True if one was there."""
+    path = Path(known_hosts_path)
+    if not path.exists():
+        return False
+    label = host_label(host, port)
+    lines = path.read_text().splitlines()
+    kept = [ln for ln in lines if not (ln.split() and label in ln.split()[0].split(","))]
+    if len(kept) == len(lines):
+        return False
+    atomic.write_bytes(path, "".join(ln + "\n" for ln in kept).encode(), mode=0o600)
+    return True
+
+
+def _known_host_lines(known_hosts_path):
+    path = Path(known_hosts_path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and not parts[0].startswith("#"):
+            rows.append(parts)
+    return rows
+
+
+def _record_host_key(known_hosts_path, host, port, key: paramiko.PKey):
+    path = Path(known_hosts_path)
+    old = path.read_text() if path.exists() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    line = f"{host_label(host, port)} {key.get_name()} {key.get_base64()}\n"
+    atomic.write_bytes(path, (old + line).encode(), mode=0o600)
+
+
+def _changed(known_hosts_path, host, port) -> GuestError:
+    vm = Path(known_hosts_path).parent.name
+    return GuestError(
+        f"the SSH host key of VM {vm!r} at {host_label(host, port)} changed since it was pinned in "
+        f"{known_hosts_path}; if you recreated the VM, forget the old key (delete that file) and retry, "
+        "otherwise something else is answering on that port: do not connect"
+    )
+
+
+class _PinOnFirstContact(paramiko.MissingHostKeyPolicy):
+    """Record the first key we see; paramiko calls this only when no pinned key matched."""
+
+    def __init__(self, known_hosts_path, host, port):
+        self.known_hosts_path, self.host, self.port = known_hosts_path, host, port
+
+    def missing_host_key(self, client, hostname, key):
+        if pinned_keys(self.known_hosts_path, self.host, self.port):
+            raise _changed(self.known_hosts_path, self.host, self.port)  # a key of another type
+        _record_host_key(self.known_hosts_path, self.host, self.port, key)
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+
+class GuestSession:
+    """An authenticated SSH connection to the guest; ``run`` commands over it."""
+
+    def __init__(self, client: paramiko.SSHClient, host: str, port: int, user: str):
+        self.client, self.host, self.port, self.user = client, host, port, user
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.client.close()
+
+    def run(self, cmd: Command, check: bool = True, timeout: float = 60.0) -> Result:
+        """Run ``cmd`` in the guest's shell.
+
+        A list is quoted with ``shlex.join`` (the remote side only takes a string, so
+        this is the one place where arguments become shell text); a string is passed as
+        shell code and must not contain unquoted user input.
+        """
+        text = cmd if isinstance(cmd, str) else shlex.join(str(a) for a in cmd)
+        deadline = time.monotonic() + timeout
+        try:
+            transport = self.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise EOFError("connection closed")
+            chan = transport.open_session(timeout=timeout)
+            chan.exec_command(text)
+            out, err = bytearray(), bytearray()
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    chan.close()
+                    raise GuestError(f"command `{text}` did not finish in the guest within {timeout:g} s")
+                select.select([chan], [], [], min(left, 0.5))
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                if chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+            if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+                chan.close()
+                raise GuestError(f"command `{text}` sent no exit status within {timeout:g} s")
+            code = chan.recv_exit_status()
+            chan.close()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise GuestError(
+                f"lost the SSH connection to the guest at {self.host}:{self.port} while running `{text}`"
+                f" ({_describe(exc)}); check the VM is still running"
+            ) from None
+        result = Result(text, code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+        if check and not result.ok:
+            detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
+            raise GuestError(
+                f"`{text}` failed in the guest with exit code {code}" + (f": {detail[-1]}" if detail else "")
+            )
+        return result
+
+
+def connect(
+    host: str,
+    port: int,
+    key_path,
+    known_hosts_path,
+    user: str = DEFAULT_USER,
+    timeout: float = 10.0,
+    banner_timeout: float = 10.0,
+) -> GuestSession:
+    """Open an SSH session with the VM's key, pinning or checking the guest's host key."""
+    try:
+        return _open(host, port, key_path, known_hosts_path, user, timeout, banner_timeout)
+    except paramiko.AuthenticationException:
+        raise GuestError(
+            f"the guest at {host}:{port} refused the VM's key {key_path} for user {user!r}; "
+            "the persistent disk may carry another VM's key: recreate the disk or put the key back"
+        ) from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise GuestError(
+            f"cannot reach SSH at {host}:{port} ({_describe(exc)}); is the VM running? try `vm.status`"
+        ) from None
+
+
+def _open(host, port, key_path, known_hosts_path, user, timeout, banner_timeout) -> GuestSession:
+    key_path = Path(key_path)
+    if not key_path.is_file():
+        raise GuestError(f"the VM's SSH key {key_path} is missing; recreate the VM to make a new one")
+    client = paramiko.SSHClient()
+    keys = client.get_host_keys()  # in memory only: paramiko never writes our known_hosts
+    if Path(known_hosts_path).exists():
+        keys.load(str(known_hosts_path))
+    client.set_missing_host_key_policy(_PinOnFirstContact(known_hosts_path, host, port))
+    try:
+        client.connect(
+            host,
+            port=int(port),
+            username=user,
+            key_filename=str(key_path),
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=timeout,
+            banner_timeout=banner_timeout,
+            auth_timeout=max(timeout, 10.0),
+        )
+    except paramiko.BadHostKeyException:
+        client.close()
+        raise _changed(known_hosts_path, host, port) from None
+    except BaseException:
+        client.close()
+        raise
+    return GuestSession(client, host, int(port), user)
+
+
+def wait_for_ssh(
+    host: str,
+    port: int,
+    key_path,
+    known_hosts_path,
+    timeout: float = 180.0,
+    log_path=None,
+    poll: float = 0.5,
+    user: str = DEFAULT_USER,
+) -> None:
+    """Block until the guest accepts our key over SSH, or raise GuestError pointing at the log.
+
+    Each try is short (1 s to connect, 1.5 s for the banner): before the guest has an
+    IP, QEMU's user-mode NAT accepts the TCP connection and then never answers, so one
+    long try would eat the whole budget while the guest came up.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while True:
+        try:
+            _open(host, port, key_path, known_hosts_path, user, timeout=1.0, banner_timeout=1.5).close()
+            return
+        except paramiko.AuthenticationException:
+            last = f"the guest refused the VM's key for user {user!r}"
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            last = _describe(exc)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            where = f"see the guest's console log {log_path}; " if log_path else ""
+            raise GuestError(
+                f"the guest's SSH at {host}:{port} was not ready within {timeout:g} s (last try: {last}); "
+                f"{where}check the VM is running with `vm.status`, or start it again"
+            )
+        time.sleep(min(poll, left))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return "connection refused"
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:160]
+
+
+# -- guest set-up ----------------------------------------------------------------------------
+
+
+def persistent_path(path: str, root: str = PERSISTENT_ROOT) -> str:
+    """Normalise a profile's persistent dir; relative ones are taken under ``root``.
+
+    Only ``root`` survives a reboot, so anything outside it would be created and then lost.
+    """
+    if any(c in path for c in "\n\0|"):
+        raise InputError(f"persistent dir {path!r} contains a newline, NUL or '|'; rename it")
+    full = posixpath.normpath(posixpath.join(root, path))
+    if not full.startswith(root.rstrip("/") + "/"):
+        raise InputError(
+            f"persistent dir {path!r} is outside {root}, which is the only place in the guest that "
+            f"survives a reboot; use a path under {root}"
+        )
+    return full
+
+
+def setup(
+    session: GuestSession,
+    persistent_dirs: Sequence[str],
+    set_clock: bool = True,
+    root: str = PERSISTENT_ROOT,
+) -> SetupReport:
+    """Make the guest ready after a start: persistent dirs owned by the login user, clock right.
+
+    Idempotent and cheap when nothing is to do (one ``stat`` over SSH).
+    """
+    report = SetupReport()
+    dirs = list(dict.fromkeys(persistent_path(d, root) for d in persistent_dirs))
+    owner = f"{session.user}:{session.user}"
+    if dirs:
+        seen = {}
+        listing = session.run(["stat", "-c", "%U:%G %F|%n", *dirs], check=False)
+        for line in listing.stdout.splitlines():
+            info, _, name = line.partition("|")
+            seen[name] = info
+        missing = [d for d in dirs if d not in seen]
+        for d in dirs:
+            if d in seen and not seen[d].endswith(" directory"):
+                raise GuestError(f"{d} exists in the guest but is not a directory; move it away and retry")
+        wrong = [d for d in dirs if d in seen and seen[d].split(" ", 1)[0] != owner]
+        if missing:
+            session.run(["sudo", "mkdir", "-p", "--", *missing])
+        if missing or wrong:
+            session.run(["sudo", "chown", owner, "--", *missing, *wrong])
+        report.created, report.fixed = missing, wrong
+        report.present = [d for d in dirs if d not in missing and d not in wrong]
+    if set_clock:
+        set_guest_clock(session)
+        report.clock_set = True
+    report.drift = clock_drift(session)
+    return report
+
+
+def clock_command(epoch: int) -> List[str]:
+    """``date`` that sets UTC wall time on busybox and GNU alike.
+
+    The seed's pitfall: a bare ``date -s`` reads the time in the guest's zone (``tz=CST-8``),
+    so the clock ends up hours off; ``-u`` and an explicit date make it unambiguous.
+    """
+    stamp = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return ["sudo", "date", "-u", "-s", stamp]
+
+
+def set_guest_clock(session: GuestSession) -> None:
+    """Set the guest clock from the host's, aiming at a whole second to beat ``date``'s 1 s grain."""
+    started = time.time()
+    session.run(["true"])
+    half_trip = (time.time() - started) / 2
+    target = int(time.time() + half_trip) + 1
+    time.sleep(max(0.0, target - half_trip - time.time()))
+    session.run(clock_command(target))
+
+
+def clock_drift(session: GuestSession) -> float:
+    """Guest minus host wall clock in seconds, read at the midpoint of the round trip."""
+    before = time.time()
+    out = session.run(["date", "+%s.%N"]).stdout.strip()
+    after = time.time()
+    try:
+        guest = float(out)
+    except ValueError:  # a date without %N: whole seconds, so take the middle of that second
+        guest = float(out.split(".", 1)[0]) + 0.5
+    return guest - (before + after) / 2
+
+
+# -- interactive ssh -------------------------------------------------------------------------
+
+
+def ssh_argv(
+    host: str,
+    port: int,
+    key_path,
+    known_hosts_path,
+    command: Optional[Command] = None,
+    user: str = DEFAULT_USER,
+) -> List[str]:
+    """The OpenSSH client command line for ``vm.ssh``: our key and pins only, no user config."""
+    argv = [
+        "ssh",
+        "-F", "/dev/null",  # the user's ~/.ssh/config must not redirect or re-key this VM
+        "-i", str(key_path),
+        "-p", str(int(port)),
+        "-o", "UserKnownHostsFile=" + _ssh_quote(known_hosts_path),
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "IdentitiesOnly=yes",
+        "-o", "BatchMode=yes",
+        "-o", "LogLevel=ERROR",
+        f"{user}@{host}",
+    ]  # fmt: skip
+    if command is not None:
+        argv.append(command if isinstance(command, str) else shlex.join(str(a) for a in command))
+    return argv
+
+
+def _ssh_quote(path) -> str:
+    """ssh splits option values on spaces (macOS's "Application Support"); quote them."""
+    text = str(path)
+    if '"' in text:
+        raise GuestError(f"path {text!r} contains a double quote, which ssh options cannot carry")
+    return f'"{text}"' if any(c.isspace() for c in text) else text
+
+
+def interactive_shell(
+    host: str,
+    port: int,
+    key_path,
+    known_hosts_path,
+    command: Optional[Command] = None,
+    user: str = DEFAULT_USER,
+) -> int:
+    """Run ``ssh`` in the foreground (a real TTY) and return its exit code.
+
+    Without an OpenSSH client, a command still runs through paramiko; a shell cannot.
+    """
+    if not pinned_keys(known_hosts_path, host, port):
+        connect(host, port, key_path, known_hosts_path, user=user).close()  # pin before ssh checks
+    if shutil.which("ssh") is None:
+        if command is None:
+            raise ToolMissing(
+                "the OpenSSH client `ssh` is needed for an interactive shell; install it with "
+                "`sudo apt-get install openssh-client` (macOS ships it), or pass -c CMD"
+            )
+        with connect(host, port, key_path, known_hosts_path, user=user) as session:
+            result = session.run(command, check=False, timeout=24 * 3600)
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+        return result.exit_code
+    argv = ssh_argv(host, port, key_path, known_hosts_path, command=command, user=user)
+    # Ctrl-C belongs to ssh (and the remote command): keep it from killing us first. A
+    # Python-level handler, unlike SIG_IGN, is reset to the default in the child by exec.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        return subprocess.call(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,299 @@
+"""sshfs mounts of guest dirs on the host: the one place that runs sshfs and fusermount.
+
+The seed mounts ``/mnt/sda1/dev`` of the VM at ``~/workspace/dev`` so code is edited
+on the laptop and lives on the VM's persistent disk. We mount with the VM's own key
+and pinned known_hosts (no password, no agent, no ~/.ssh/config), with ``reconnect``
+and keep-alives; after a laptop sleep or a VM reboot a mount can still be listed but
+hang or fail with ENOTCONN, so ``list_mounts`` probes each one and ``remount`` repairs
+stale ones.
+"""
+
+import errno
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from . import guest
+from .errors import GuestError, MountError, ToolMissing
+
+DEFAULT_USER = "docker"
+PROBE_TIMEOUT = 2.0
+MOUNT_TIMEOUT = 30.0
+
+_INSTALL = {
+    "linux": "`sudo apt-get install sshfs` (Debian/Ubuntu)",
+    "darwin": "`brew install --cask macfuse && brew install gromgit/fuse/sshfs-mac` (macOS)",
+}
+_MAC_FUSE_TYPES = ("macfuse", "osxfuse", "fusefs")
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    source: str  # user@host:/guest/dir
+    local_dir: Path
+    state: str  # "alive" | "stale"
+    detail: str = ""  # why stale, in a few words
+
+    @property
+    def alive(self) -> bool:
+        return self.state == "alive"
+
+
+# -- tools -----------------------------------------------------------------------------------
+
+
+def _install_hint() -> str:
+    return _INSTALL.get(sys.platform, f"{_INSTALL['linux']} or {_INSTALL['darwin']}")
+
+
+def require_sshfs() -> str:
+    """Path of sshfs, or ToolMissing with the install command for this platform."""
+    path = shutil.which("sshfs")
+    if path is None:
+        raise ToolMissing(f"sshfs is not installed; install it with {_install_hint()}")
+    if sys.platform.startswith("linux") and not os.path.exists("/dev/fuse"):
+        raise ToolMissing(
+            "FUSE is not available (/dev/fuse is missing); load it with `sudo modprobe fuse` "
+            "or install it with `sudo apt-get install fuse3`"
+        )
+    return path
+
+
+def _unmount_argv(local_dir: Path, lazy: bool) -> List[str]:
+    if sys.platform == "darwin":
+        return ["umount", "-f", str(local_dir)] if lazy else ["umount", str(local_dir)]
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool is None:
+        raise ToolMissing("fusermount is not installed; install it with `sudo apt-get install fuse3`")
+    return [tool, "-uz" if lazy else "-u", str(local_dir)]
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def _opt(value) -> str:
+    """One value inside sshfs ``-o``: FUSE splits on commas, ssh on spaces (macOS paths have them)."""
+    text = str(value)
+    if '"' in text:
+        raise MountError(f"path {text!r} contains a double quote, which ssh options cannot carry")
+    if any(c.isspace() for c in text):
+        text = f'"{text}"'
+    return text.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def source_of(host: str, remote_dir: str, user: str = DEFAULT_USER) -> str:
+    return f"{user}@{host}:{remote_dir}"
+
+
+def sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DEFAULT_USER) -> List[str]:
+    options = [
+        f"IdentityFile={_opt(key_path)}",
+        f"UserKnownHostsFile={_opt(known_hosts_path)}",
+        "GlobalKnownHostsFile=/dev/null",
+        "StrictHostKeyChecking=yes",
+        "IdentitiesOnly=yes",
+        "BatchMode=yes",  # never ask for a password
+        "ConnectTimeout=10",
+        "reconnect",
+        "ServerAliveInterval=15",
+        "ServerAliveCountMax=3",
+        "idmap=user",  # files of the guest's docker user show up as the laptop user's
+    ]
+    return [
+        "sshfs", source_of(host, remote_dir, user), str(local_dir),
+        "-p", str(int(port)),
+        "-F", "/dev/null",  # the user's ~/.ssh/config must not redirect or re-key this VM
+        "-o", ",".join(options),
+    ]  # fmt: skip
+
+
+# -- listing ---------------------------------------------------------------------------------
+
+
+def _unescape(field: str) -> str:
+    """/proc/mounts writes space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_proc_mounts(text: str) -> List[Tuple[str, Path]]:
+    """(source, mount point) of every sshfs entry in /proc/self/mounts text."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "fuse.sshfs":
+            found.append((_unescape(fields[0]), Path(_unescape(fields[1]))))
+    return found
+
+
+def parse_macos_mount(text: str) -> List[Tuple[str, Path]]:
+    """(source, mount point) of every sshfs entry in macOS ``mount`` output."""
+    found = []
+    for line in text.splitlines():
+        match = re.match(r"^(?P<src>\S+@\S+:.*) on (?P<dir>/.*) \((?P<type>[^,)]+)(?:, [^)]*)?\)$", line)
+        if match and match.group("type") in _MAC_FUSE_TYPES:
+            found.append((match.group("src"), Path(match.group("dir"))))
+    return found
+
+
+def _raw_mounts() -> List[Tuple[str, Path]]:
+    if sys.platform == "darwin":
+        out = subprocess.run(["mount"], capture_output=True, text=True, check=False).stdout
+        return parse_macos_mount(out)
+    try:
+        return parse_proc_mounts(Path("/proc/self/mounts").read_text())
+    except OSError:
+        return []
+
+
+def probe(local_dir, timeout: float = PROBE_TIMEOUT) -> Tuple[str, str]:
+    """("alive", "") or ("stale", why): ask the server through the mount, in a thread.
+
+    ``statvfs`` is used because sshfs answers it from the server every time (stat and
+    listings may come from its cache); a dead mount fails with ENOTCONN or EIO, a hung
+    one blocks -- the thread is abandoned after ``timeout`` rather than hanging us.
+    """
+    outcome = {}
+
+    def check():
+        try:
+            os.statvfs(local_dir)
+            outcome["state"] = ("alive", "")
+        except OSError as exc:
+            reason = "not connected" if exc.errno == errno.ENOTCONN else (exc.strerror or str(exc)).lower()
+            outcome["state"] = ("stale", reason)
+
+    worker = threading.Thread(target=check, daemon=True, name=f"probe {local_dir}")
+    worker.start()
+    worker.join(timeout)
+    return outcome.get("state", ("stale", f"no answer within {timeout:g} s"))
+
+
+def list_mounts(check: bool = True, timeout: float = PROBE_TIMEOUT) -> List[MountInfo]:
+    """Every sshfs mount on this host, each probed for life unless ``check`` is False."""
+    mounts = []
+    for source, local in _raw_mounts():
+        state, detail = probe(local, timeout) if check else ("alive", "not checked")
+        mounts.append(MountInfo(source, local, state, detail))
+    return mounts
+
+
+def find_mount(local_dir, check: bool = True) -> Optional[MountInfo]:
+    target = Path(os.path.realpath(Path(local_dir).expanduser()))
+    for source, local in _raw_mounts():
+        if local == target:
+            state, detail = probe(local) if check else ("alive", "not checked")
+            return MountInfo(source, local, state, detail)
+    return None
+
+
+# -- mount / unmount -------------------------------------------------------------------------
+
+
+def mount(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DEFAULT_USER) -> str:
+    """Mount guest ``remote_dir`` at host ``local_dir``; "mounted" or "already mounted".
+
+    The host dir is created if needed; a non-empty one is refused, because mounting over
+    it would hide its files (and an editor saving there would write into the void).
+    """
+    require_sshfs()
+    local = Path(local_dir).expanduser()
+    source = source_of(host, remote_dir, user)
+    existing = find_mount(local)
+    if existing is not None:
+        if existing.source != source:
+            raise MountError(
+                f"{local} is already mounted from {existing.source}; unmount it first with `vm.unmount`"
+            )
+        if existing.alive:
+            return "already mounted"
+        raise MountError(
+            f"{local} is a stale mount of {source} ({existing.detail}); repair it with `vm.mount --remount`"
+        )
+    if local.exists() and not local.is_dir():
+        raise MountError(f"{local} exists and is not a directory; choose another mount point")
+    if local.is_dir() and any(local.iterdir()):
+        raise MountError(f"{local} is not empty; move its files away or choose another mount point")
+    local.mkdir(parents=True, exist_ok=True)
+    if not guest.pinned_keys(known_hosts_path, host, port):
+        _diagnose(host, port, key_path, known_hosts_path, user, source, local)  # pins on first contact
+    argv = sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, local, user)
+    # stderr to a file, not a pipe: sshfs's ssh child keeps a pipe open for the mount's life
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                  timeout=MOUNT_TIMEOUT)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            _lazy_unmount_quietly(local)
+            raise MountError(f"sshfs did not mount {source} on {local} within {MOUNT_TIMEOUT:g} s; "
+                             "check the VM with `vm.status`") from None  # fmt: skip
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+        if any("No such file or directory" in ln for ln in lines):
+            raise MountError(
+                f"cannot mount {source} on {local}: the guest dir does not exist; "
+                "add it to the profile's persistent dirs and start the VM again"
+            )
+        # sshfs hides ssh's own message ("read: Connection reset by peer"): ask over SSH why
+        _diagnose(host, port, key_path, known_hosts_path, user, source, local)
+        raise MountError(f"cannot mount {source} on {local}: {lines[-1] if lines else 'sshfs failed'}")
+    return "mounted"
+
+
+def _diagnose(host, port, key_path, known_hosts_path, user, source, local):
+    """Raise MountError with the SSH-level reason (host key, key refused, VM down), if there is one."""
+    try:
+        guest.connect(host, port, key_path, known_hosts_path, user=user, timeout=5, banner_timeout=5).close()
+    except GuestError as exc:
+        raise MountError(f"cannot mount {source} on {local}: {exc}") from None
+
+
+def unmount(local_dir, lazy: bool = False) -> bool:
+    """Unmount an sshfs mount; False if nothing was mounted there (so ``vm.stop`` may always call it)."""
+    local = Path(local_dir).expanduser()
+    if find_mount(local, check=False) is None:
+        return False
+    proc = subprocess.run(_unmount_argv(local, lazy), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        detail = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+        if "busy" in detail.lower():
+            raise MountError(f"{local} is busy (a shell or editor has it open); close it and retry")
+        raise MountError(f"cannot unmount {local}: {detail}")
+    return True
+
+
+def _lazy_unmount_quietly(local: Path):
+    try:
+        subprocess.run(_unmount_argv(local, lazy=True), capture_output=True, check=False)
+    except ToolMissing:
+        pass
+
+
+def remount(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DEFAULT_USER) -> str:
+    """Make the mount work again after sleep or a VM reboot: "alive", "repaired" or "mounted"."""
+    require_sshfs()
+    local = Path(local_dir).expanduser()
+    source = source_of(host, remote_dir, user)
+    existing = find_mount(local)
+    if existing is not None and existing.source != source:
+        raise MountError(
+            f"{local} is mounted from {existing.source}, not {source}; unmount it first with `vm.unmount`"
+        )
+    if existing is not None and existing.alive:
+        return "alive"
+    if existing is not None:
+        # lazy: a stale FUSE mount cannot answer a normal unmount's checks
+        subprocess.run(_unmount_argv(local, lazy=True), capture_output=True, check=False)
+        if find_mount(local, check=False) is not None:
+            raise MountError(f"cannot detach the stale mount at {local}; try `fusermount -uz {local}`")
+        mount(host, port, key_path, known_hosts_path, remote_dir, local, user)
+        return "repaired"
+    return mount(host, port, key_path, known_hosts_path, remote_dir, local, user)
