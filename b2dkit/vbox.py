@@ -199,7 +199,7 @@ def classify(argv: Sequence[str], returncode: int, stderr: str) -> VBoxError:
     if returncode == 2:
         return VBoxSyntaxError(
             message,
-            "this VirtualBox rejected b2dkit's command line; check `VBoxManage --version` (5.0 or newer needed)",
+            "this VirtualBox rejected b2dkit's command line; check `VBoxManage --version` (need 5.0+)",
             argv,
             returncode,
             stderr,
@@ -386,7 +386,7 @@ _BAD_RULE_CHARS = re.compile(r'[,"\\\n]')
 def natpf_rule(fwd: Forward) -> str:
     """``name,proto,hostip,hostport,guestip,guestport`` (empty IP = any)."""
     if not fwd.name or _BAD_RULE_CHARS.search(fwd.name):
-        # VirtualBox does not escape commas or quotes in showvminfo ("probably isn't good enough wrt escaping").
+        # showvminfo does not escape commas or quotes ("probably isn't good enough wrt escaping").
         raise InputError(f"invalid forward name {fwd.name!r}: no commas, quotes or backslashes")
     return f"{fwd.name},{fwd.proto},{fwd.host_ip},{fwd.host_port},{fwd.guest_ip},{fwd.guest_port}"
 
@@ -499,12 +499,12 @@ def parse_machinereadable(text: str) -> Dict[str, str]:
     preceding ``nicN=`` line, so those keys are stored as ``nic<N>.Forwarding(<i>)``.
     """
     data: Dict[str, str] = {}
-    nic = None
+    nic = "1"  # a fragment that starts after nic1= still holds NIC 1's rules
     for key, value in parse_pairs(text):
         m = _NIC_KEY.match(key)
         if m:
             nic = m.group(1)
-        elif nic is not None and _FORWARDING_KEY.match(key):
+        elif _FORWARDING_KEY.match(key):
             key = f"nic{nic}.{key}"
         data[key] = value
     return data

@@ -162,7 +162,8 @@ class VirtualBoxProvider(Provider):
         offline = setting_changes + [text for text, _ in storage]
         if live and offline:
             raise HypervisorError(
-                f"VM {self.vm!r} is {info.vbox_state}; these changes need it powered off: {'; '.join(offline)}",
+                f"VM {self.vm!r} is {info.vbox_state}; these changes need it powered off: "
+                f"{'; '.join(offline)}",
                 hint="run `invoke vm.stop`, then run the command again",
             )
         if info is not None and info.state is not VMState.STOPPED and rule_args:
@@ -283,7 +284,8 @@ class VirtualBoxProvider(Provider):
         current_disk = None if info is None else info.medium(CONTROLLER, DISK_PORT)
         if current_disk is not None and not _same_file(current_disk, self.disk_file):
             raise HypervisorError(
-                f"SATA port {DISK_PORT} of VM {self.vm!r} holds {current_disk}, not b2dkit's disk {self.disk_file}",
+                f"SATA port {DISK_PORT} of VM {self.vm!r} holds {current_disk}, "
+                f"not b2dkit's disk {self.disk_file}",
                 hint="detach it in VirtualBox (it is not b2dkit's to touch), then run the command again",
             )
         if current_disk is None:
@@ -428,7 +430,7 @@ class VirtualBoxProvider(Provider):
                 other = self.vbox.showvminfo(name)
             except VMNotRegistered:
                 continue
-            for nic, rules in other.forwards.items():
+            for rules in other.forwards.values():
                 clash = _clash(fwd, rules)
                 if clash:
                     return f"VirtualBox VM {name!r} (NAT rule {clash.name!r})"
@@ -457,7 +459,7 @@ class VirtualBoxProvider(Provider):
             what = "started, but" if started else "is running, but"
             raise PortInUse(
                 f"VM {self.vm!r} {what} VirtualBox could not forward host port {', '.join(failed)}",
-                hint=f"another program took it; free it and run `invoke vm.stop` and `invoke vm.start` (see {log})",
+                hint=f"another program took it; free it, then `invoke vm.stop` + `invoke vm.start` ({log})",
             )
 
 

@@ -110,7 +110,8 @@ def not_running(name):
 
 TRANSIENT = {
     "not-ready": "VBoxManage: error: The object is not ready\n",
-    "locked": "VBoxManage: error: The machine 'x' is already locked by a session (or being locked or unlocked)\n",
+    "locked": "VBoxManage: error: The machine 'x' is already locked by a session "
+    "(or being locked or unlocked)\n",
     "access-denied": "VBoxManage: error: The object is not ready (E_ACCESSDENIED)\n",
 }
 
@@ -469,7 +470,8 @@ def cmd_registervm(state, args):
     body = json.loads(text.split("<!-- fakevbox: ", 1)[1].rsplit(" -->", 1)[0])
     if body["name"] in state.machines:
         raise vbox_error(
-            f"Cannot register the machine '{body['name']}' because a machine with the same name already exists",
+            f"Cannot register the machine '{body['name']}' because a machine with the same name "
+            "already exists",
             "VBOX_E_OBJECT_IN_USE",
             "0x80bb000c",
             "VirtualBoxWrap",
@@ -925,11 +927,12 @@ def cmd_startvm(state, args):
             "0x80bb0007",
             "MachineWrap",
             "IMachine",
-            "LaunchVMProcess(a->session, sessionType.raw(), ComSafeArrayAsInParam(aBstrEnv), progress.asOutParam())",
+            "LaunchVMProcess(a->session, sessionType.raw(), ComSafeArrayAsInParam(aBstrEnv), "
+            "progress.asOutParam())",
             881,
             "VBoxManageMisc.cpp",
         )
-    for ctl, slots in m["attachments"].items():
+    for slots in m["attachments"].values():
         for att in slots.values():
             if att["medium"] and not Path(att["medium"]).exists():
                 raise Fail(
