@@ -1,0 +1,543 @@
+"""The VirtualBox provider: one boot2docker VM driven through ``b2dkit.vbox``.
+
+Layout (like docker-machine's store): ``<vm_dir>/`` holds the SSH keys and the persistent
+disk ``disk.vmdk``; VirtualBox's own machine folder is ``<vm_dir>/<vm>/`` (``createvm
+--basefolder <vm_dir>``) with the ``.vbox`` file and ``Logs/``.  The disk lives *outside*
+the machine folder on purpose: ``unregistervm --delete`` empties and removes that folder,
+and the disk must survive a destroy unless the user purges it.
+
+Every decision reads ``showvminfo`` first (no cache file), then makes only the calls
+that change something, so a re-run is a one-call no-op (budgets in issue #3: create ≤ 10
+calls, forward ≤ 2, status 1).
+"""
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+from .. import disk, forwards as fw, paths
+from ..errors import HypervisorError, InputError, PortInUse, VMNotFound
+from ..forwards import Forward
+from ..vbox import (
+    VBoxManage,
+    VMInfo,
+    VMNotRegistered,
+    natpf_add_argv,
+    natpf_delete_argv,
+    natpf_rule,
+    nat_failures,
+    storageattach_argv,
+)
+from . import ApplyReport, MachineSpec, Provider, VMState
+
+CONTROLLER = "SATA"
+ISO_PORT = 0
+DISK_PORT = 1
+OSTYPE = "Linux26_64"
+NIC_TYPE = "82540EM"  # docker-machine's choice; virtio needs guest drivers older ISOs lack
+SSH_GUEST_PORT = 22
+DISK_NAME = "disk.vmdk"
+
+# Settings b2dkit owns on every VM, as (showvminfo key, wanted value, modifyvm option).
+_BASE_SETTINGS = (
+    ("acpi", "on", "--acpi"),  # acpipowerbutton needs it
+    ("ioapic", "on", "--ioapic"),  # needed for more than one CPU
+    ("rtcuseutc", "on", "--rtcuseutc"),  # TinyCore reads the RTC as UTC (hwclock -u)
+    ("boot1", "dvd", "--boot1"),
+    ("boot2", "disk", "--boot2"),
+    ("boot3", "none", "--boot3"),
+    ("boot4", "none", "--boot4"),
+)
+
+
+class VirtualBoxProvider(Provider):
+    """One named VirtualBox VM; ``vbox`` and ``sleep`` are injectable for tests."""
+
+    name = "virtualbox"
+
+    def __init__(
+        self,
+        vm: str,
+        vbox: Optional[VBoxManage] = None,
+        sleep: Callable[[float], None] = time.sleep,
+        poll_interval: float = 0.5,
+    ):
+        super().__init__(vm)
+        self.vbox = vbox or VBoxManage()
+        self.sleep = sleep
+        self.poll_interval = poll_interval
+
+    # -- where things are ------------------------------------------------------------------
+    @property
+    def machine_dir(self) -> Path:
+        """VirtualBox's folder for this VM (what ``unregistervm --delete`` removes)."""
+        return self.dir / self.vm
+
+    @property
+    def disk_file(self) -> Path:
+        return self.dir / DISK_NAME
+
+    def disk_path(self) -> Optional[Path]:
+        return self.disk_file if self.disk_file.exists() else None
+
+    def log_path(self) -> Optional[Path]:
+        log = self.machine_dir / "Logs" / "VBox.log"
+        return log if log.exists() else None
+
+    # -- reading ---------------------------------------------------------------------------
+    def _info(self) -> Optional[VMInfo]:
+        try:
+            return self.vbox.showvminfo(self.vm)
+        except VMNotRegistered:
+            return None
+
+    def _require(self) -> VMInfo:
+        info = self._info()
+        if info is None:
+            raise VMNotFound(
+                f"there is no VirtualBox VM named {self.vm!r}",
+                hint="create it with `invoke vm.create`",
+            )
+        return info
+
+    def state(self) -> VMState:
+        info = self._info()
+        return VMState.ABSENT if info is None else info.state
+
+    def forwards(self) -> List[Forward]:
+        return self._require().nat_forwards()
+
+    def info(self) -> dict:
+        """Everything ``vm.status`` shows, from ONE showvminfo (state and forwards included)."""
+        info = self._info()
+        if info is None:
+            return {"state": str(VMState.ABSENT), "disk": _str(self.disk_path())}
+        return {
+            "state": str(info.state),
+            "vbox_state": info.vbox_state,
+            "uuid": info.uuid,
+            "memory_mb": info.memory,
+            "cpus": info.cpus,
+            "iso": info.medium(CONTROLLER, ISO_PORT),
+            "disk": info.medium(CONTROLLER, DISK_PORT) or _str(self.disk_path()),
+            "forwards": [f.to_dict() for f in info.nat_forwards()],
+            "cfg_file": info.cfg_file,
+            "log": str(self._log_of(info)),
+        }
+
+    def ssh_endpoint(self) -> Tuple[str, int]:
+        return _ssh_endpoint(self._require(), self.vm)
+
+    # -- create / converge -----------------------------------------------------------------
+    def create(self, spec: MachineSpec) -> ApplyReport:
+        wanted = self._check_spec(spec)  # every input error before the first VBoxManage call
+        header = disk.header_tar(spec.public_key)
+        total = disk.size_bytes(spec.disk_mb)
+        iso = Path(spec.iso).resolve()
+        report = ApplyReport()
+        info = self._info()
+        if info is None:
+            paths.ensure_dir(self.dir)
+            leftover = self.machine_dir / f"{self.vm}.vbox"
+            if leftover.exists():
+                # An unregistered VM of ours (crash, manual unregister): createvm would fail
+                # with "Machine settings file already exists", so take it back instead.
+                self.vbox.registervm(leftover)
+                info = self._require()
+                report.changes.append(f"re-registered the VM left in {self.machine_dir}")
+            else:
+                self.vbox.createvm(self.vm, basefolder=self.dir, ostype=OSTYPE)
+                report.created = True
+        if info is not None and info.state is VMState.BUSY:
+            raise HypervisorError(
+                f"VM {self.vm!r} is {info.vbox_state}", hint="wait a moment and run the command again"
+            )
+        rules = _with_ssh(wanted, info)
+        settings, setting_changes = self._settings_plan(info, spec)
+        rule_args, rule_changes = self._rules_plan(info, rules)
+        storage = self._storage_plan(info, iso)
+        live = info is not None and info.state in (VMState.RUNNING, VMState.PAUSED, VMState.SAVED)
+        offline = setting_changes + [text for text, _ in storage]
+        if live and offline:
+            raise HypervisorError(
+                f"VM {self.vm!r} is {info.vbox_state}; these changes need it powered off: "
+                f"{'; '.join(offline)}",
+                hint="run `invoke vm.stop`, then run the command again",
+            )
+        if info is not None and info.state is not VMState.STOPPED and rule_args:
+            if info.state is VMState.SAVED:
+                self.vbox.run(["modifyvm", self.vm, *rule_args])
+            else:
+                self._apply_rules_live(info, rules)
+        elif settings or rule_args:
+            self.vbox.run(["modifyvm", self.vm, *settings, *rule_args])
+        report.changes += [] if report.created else setting_changes
+        report.changes += rule_changes
+        for text, action in storage:
+            action(header, total)
+            report.changes.append(text)
+        return report
+
+    def _check_spec(self, spec: MachineSpec) -> List[Forward]:
+        if spec.name != self.vm:
+            raise InputError(f"machine spec is for {spec.name!r}, not {self.vm!r}")
+        if not isinstance(spec.memory_mb, int) or not 256 <= spec.memory_mb <= 1 << 20:
+            raise InputError(f"invalid memory {spec.memory_mb!r} MB: boot2docker needs at least 256")
+        if not isinstance(spec.cpus, int) or not 1 <= spec.cpus <= 32:
+            raise InputError(f"invalid CPU count {spec.cpus!r}: use 1 to 32")
+        iso = Path(spec.iso)
+        if not iso.is_file():
+            raise InputError(f"boot ISO {iso} does not exist", hint="check the profile's ISO or --iso")
+        if not str(spec.public_key).strip():
+            raise InputError("no SSH public key for the persistent disk")
+        return check_forwards(spec.forwards)
+
+    def _settings_plan(self, info: Optional[VMInfo], spec: MachineSpec):
+        args, changes = [], []
+        mem = None if info is None else info.memory
+        if mem != spec.memory_mb:
+            args += ["--memory", str(spec.memory_mb)]
+            changes.append(f"memory {mem} → {spec.memory_mb} MB")
+        cpus = None if info is None else info.cpus
+        if cpus != spec.cpus:
+            args += ["--cpus", str(spec.cpus)]
+            changes.append(f"cpus {cpus} → {spec.cpus}")
+        for key, value, option in _BASE_SETTINGS:
+            current = None if info is None else info.raw.get(key)
+            if current != value:
+                args += [option, value]
+                changes.append(f"{key} {current} → {value}")
+        if info is None or info.nics.get(1) != "nat" or info.raw.get("nictype1") != NIC_TYPE:
+            args += ["--nic1", "nat", "--nictype1", NIC_TYPE, "--cableconnected1", "on"]
+            changes.append("NIC 1 → NAT")
+        return args, changes
+
+    def _rules_plan(self, info: Optional[VMInfo], rules: List[Forward]):
+        """modifyvm arguments that make NIC 1's rules include ``rules`` (others are kept)."""
+        current = {} if info is None else {f.name: f for f in info.nat_forwards()}
+        args, changes = [], []
+        for fwd in rules:
+            have = current.get(fwd.name)
+            if have == fwd:
+                continue
+            clash = _clash(fwd, [f for f in current.values() if f.name != fwd.name])
+            if clash:
+                raise PortInUse(
+                    f"host port {fwd.host_ip}:{fwd.host_port}/{fwd.proto} is already forwarded by rule "
+                    f"{clash.name!r} of VM {self.vm!r}",
+                    hint=f"remove it with `invoke vm.unforward {clash.name}` or pick another host port",
+                )
+            if have is not None:
+                args += ["--natpf1", "delete", fwd.name]
+            args += ["--natpf1", natpf_rule(fwd)]
+            if info is not None:
+                changes.append(f"forward {describe(fwd)}" + (" (replaced)" if have else " added"))
+        return args, changes
+
+    def _apply_rules_live(self, info: VMInfo, rules: List[Forward]):
+        current = {f.name: f for f in info.nat_forwards()}
+        for fwd in rules:
+            have = current.get(fwd.name)
+            if have == fwd:
+                continue
+            if have is None or _clash(fwd, [have]) is None:
+                self._require_free(fwd)
+            self._add_live(info, fwd, replace=have is not None)
+
+    def _storage_plan(self, info: Optional[VMInfo], iso: Path):
+        """[(change text, action(header, total))] in the order they must run."""
+        plan = []
+        if info is None or CONTROLLER not in info.controllers:
+            plan.append(
+                (
+                    "SATA controller added",
+                    lambda h, t: self.vbox.run(
+                        [
+                            "storagectl",
+                            self.vm,
+                            "--name",
+                            CONTROLLER,
+                            "--add",
+                            "sata",
+                            "--portcount",
+                            "4",
+                            "--hostiocache",
+                            "on",
+                            "--bootable",
+                            "on",
+                        ]
+                    ),
+                )
+            )
+        current_iso = None if info is None else info.medium(CONTROLLER, ISO_PORT)
+        if current_iso is None or not _same_file(current_iso, iso):
+            plan.append(
+                (
+                    f"boot ISO {current_iso} → {iso}" if current_iso else f"boot ISO {iso} attached",
+                    lambda h, t: self.vbox.run(
+                        storageattach_argv(self.vm, CONTROLLER, ISO_PORT, "dvddrive", iso)
+                    ),
+                )
+            )
+        current_disk = None if info is None else info.medium(CONTROLLER, DISK_PORT)
+        if current_disk is not None and not _same_file(current_disk, self.disk_file):
+            raise HypervisorError(
+                f"SATA port {DISK_PORT} of VM {self.vm!r} holds {current_disk}, "
+                f"not b2dkit's disk {self.disk_file}",
+                hint="detach it in VirtualBox (it is not b2dkit's to touch), then run the command again",
+            )
+        if current_disk is None:
+            if self.disk_file.exists():
+                text = f"kept persistent disk {self.disk_file} re-attached"
+            else:
+                text = f"persistent disk {self.disk_file} created"
+            plan.append((text, self._make_and_attach_disk))
+        return plan
+
+    def _make_and_attach_disk(self, header: bytes, total: int):
+        if not self.disk_file.exists():
+            self._make_disk(header, total)
+        self.vbox.run(storageattach_argv(self.vm, CONTROLLER, DISK_PORT, "hdd", self.disk_file))
+
+    def _make_disk(self, header: bytes, total: int):
+        # convertfromraw refuses an existing output, so the atomic write is by hand: convert
+        # into a scratch name (a monolithic VMDK does not embed its file name), then rename.
+        partial = self.dir / "disk.partial.vmdk"
+        if partial.exists():
+            partial.unlink()  # left by an interrupted run; never attached to anything
+        try:
+            self.vbox.convertfromraw_stdin(partial, total, lambda out: disk.write_stream(out, header, total))
+            os.chmod(partial, 0o600)
+            os.replace(partial, self.disk_file)
+        finally:
+            if partial.exists():
+                partial.unlink()
+
+    # -- running ---------------------------------------------------------------------------
+    def start(self) -> None:
+        info = self._require()
+        if info.state is VMState.RUNNING:
+            return
+        if info.state is VMState.BUSY:
+            raise HypervisorError(f"VM {self.vm!r} is {info.vbox_state}", hint="wait a moment and try again")
+        if info.state is VMState.PAUSED:
+            self.vbox.run(["controlvm", self.vm, "resume"])
+            return
+        # VirtualBox starts the VM even when a host port is taken and only logs it, so check first.
+        for fwd in info.nat_forwards():
+            self._require_free(fwd)
+        self.vbox.run(["startvm", self.vm, "--type", "headless"])
+        self._raise_nat_failures(self._log_of(info), 0, info.nat_forwards(), started=True)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        info = self._require()
+        if info.state in (VMState.STOPPED, VMState.SAVED):
+            return
+        if info.state is VMState.PAUSED:
+            self.vbox.run(["controlvm", self.vm, "resume"])  # a paused guest cannot see the button
+        if info.state is not VMState.BUSY:
+            self.vbox.run(["controlvm", self.vm, "acpipowerbutton"])
+        for _ in range(max(1, math.ceil(timeout / self.poll_interval))):
+            self.sleep(self.poll_interval)
+            if self.state() in (VMState.STOPPED, VMState.ABSENT):
+                return
+        self._poweroff()
+
+    def _poweroff(self):
+        try:
+            self.vbox.run(["controlvm", self.vm, "poweroff"])
+        except HypervisorError:
+            if self.state() is not VMState.STOPPED:  # "not currently running" = it just stopped
+                raise
+
+    def destroy(self, purge: bool = False) -> None:
+        info = self._info()
+        if info is not None:
+            if info.state in (VMState.RUNNING, VMState.PAUSED, VMState.BUSY):
+                self._poweroff()
+            # unregistervm --delete deletes every attached hard disk: detach what must survive.
+            iso_slot = (CONTROLLER, ISO_PORT, 0)
+            for (ctl, port, dev), medium in sorted(info.storage.items()):
+                if medium in ("none", "emptydrive") or (ctl, port, dev) == iso_slot:
+                    continue
+                if purge and _same_file(medium, self.disk_file):
+                    continue
+                self.vbox.run(storageattach_argv(self.vm, ctl, port, None, "none", device=dev))
+            self.vbox.run(["unregistervm", self.vm, "--delete"])
+        if purge:
+            for path in (self.disk_file, self.dir / "disk.partial.vmdk"):
+                if path.exists():
+                    path.unlink()
+
+    # -- forwards --------------------------------------------------------------------------
+    def add_forward(self, fwd: Forward) -> None:
+        (fwd,) = check_forwards([fwd])
+        info = self._require()
+        if info.state is VMState.BUSY:
+            raise HypervisorError(f"VM {self.vm!r} is {info.vbox_state}", hint="wait a moment and try again")
+        current = {f.name: f for f in info.nat_forwards()}
+        have = current.get(fwd.name)
+        if have == fwd:
+            return  # deterministic names: re-adding the same rule is a no-op
+        clash = _clash(fwd, [f for f in current.values() if f.name != fwd.name])
+        if clash:
+            raise PortInUse(
+                f"host port {fwd.host_ip}:{fwd.host_port}/{fwd.proto} is already forwarded by rule "
+                f"{clash.name!r} of VM {self.vm!r}",
+                hint=f"remove it first with `invoke vm.unforward {clash.name}`",
+            )
+        live = info.state in (VMState.RUNNING, VMState.PAUSED)
+        held_by_us = live and have is not None and _clash(fwd, [have]) is not None
+        if not held_by_us:
+            self._require_free(fwd)
+        if live:
+            self._add_live(info, fwd, replace=have is not None)
+        else:
+            args = ["--natpf1", "delete", fwd.name] if have is not None else []
+            self.vbox.run(["modifyvm", self.vm, *args, "--natpf1", natpf_rule(fwd)])
+
+    def _add_live(self, info: VMInfo, fwd: Forward, replace: bool):
+        log = self._log_of(info)
+        offset = log.stat().st_size if log.exists() else 0
+        if replace:
+            self.vbox.run(natpf_delete_argv(self.vm, fwd.name, running=True))
+        self.vbox.run(natpf_add_argv(self.vm, fwd, running=True))
+        self._raise_nat_failures(log, offset, [fwd], started=False)
+
+    def remove_forward(self, name: str) -> None:
+        info = self._require()
+        if name not in {f.name for f in info.nat_forwards()}:
+            known = ", ".join(f.name for f in info.nat_forwards()) or "none"
+            raise InputError(f"VM {self.vm!r} has no forward named {name!r} (it has: {known})")
+        running = info.state in (VMState.RUNNING, VMState.PAUSED)
+        self.vbox.run(natpf_delete_argv(self.vm, name, running))
+
+    # -- port checks -----------------------------------------------------------------------
+    def _require_free(self, fwd: Forward):
+        """PortInUse naming the owner when the host cannot bind ``fwd`` now."""
+        if fw.host_port_free(fwd.host_port, fwd.host_ip or "0.0.0.0", fwd.proto):
+            return
+        fw.require_free(fwd, owner=self._owner(fwd) or "another program")
+
+    def _owner(self, fwd: Forward) -> Optional[str]:
+        """Which running VM forwards this port (only asked once a bind has failed: it costs calls)."""
+        for name, _uuid in self.vbox.list_vms(running=True):
+            if name == self.vm:
+                continue
+            try:
+                other = self.vbox.showvminfo(name)
+            except VMNotRegistered:
+                continue
+            for rules in other.forwards.values():
+                clash = _clash(fwd, rules)
+                if clash:
+                    return f"VirtualBox VM {name!r} (NAT rule {clash.name!r})"
+        return None
+
+    def _log_of(self, info: VMInfo) -> Path:
+        if info.log_folder:
+            return Path(info.log_folder) / "VBox.log"
+        if info.cfg_file:
+            return Path(info.cfg_file).parent / "Logs" / "VBox.log"
+        return self.machine_dir / "Logs" / "VBox.log"
+
+    def _raise_nat_failures(self, log: Path, offset: int, rules: List[Forward], started: bool):
+        try:
+            with open(log, "rb") as fh:
+                fh.seek(offset)
+                text = fh.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return
+        failed = []
+        for proto, host_ip, host_port, reason in nat_failures(text):
+            for fwd in rules:
+                if fwd.proto == proto and fwd.host_port == host_port:
+                    failed.append(f"{host_ip}:{host_port}/{proto}" + (f" ({reason})" if reason else ""))
+        if failed:
+            what = "started, but" if started else "is running, but"
+            raise PortInUse(
+                f"VM {self.vm!r} {what} VirtualBox could not forward host port {', '.join(failed)}",
+                hint=f"another program took it; free it, then `invoke vm.stop` + `invoke vm.start` ({log})",
+            )
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def check_forwards(rules) -> List[Forward]:
+    """Validate forwards before any VBoxManage call: ports, protocol, IP, name, duplicates."""
+    out: List[Forward] = []
+    for fwd in rules:
+        if not isinstance(fwd, Forward):
+            raise InputError(f"invalid forward {fwd!r}")
+        fw.parse_port(fwd.host_port, "host port")
+        fw.parse_port(fwd.guest_port, "guest port")
+        if fwd.proto not in fw.PROTOCOLS:
+            raise InputError(f"invalid forward {fwd.name!r}: unknown protocol {fwd.proto!r} (use tcp or udp)")
+        if fwd.host_ip:
+            fw.check_host_ip(fwd.host_ip)
+        natpf_rule(fwd)  # rejects names VirtualBox cannot round-trip
+        for seen in out:
+            if seen.name == fwd.name or _clash(fwd, [seen]):
+                raise InputError(
+                    f"forwards {seen.name!r} and {fwd.name!r} both use host port {fwd.host_port}/{fwd.proto}"
+                )
+        out.append(fwd)
+    return out
+
+
+def _with_ssh(rules: List[Forward], info: Optional[VMInfo]) -> List[Forward]:
+    """Make sure some rule reaches the guest's sshd; keep an existing one so its port stays put."""
+    if any(f.guest_port == SSH_GUEST_PORT for f in rules):
+        return rules
+    if info is not None:
+        for fwd in info.nat_forwards():
+            if fwd.guest_port == SSH_GUEST_PORT:
+                return rules + [fwd]
+    taken = {f.host_port for f in rules}
+    port = fw.pick_free_port(taken=taken)
+    return rules + [Forward(host_port=port, guest_port=SSH_GUEST_PORT)]
+
+
+def _ssh_endpoint(info: VMInfo, vm: str) -> Tuple[str, int]:
+    for fwd in info.nat_forwards():
+        if fwd.guest_port == SSH_GUEST_PORT and fwd.proto == "tcp":
+            host = fwd.host_ip if fwd.host_ip not in ("", "0.0.0.0") else fw.LOOPBACK
+            return host, fwd.host_port
+    raise HypervisorError(
+        f"VM {vm!r} has no NAT rule to the guest's SSH port 22", hint="run `invoke vm.create` again to add it"
+    )
+
+
+def _overlap(a: str, b: str) -> bool:
+    wildcard = ("", "0.0.0.0")
+    return a == b or a in wildcard or b in wildcard
+
+
+def _clash(fwd: Forward, rules) -> Optional[Forward]:
+    """The rule that would bind the same host socket (Vagrant PR #4616: IP matters)."""
+    for other in rules:
+        if (
+            other.proto == fwd.proto
+            and other.host_port == fwd.host_port
+            and _overlap(other.host_ip, fwd.host_ip)
+        ):
+            return other
+    return None
+
+
+def describe(fwd: Forward) -> str:
+    return f"{fwd.name}: {fwd.host_ip or '*'}:{fwd.host_port} → {fwd.guest_port}/{fwd.proto}"
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(str(a)) == os.path.abspath(str(b))
+
+
+def _str(path) -> Optional[str]:
+    return None if path is None else str(path)

@@ -1,0 +1,1169 @@
+"""A stateful fake ``VBoxManage``, as strict as the real one where b2dkit depends on it.
+
+Written from ../shared/reference/vboxmanage-and-boot2docker.md and vbox-samples/: the same
+syntax checking (unknown subcommand/option → usage on stderr, exit 2), output formats
+(createvm, showvminfo --machinereadable, list vms, startvm, poweroff progress), error texts
+and exit codes (3-line ``VBoxManage: error:`` shape, exit 1), the session lock on running
+VMs, ``unregistervm --delete`` deleting attached hard disks, ``convertfromraw stdin``
+demanding exactly BYTES, and ``startvm`` succeeding although a forwarded host port is taken
+(the failure only shows in ``Logs/VBox.log``).
+
+Environment:
+  FAKEVBOX_HOME         state dir (required): state.json, calls.log, default machine folder
+  FAKEVBOX_FAULTS       e.g. ``showvminfo=not-ready*2,startvm=locked*1``: the first N calls of
+                        that subcommand fail with that transient error (kinds: not-ready,
+                        locked, access-denied, exit0-error)
+  FAKEVBOX_ACPI_DELAY   seconds from acpipowerbutton to poweroff (default 0: immediate)
+  FAKEVBOX_ACPI_IGNORE  1 = the "guest" ignores the ACPI button (no acpid)
+  FAKEVBOX_VERSION      what --version prints (default 7.0.20r163906)
+"""
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+import uuid as uuidlib
+from pathlib import Path
+
+PROG = "VBoxManage"
+SYNTAX = 2  # RTEXITCODE_SYNTAX
+FAILURE = 1
+MEMORY_STATES_LOCKED = ("running", "paused", "starting", "stopping", "saving", "restoring")
+HEADER_KEEP = 4096
+
+
+class Fail(Exception):
+    def __init__(self, stderr, code=FAILURE, stdout=""):
+        super().__init__(stderr)
+        self.stderr, self.code, self.stdout = stderr, code, stdout
+
+
+def usage(cmd, problem):
+    return Fail(
+        f"Usage:\n\nVBoxManage {cmd} ...\n\n{PROG}: error: {problem}\n",
+        SYNTAX,
+    )
+
+
+def vbox_error(message, code_name, hexcode, component, interface, context, line, source):
+    return Fail(
+        f"{PROG}: error: {message}\n"
+        f"{PROG}: error: Details: code {code_name} ({hexcode}), component {component}, "
+        f"interface {interface}, callee nsISupports\n"
+        f'{PROG}: error: Context: "{context}" at line {line} of file {source}\n'
+    )
+
+
+def not_found(name, source="VBoxManageInfo.cpp"):
+    return vbox_error(
+        f"Could not find a registered machine named '{name}'",
+        "VBOX_E_OBJECT_NOT_FOUND",
+        "0x80bb0001",
+        "VirtualBoxWrap",
+        "IVirtualBox",
+        "FindMachine(Bstr(VMNameOrUuid).raw, machine.asOutParam)",
+        2781,
+        source,
+    )
+
+
+def locked_for_session(name, source):
+    return vbox_error(
+        f"The machine '{name}' is already locked for a session (or being unlocked)",
+        "VBOX_E_INVALID_OBJECT_STATE",
+        "0x80bb0007",
+        "MachineWrap",
+        "IMachine",
+        "LockMachine(a->session, LockType_Write)",
+        640,
+        source,
+    )
+
+
+def rule_exists(source, what="of this name"):
+    return Fail(
+        f"{PROG}: error: A NAT rule {what} already exists\n"
+        f"{PROG}: error: Details: code E_INVALIDARG (0x80070057), component NATEngineWrap, "
+        "interface INATEngine, callee IUnknown\n"
+        f'{PROG}: error: Context: "AddRedirect(Bstr(strName).raw, proto, Bstr(strHostIp).raw, '
+        'RTStrToUInt16(strHostPort), Bstr(strGuestIp).raw, RTStrToUInt16(strGuestPort))" '
+        f"at line 1851 of file {source}\n"
+    )
+
+
+def rule_unknown(source):
+    return Fail(
+        f"{PROG}: error: Code E_INVALIDARG (0x80070057) - One or more arguments are invalid "
+        "(extended info not available)\n"
+        f'{PROG}: error: Context: "RemoveRedirect(Bstr(a->argv[3]).raw)" at line 511 of file {source}\n'
+    )
+
+
+def not_running(name):
+    return Fail(f"{PROG}: error: Machine '{name}' is not currently running\n")
+
+
+TRANSIENT = {
+    "not-ready": "VBoxManage: error: The object is not ready\n",
+    "locked": "VBoxManage: error: The machine 'x' is already locked by a session "
+    "(or being locked or unlocked)\n",
+    "access-denied": "VBoxManage: error: The object is not ready (E_ACCESSDENIED)\n",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# State
+# ---------------------------------------------------------------------------------------------
+
+
+class State:
+    def __init__(self, home: Path):
+        self.home = home
+        self.path = home / "state.json"
+        self.data = {"machines": {}, "faults": {}}
+
+    @contextlib.contextmanager
+    def locked(self):
+        with open(self.home / "state.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.exists():
+                self.data = json.loads(self.path.read_text())
+            yield self
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+
+    @property
+    def machines(self):
+        return self.data["machines"]
+
+    def find(self, name_or_uuid, source="VBoxManageInfo.cpp"):
+        for name, m in self.machines.items():
+            if name == name_or_uuid or m["uuid"] == name_or_uuid:
+                self.tick(m)
+                return m
+        raise not_found(name_or_uuid, source)
+
+    @staticmethod
+    def tick(m):
+        """Advance time-based transitions: a pressed ACPI button powers the guest off."""
+        due = m.get("acpi_off_at")
+        if due is not None and m["state"] == "running" and time.time() >= due:
+            set_state(m, "poweroff")
+            m.pop("acpi_off_at", None)
+
+
+def set_state(m, state):
+    m["state"] = state
+    m["state_changed"] = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%f000")
+
+
+def save_settings(m):
+    """The .vbox file: real VirtualBox rewrites it on every change; registervm reads it back."""
+    cfg = Path(m["cfg_file"])
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    body = json.dumps({k: v for k, v in m.items() if k not in ("state", "acpi_off_at")})
+    cfg.write_text(
+        '<?xml version="1.0"?>\n<VirtualBox xmlns="http://www.virtualbox.org/">\n'
+        f'  <Machine uuid="{{{m["uuid"]}}}" name="{m["name"]}"/>\n'
+        f"  <!-- fakevbox: {body} -->\n</VirtualBox>\n"
+    )
+
+
+def new_machine(name, ostype, cfg_file):
+    m = {
+        "name": name,
+        "uuid": str(uuidlib.uuid4()),
+        "ostype": ostype,
+        "cfg_file": str(cfg_file),
+        "memory": 128,
+        "cpus": 1,
+        "vram": 8,
+        "acpi": "on",
+        "ioapic": "off",
+        "rtcuseutc": "off",
+        "boot": ["floppy", "dvd", "disk", "none"],
+        "nics": {
+            str(i): {"type": "nat" if i == 1 else "none", "nictype": "82540EM", "cable": "on", "rules": {}}
+            for i in range(1, 9)
+        },
+        "controllers": [],
+        "attachments": {},
+        "uart1": "off",
+        "uartmode1": "disconnected",
+        "extra": {},
+    }
+    m["nics"]["1"]["mac"] = uuidlib.uuid4().hex[:12].upper()
+    set_state(m, "poweroff")
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# showvminfo --machinereadable, in VirtualBox's key order (vbox-samples/*saved_state*, issue3286)
+# ---------------------------------------------------------------------------------------------
+
+OSTYPES = {
+    "Linux26_64": "Linux 2.6 / 3.x / 4.x (64-bit)",
+    "Linux26": "Linux 2.6 / 3.x / 4.x (32-bit)",
+    "Other": "Other/Unknown",
+    "Ubuntu_64": "Ubuntu (64-bit)",
+}
+
+
+def q(value):
+    """outputMachineReadableString: escape double quotes and backslashes, not newlines."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def machinereadable(m):
+    cfg = Path(m["cfg_file"])
+    lines = [
+        f"name={q(m['name'])}",
+        'groups="/"',
+        f"ostype={q(OSTYPES.get(m['ostype'], m['ostype']))}",
+        f"UUID={q(m['uuid'])}",
+        f"CfgFile={q(cfg)}",
+        f"SnapFldr={q(cfg.parent / 'Snapshots')}",
+        f"LogFldr={q(cfg.parent / 'Logs')}",
+        f"hardwareuuid={q(m['uuid'])}",
+        f"memory={m['memory']}",
+        'pagefusion="off"',
+        f"vram={m['vram']}",
+        "cpuexecutioncap=100",
+        'hpet="off"',
+        'chipset="piix3"',
+        'firmware="BIOS"',
+        f"cpus={m['cpus']}",
+        'pae="on"',
+        'longmode="on"',
+        'triplefaultreset="off"',
+        'apic="on"',
+        'x2apic="on"',
+        "cpuid-portability-level=0",
+        'bootmenu="messageandmenu"',
+    ]
+    lines += [f"boot{i}={q(dev)}" for i, dev in enumerate(m["boot"], 1)]
+    lines += [
+        f"acpi={q(m['acpi'])}",
+        f"ioapic={q(m['ioapic'])}",
+        'biosapic="apic"',
+        "biossystemtimeoffset=0",
+        f"rtcuseutc={q(m['rtcuseutc'])}",
+        'hwvirtex="on"',
+        'nestedpaging="on"',
+        'largepages="on"',
+        'vtxvpid="on"',
+        'vtxux="on"',
+        'paravirtprovider="default"',
+        'effparavirtprovider="kvm"',
+        f"VMState={q(m['state'])}",
+        f"VMStateChangeTime={q(m['state_changed'])}",
+        "monitorcount=1",
+        'accelerate3d="off"',
+        'accelerate2dvideo="off"',
+        'teleporterenabled="off"',
+        "teleporterport=0",
+        'teleporteraddress=""',
+        'teleporterpassword=""',
+        'tracing-enabled="off"',
+        'tracing-allow-vm-access="off"',
+        'tracing-config=""',
+        'autostart-enabled="off"',
+        "autostart-delay=0",
+        'defaultfrontend=""',
+    ]
+    for i, ctl in enumerate(m["controllers"]):
+        lines += [
+            f"storagecontrollername{i}={q(ctl['name'])}",
+            f"storagecontrollertype{i}={q(ctl['type'])}",
+            f'storagecontrollerinstance{i}="0"',
+            f'storagecontrollermaxportcount{i}="30"',
+            f"storagecontrollerportcount{i}={q(ctl['portcount'])}",
+            f"storagecontrollerbootable{i}={q(ctl['bootable'])}",
+        ]
+    for ctl in m["controllers"]:
+        slots = m["attachments"].get(ctl["name"], {})
+        for port in range(ctl["portcount"]):
+            att = slots.get(f"{port}-0")
+            key = f"{ctl['name']}-{port}-0"
+            if att is None:
+                lines.append(f'{q(key)}="none"')
+                continue
+            medium = att["medium"] or "emptydrive"
+            lines.append(f"{q(key)}={q(medium)}")
+            if att["medium"]:
+                lines.append(f"{q(ctl['name'] + '-ImageUUID-' + str(port) + '-0')}={q(att['uuid'])}")
+            if att["type"] == "dvddrive":
+                lines.append(f'{q(ctl["name"] + "-tempeject")}="off"')
+                lines.append(f'{q(ctl["name"] + "-IsEjected")}="off"')
+    for i in range(1, 9):
+        nic = m["nics"][str(i)]
+        if nic["type"] == "none":
+            lines.append(f'nic{i}="none"')
+            continue
+        if nic["type"] == "nat":
+            lines.append(f'natnet{i}="nat"')
+        lines += [
+            f"macaddress{i}={q(nic.get('mac', '080027000000'))}",
+            f"cableconnected{i}={q(nic['cable'])}",
+            f"nic{i}={q(nic['type'])}",
+            f"nictype{i}={q(nic['nictype'])}",
+            f'nicspeed{i}="0"',
+        ]
+        if nic["type"] == "nat":
+            lines += ['mtu="0"', 'sockSnd="64"', 'sockRcv="64"', 'tcpWndSnd="64"', 'tcpWndRcv="64"']
+            # The NAT engine keeps rules in a map keyed by name: output is ordered by name.
+            for n, name in enumerate(sorted(nic["rules"])):
+                r = nic["rules"][name]
+                lines.append(
+                    f'Forwarding({n})="{name},{r["proto"]},{r["host_ip"]},{r["host_port"]},'
+                    f'{r["guest_ip"]},{r["guest_port"]}"'
+                )
+    lines += ['hidpointing="ps2mouse"', 'hidkeyboard="ps2kbd"']
+    if m["uart1"] == "off":
+        lines.append('uart1="off"')
+    else:
+        lines += [f"uart1={q(m['uart1'])}", f"uartmode1={q(m['uartmode1'])}"]
+    lines += ['uart2="off"', 'uart3="off"', 'uart4="off"', 'lpt1="off"', 'lpt2="off"']
+    lines += ['audio="none"', 'clipboard="disabled"', 'draganddrop="disabled"', 'vrde="off"']
+    lines += ['usb="off"', 'ehci="off"', 'xhci="off"']
+    if m.get("description"):
+        lines.append(f"description={q(m['description'])}")
+    lines += ["videocapopts=", "GuestMemoryBalloon=0"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+ONOFF = ("on", "off")
+
+
+class Args:
+    """A tiny RTGetOpt: options with a fixed number of values, unknown → syntax error."""
+
+    def __init__(self, cmd, argv):
+        self.cmd, self.argv, self.i = cmd, list(argv), 0
+
+    def more(self):
+        return self.i < len(self.argv)
+
+    def next(self, what="value"):
+        if self.i >= len(self.argv):
+            raise usage(self.cmd, f"Missing {what}")
+        self.i += 1
+        return self.argv[self.i - 1]
+
+    def peek(self):
+        return self.argv[self.i] if self.more() else None
+
+
+def cmd_version(state, args):
+    if args:
+        raise usage("--version", f"Unknown option: {args[0]}")
+    return os.environ.get("FAKEVBOX_VERSION", "7.0.20r163906") + "\n"
+
+
+def cmd_list(state, args):
+    if len(args) != 1:
+        raise usage("list", "Missing or too many arguments")
+    what = args[0]
+    if what == "vms":
+        vms = state.machines.values()
+    elif what == "runningvms":
+        for m in state.machines.values():
+            State.tick(m)
+        vms = [m for m in state.machines.values() if m["state"] == "running"]
+    elif what in ("hostonlyifs", "dhcpservers", "natnets"):
+        return ""
+    else:
+        raise usage("list", f"Unknown subcommand: {what}")
+    return "".join(f'"{m["name"]}" {{{m["uuid"]}}}\n' for m in vms)
+
+
+def cmd_createvm(state, args):
+    a = Args("createvm", args)
+    name = ostype = basefolder = None
+    register = False
+    while a.more():
+        opt = a.next()
+        if opt == "--name":
+            name = a.next("name")
+        elif opt == "--ostype":
+            ostype = a.next("ostype")
+        elif opt == "--basefolder":
+            basefolder = a.next("basefolder")
+        elif opt == "--register":
+            register = True
+        else:
+            raise usage("createvm", f"Unknown option: {opt}")
+    if not name:
+        raise usage("createvm", "Parameter --name is required")
+    if ostype and ostype not in OSTYPES:
+        raise vbox_error(
+            f"Guest OS type '{ostype}' is invalid",
+            "E_INVALIDARG",
+            "0x80070057",
+            "VirtualBoxWrap",
+            "IVirtualBox",
+            "CreateMachine(...)",
+            310,
+            "VBoxManageMisc.cpp",
+        )
+    base = Path(basefolder) if basefolder else state.home / "VirtualBox VMs"
+    cfg = (base / name / f"{name}.vbox").absolute()
+    if register and any(n == name for n in state.machines):
+        raise vbox_error(
+            f"Machine settings file '{cfg}' already exists",
+            "VBOX_E_FILE_ERROR",
+            "0x80bb000c",
+            "MachineWrap",
+            "IMachine",
+            "CreateMachine(...)",
+            312,
+            "VBoxManageMisc.cpp",
+        )
+    if cfg.exists():
+        # the short text of the reference sample (a leftover folder of an unregistered VM)
+        raise vbox_error(
+            "Machine settings file already exists",
+            "VBOX_E_FILE_ERROR",
+            "0x80bb000c",
+            "MachineWrap",
+            "IMachine",
+            "CreateMachine(...)",
+            312,
+            "VBoxManageMisc.cpp",
+        )
+    m = new_machine(name, ostype or "Other", cfg)
+    save_settings(m)
+    if register:
+        state.machines[name] = m
+        head = f"Virtual machine '{name}' is created and registered.\n"
+    else:
+        head = f"Virtual machine '{name}' is created.\n"
+    return f"{head}UUID: {m['uuid']}\nSettings file: '{cfg}'\n"
+
+
+def cmd_registervm(state, args):
+    if len(args) != 1:
+        raise usage("registervm", "Incorrect number of parameters")
+    path = Path(args[0])
+    if not path.is_file():
+        raise vbox_error(
+            f"Could not find file for the settings '{path}' (VERR_FILE_NOT_FOUND)",
+            "VBOX_E_FILE_ERROR",
+            "0x80bb000c",
+            "MachineWrap",
+            "IMachine",
+            "OpenMachine(Bstr(a->argv[0]).raw, machine.asOutParam())",
+            120,
+            "VBoxManageMisc.cpp",
+        )
+    text = path.read_text()
+    body = json.loads(text.split("<!-- fakevbox: ", 1)[1].rsplit(" -->", 1)[0])
+    if body["name"] in state.machines:
+        raise vbox_error(
+            f"Cannot register the machine '{body['name']}' because a machine with the same name "
+            "already exists",
+            "VBOX_E_OBJECT_IN_USE",
+            "0x80bb000c",
+            "VirtualBoxWrap",
+            "IVirtualBox",
+            "RegisterMachine(machine)",
+            126,
+            "VBoxManageMisc.cpp",
+        )
+    body["cfg_file"] = str(path.absolute())
+    set_state(body, "poweroff")
+    state.machines[body["name"]] = body
+    return ""
+
+
+def cmd_showvminfo(state, args):
+    a = Args("showvminfo", args)
+    vm = a.next("VM name")
+    readable = False
+    while a.more():
+        opt = a.next()
+        if opt == "--machinereadable":
+            readable = True
+        elif opt in ("--details", "--log"):
+            raise usage("showvminfo", f"Option {opt} is not supported by this fake")
+        else:
+            raise usage("showvminfo", f"Unknown option: {opt}")
+    m = state.find(vm, "VBoxManageInfo.cpp")
+    if readable:
+        return machinereadable(m)
+    return f"Name:            {m['name']}\nUUID:            {m['uuid']}\nState:           {m['state']}\n"
+
+
+def _bool(cmd, opt, value):
+    if value not in ONOFF:
+        raise usage(cmd, f"Invalid {opt} argument '{value}'")
+    return value
+
+
+def _int(cmd, opt, value):
+    try:
+        return int(value)
+    except ValueError:
+        raise usage(cmd, f"Invalid {opt} argument '{value}'") from None
+
+
+IGNORED_ONOFF = {
+    "--pae",
+    "--longmode",
+    "--hpet",
+    "--hwvirtex",
+    "--nestedpaging",
+    "--largepages",
+    "--vtxvpid",
+    "--vtxux",
+    "--accelerate3d",
+    "--cpuhotplug",
+    "--triplefaultreset",
+    "--bioslogofadein",
+    "--bioslogofadeout",
+    "--natdnshostresolver1",
+    "--natdnsproxy1",
+}
+IGNORED_VALUE = {
+    "--firmware",
+    "--bioslogodisplaytime",
+    "--biosbootmenu",
+    "--nicpromisc2",
+    "--graphicscontroller",
+}
+
+
+def parse_rule(cmd, text, source):
+    parts = text.split(",")
+    if len(parts) != 6:
+        raise usage(cmd, f"Invalid NAT rule '{text}'")
+    name, proto, host_ip, host_port, guest_ip, guest_port = parts
+    if proto not in ("tcp", "udp"):
+        raise usage(cmd, f"Invalid proto '{proto}' specified for NIC 1")
+    try:
+        hp, gp = int(host_port), int(guest_port)
+    except ValueError:
+        raise usage(cmd, f"Invalid NAT rule '{text}'") from None
+    if not name:
+        raise usage(cmd, "NAT rule name is empty")
+    return name, {"proto": proto, "host_ip": host_ip, "host_port": hp, "guest_ip": guest_ip, "guest_port": gp}
+
+
+def add_rule(nic, name, rule, source):
+    if name in nic["rules"]:
+        raise rule_exists(source)
+    for other in nic["rules"].values():
+        if (other["host_ip"], other["host_port"], other["proto"]) == (
+            rule["host_ip"],
+            rule["host_port"],
+            rule["proto"],
+        ):
+            raise rule_exists(source, "for this host port and this host IP")
+    nic["rules"][name] = rule
+
+
+def cmd_modifyvm(state, args):
+    a = Args("modifyvm", args)
+    vm = a.next("VM name")
+    m = state.find(vm, "VBoxManageModifyVM.cpp")
+    if m["state"] in MEMORY_STATES_LOCKED:
+        raise locked_for_session(m["name"], "VBoxManageModifyVM.cpp")
+    src = "VBoxManageModifyVM.cpp"
+    if not a.more():
+        raise usage("modifyvm", "No options given")
+    while a.more():
+        opt = a.next()
+        if opt == "--memory":
+            m["memory"] = _int("modifyvm", opt, a.next(opt))
+        elif opt == "--cpus":
+            m["cpus"] = _int("modifyvm", opt, a.next(opt))
+        elif opt == "--vram":
+            m["vram"] = _int("modifyvm", opt, a.next(opt))
+        elif opt == "--ostype":
+            value = a.next(opt)
+            if value not in OSTYPES:
+                raise Fail(f"{PROG}: error: Invalid guest OS type '{value}'\n")
+            m["ostype"] = value
+        elif opt in ("--acpi", "--ioapic", "--rtcuseutc"):
+            m[opt[2:]] = _bool("modifyvm", opt, a.next(opt))
+        elif opt in ("--boot1", "--boot2", "--boot3", "--boot4"):
+            value = a.next(opt)
+            if value not in ("none", "floppy", "dvd", "disk", "net"):
+                raise usage("modifyvm", f"Invalid boot device '{value}'")
+            m["boot"][int(opt[-1]) - 1] = value
+        elif opt.startswith("--nictype") and opt[9:].isdigit():
+            m["nics"][_nic(opt[9:])]["nictype"] = a.next(opt)
+        elif opt.startswith("--nic") and opt[5:].isdigit():
+            value = a.next(opt)
+            if value not in ("none", "null", "nat", "bridged", "intnet", "hostonly", "generic", "natnetwork"):
+                raise usage("modifyvm", f"Invalid type '{value}' specfied for NIC {opt[5:]}")
+            m["nics"][_nic(opt[5:])]["type"] = value
+        elif opt.startswith("--cableconnected") and opt[16:].isdigit():
+            m["nics"][_nic(opt[16:])]["cable"] = _bool("modifyvm", opt, a.next(opt))
+        elif opt.startswith("--natpf") and opt[7:].isdigit():
+            nic = m["nics"][_nic(opt[7:])]
+            value = a.next(opt)
+            if value == "delete":
+                name = a.next("rule name")
+                if name not in nic["rules"]:
+                    raise Fail(
+                        f"{PROG}: error: Code E_INVALIDARG (0x80070057) - One or more arguments are invalid "
+                        "(extended info not available)\n"
+                        f'{PROG}: error: Context: "RemoveRedirect(Bstr(ValueUnion.psz).raw)" at line 1878 '
+                        f"of file {src}\n"
+                    )
+                del nic["rules"][name]
+            else:
+                name, rule = parse_rule("modifyvm", value, src)
+                add_rule(nic, name, rule, src)
+        elif opt == "--uart1":
+            value = a.next(opt)
+            m["uart1"] = "off" if value == "off" else f"{value},{a.next('IRQ')}"
+        elif opt == "--uartmode1":
+            value = a.next(opt)
+            m["uartmode1"] = value if value == "disconnected" else f"{value},{a.next('path')}"
+        elif opt == "--description":
+            m["description"] = a.next(opt)
+        elif opt.startswith("--hostonlyadapter") and opt[17:].isdigit():
+            a.next(opt)
+        elif opt in IGNORED_ONOFF:
+            _bool("modifyvm", opt, a.next(opt))
+        elif opt in IGNORED_VALUE:
+            a.next(opt)
+        else:
+            raise usage("modifyvm", f"Unknown option: {opt}")
+    save_settings(m)
+    return ""
+
+
+def _nic(text):
+    n = int(text)
+    if not 1 <= n <= 8:
+        raise usage("modifyvm", f"Invalid NIC number {n}")
+    return str(n)
+
+
+def cmd_storagectl(state, args):
+    a = Args("storagectl", args)
+    vm = a.next("VM name")
+    name = add = None
+    portcount, bootable, hostiocache = 30, "on", "off"
+    remove = False
+    while a.more():
+        opt = a.next()
+        if opt == "--name":
+            name = a.next(opt)
+        elif opt == "--add":
+            add = a.next(opt)
+            if add not in ("ide", "sata", "scsi", "floppy", "sas", "usb", "pcie", "virtio"):
+                raise usage("storagectl", f"Invalid --add argument '{add}'")
+        elif opt == "--portcount":
+            portcount = _int("storagectl", opt, a.next(opt))
+        elif opt == "--bootable":
+            bootable = _bool("storagectl", opt, a.next(opt))
+        elif opt == "--hostiocache":
+            hostiocache = _bool("storagectl", opt, a.next(opt))
+        elif opt == "--controller":
+            a.next(opt)
+        elif opt == "--remove":
+            remove = True
+        else:
+            raise usage("storagectl", f"Unknown option: {opt}")
+    if not name:
+        raise usage("storagectl", "Storage controller name not specified")
+    m = state.find(vm, "VBoxManageStorageController.cpp")
+    if m["state"] in MEMORY_STATES_LOCKED:
+        raise locked_for_session(m["name"], "VBoxManageStorageController.cpp")
+    existing = [c for c in m["controllers"] if c["name"] == name]
+    if remove:
+        if not existing:
+            raise Fail(f"{PROG}: error: Couldn't find the controller with the name: '{name}'\n")
+        m["controllers"].remove(existing[0])
+        m["attachments"].pop(name, None)
+    elif add:
+        if existing:
+            raise vbox_error(
+                f"Storage controller named '{name}' already exists",
+                "VBOX_E_OBJECT_IN_USE",
+                "0x80bb000c",
+                "SessionMachine",
+                "IMachine",
+                "AddStorageController(...)",
+                1106,
+                "VBoxManageStorageController.cpp",
+            )
+        kind = {"sata": "IntelAhci", "ide": "PIIX4"}.get(add, add)
+        m["controllers"].append(
+            {
+                "name": name,
+                "type": kind,
+                "portcount": portcount,
+                "bootable": bootable,
+                "hostiocache": hostiocache,
+            }
+        )
+    elif not existing:
+        raise Fail(f"{PROG}: error: Couldn't find the controller with the name: '{name}'\n")
+    save_settings(m)
+    return ""
+
+
+def cmd_storageattach(state, args):
+    a = Args("storageattach", args)
+    vm = a.next("VM name")
+    ctl = port = device = kind = medium = None
+    while a.more():
+        opt = a.next()
+        if opt == "--storagectl":
+            ctl = a.next(opt)
+        elif opt == "--port":
+            port = _int("storageattach", opt, a.next(opt))
+        elif opt == "--device":
+            device = _int("storageattach", opt, a.next(opt))
+        elif opt == "--type":
+            kind = a.next(opt)
+            if kind not in ("dvddrive", "hdd", "fdd"):
+                raise usage("storageattach", f"Invalid --type argument '{kind}'")
+        elif opt == "--medium":
+            medium = a.next(opt)
+        elif opt in ("--nonrotational", "--discard", "--hotpluggable", "--mtype", "--comment"):
+            a.next(opt)
+        else:
+            raise usage("storageattach", f"Unknown option: {opt}")
+    if ctl is None or port is None or medium is None:
+        raise usage("storageattach", "Storage controller name, port and medium must be specified")
+    device = device or 0
+    m = state.find(vm, "VBoxManageStorageController.cpp")
+    if m["state"] in MEMORY_STATES_LOCKED:
+        raise locked_for_session(m["name"], "VBoxManageStorageController.cpp")
+    controller = next((c for c in m["controllers"] if c["name"] == ctl), None)
+    if controller is None:
+        raise Fail(f"{PROG}: error: Couldn't find the controller with the name: '{ctl}'\n")
+    if port >= controller["portcount"]:
+        raise Fail(
+            f"{PROG}: error: The port number {port} is out of range [0-{controller['portcount'] - 1}]\n"
+        )
+    slots = m["attachments"].setdefault(ctl, {})
+    slot = f"{port}-{device}"
+    if medium == "none":
+        slots.pop(slot, None)
+    else:
+        if kind is None:
+            raise usage("storageattach", "Missing --type")
+        if medium == "emptydrive":
+            path, med_uuid = None, None
+        else:
+            path = str(Path(medium).absolute())
+            if not Path(path).is_file():
+                raise vbox_error(
+                    f"Could not find file for the medium '{path}' (VERR_FILE_NOT_FOUND)",
+                    "VBOX_E_FILE_ERROR",
+                    "0x80bb0004",
+                    "MediumWrap",
+                    "IMedium",
+                    "OpenMedium(Bstr(pszMedium).raw, ...)",
+                    1170,
+                    "VBoxManageStorageController.cpp",
+                )
+            for other in state.machines.values():
+                for oslots in other["attachments"].values():
+                    for key, att in oslots.items():
+                        if (
+                            att["medium"] == path
+                            and att["type"] == "hdd"
+                            and kind == "hdd"
+                            and (other is not m or key != slot)
+                        ):
+                            raise vbox_error(
+                                f"Medium '{path}' is already attached to another virtual machine",
+                                "VBOX_E_OBJECT_IN_USE",
+                                "0x80bb000c",
+                                "SessionMachine",
+                                "IMachine",
+                                "AttachDevice(...)",
+                                1201,
+                                "VBoxManageStorageController.cpp",
+                            )
+            med_uuid = state.data.setdefault("media", {}).setdefault(path, str(uuidlib.uuid4()))
+        slots[slot] = {"type": kind, "medium": path, "uuid": med_uuid}
+    save_settings(m)
+    return ""
+
+
+def cmd_closemedium(state, args):
+    a = Args("closemedium", args)
+    first = a.next("medium")
+    if first in ("disk", "dvd", "floppy"):
+        first = a.next("medium")
+    delete = False
+    while a.more():
+        opt = a.next()
+        if opt == "--delete":
+            delete = True
+        else:
+            raise usage("closemedium", f"Unknown option: {opt}")
+    path = str(Path(first).absolute())
+    for m in state.machines.values():
+        for slots in m["attachments"].values():
+            if any(att["medium"] == path for att in slots.values()):
+                raise vbox_error(
+                    f"Medium '{path}' cannot be closed because it is still attached to 1 virtual machines",
+                    "VBOX_E_OBJECT_IN_USE",
+                    "0x80bb000c",
+                    "MediumWrap",
+                    "IMedium",
+                    "Close()",
+                    1700,
+                    "VBoxManageDisk.cpp",
+                )
+    media = state.data.setdefault("media", {})
+    if path not in media and not Path(path).exists():
+        raise vbox_error(
+            f"Could not find file for the medium '{path}' (VERR_FILE_NOT_FOUND)",
+            "VBOX_E_FILE_ERROR",
+            "0x80bb0004",
+            "MediumWrap",
+            "IMedium",
+            "OpenMedium(...)",
+            1650,
+            "VBoxManageDisk.cpp",
+        )
+    media.pop(path, None)
+    if delete:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return ""
+
+
+def cmd_convertfromraw(state, args):
+    a = Args("convertfromraw", args)
+    positional = []
+    fmt = "VDI"
+    while a.more():
+        opt = a.next()
+        if opt == "--format":
+            fmt = a.next(opt)
+            if fmt not in ("VDI", "VMDK", "VHD"):
+                raise usage("convertfromraw", f"Invalid --format argument '{fmt}'")
+        elif opt in ("--variant", "--uuid"):
+            a.next(opt)
+        elif opt.startswith("-"):
+            raise usage("convertfromraw", f"Unknown option: {opt}")
+        else:
+            positional.append(opt)
+    if not positional or positional[0] != "stdin":
+        raise usage("convertfromraw", "this fake only implements: convertfromraw stdin OUT BYTES")
+    if len(positional) != 3:
+        raise usage("convertfromraw", "Incorrect number of parameters")
+    out = Path(positional[1]).absolute()
+    try:
+        size = int(positional[2])
+    except ValueError:
+        raise usage("convertfromraw", f"Invalid size '{positional[2]}'") from None
+    stdout = f'Converting from raw image file="stdin" to file="{out}"...\n'
+    if out.exists():
+        raise Fail(
+            f'{PROG}: error: Cannot create the disk image "{out}": VERR_ALREADY_EXISTS\n', stdout=stdout
+        )
+    if not out.parent.is_dir():
+        raise Fail(
+            f'{PROG}: error: Cannot create the disk image "{out}": VERR_PATH_NOT_FOUND\n', stdout=stdout
+        )
+    stdout += f"Creating dynamic image with size {size} bytes ({(size + (1 << 20) - 1) >> 20}MB)...\n"
+    stream = sys.stdin.buffer
+    header = bytearray()
+    left = size
+    nonzero_tail = False
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    while left:
+        n = stream.readinto(view[: min(left, len(buf))])
+        if not n:
+            raise Fail(f'{PROG}: error: Cannot read from file "stdin": VERR_EOF\n', stdout=stdout)
+        if len(header) < HEADER_KEEP:
+            header += view[: min(n, HEADER_KEEP - len(header))]
+            if n > HEADER_KEEP and any(view[HEADER_KEEP:n]):
+                nonzero_tail = True
+        elif not nonzero_tail and buf.count(0, 0, n) != n:
+            nonzero_tail = True
+        left -= n
+    if stream.read(1):
+        raise Fail(
+            f'{PROG}: error: Cannot create the disk image "{out}": more than {size} bytes on stdin '
+            "(VERR_INVALID_PARAMETER)\n",
+            stdout=stdout,
+        )
+    meta = {"format": fmt, "size": size, "uuid": str(uuidlib.uuid4()), "nonzero_after_header": nonzero_tail}
+    out.write_bytes(b"# fakevbox VMDK\n" + json.dumps(meta).encode() + b"\n" + bytes(header))
+    return stdout
+
+
+def cmd_startvm(state, args):
+    a = Args("startvm", args)
+    vm = a.next("VM name")
+    while a.more():
+        opt = a.next()
+        if opt == "--type":
+            kind = a.next(opt)
+            if kind not in ("gui", "headless", "sdl", "separate"):
+                raise usage("startvm", f"Invalid session type '{kind}'")
+        else:
+            raise usage("startvm", f"Unknown option: {opt}")
+    m = state.find(vm, "VBoxManageMisc.cpp")
+    if m["state"] in MEMORY_STATES_LOCKED:
+        raise vbox_error(
+            f"The machine '{m['name']}' is already locked by a session (or being locked or unlocked)",
+            "VBOX_E_INVALID_OBJECT_STATE",
+            "0x80bb0007",
+            "MachineWrap",
+            "IMachine",
+            "LaunchVMProcess(a->session, sessionType.raw(), ComSafeArrayAsInParam(aBstrEnv), "
+            "progress.asOutParam())",
+            881,
+            "VBoxManageMisc.cpp",
+        )
+    for slots in m["attachments"].values():
+        for att in slots.values():
+            if att["medium"] and not Path(att["medium"]).exists():
+                raise Fail(
+                    f'Waiting for VM "{m["name"]}" to power on...\n'
+                    f"{PROG}: error: Could not open the medium '{att['medium']}'.\n"
+                    f"{PROG}: error: VD: error VERR_FILE_NOT_FOUND opening image file '{att['medium']}' "
+                    "(VERR_FILE_NOT_FOUND)\n"
+                )
+    write_vbox_log(m)
+    set_state(m, "running")
+    m.pop("acpi_off_at", None)
+    return f'Waiting for VM "{m["name"]}" to power on...\nVM "{m["name"]}" has been successfully started.\n'
+
+
+def write_vbox_log(m):
+    """Real VirtualBox rotates VBox.log at each start and logs NAT redirects it cannot bind."""
+    logs = Path(m["cfg_file"]).parent / "Logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / "VBox.log"
+    for n in (2, 1):
+        older = logs / f"VBox.log.{n}"
+        if older.exists():
+            older.replace(logs / f"VBox.log.{n + 1}")
+    if log.exists():
+        log.replace(logs / "VBox.log.1")
+    lines = [f"00:00:00.000000 VirtualBox VM {cmd_version(None, []).strip()} (fakevbox)\n"]
+    lines.append(f"00:00:00.000100 Log opened {datetime.datetime.utcnow().isoformat()}Z\n")
+    for nic in m["nics"].values():
+        if nic["type"] != "nat":
+            continue
+        for rule in nic["rules"].values():
+            lines.append(redirect_line(rule))
+    log.write_text("".join(lines))
+
+
+def redirect_line(rule):
+    host_ip = rule["host_ip"] or "0.0.0.0"
+    guest_ip = rule["guest_ip"] or "0.0.0.0"
+    error = bind_error(host_ip, rule["host_port"], rule["proto"])
+    arrow = f"{rule['proto'].upper()} {host_ip}:{rule['host_port']} -> {guest_ip}:{rule['guest_port']}"
+    if error:
+        return f"00:00:00.500000 NAT: Failed to redirect {arrow} ({error})\n"
+    return f"00:00:00.500000 NAT: Set redirect {arrow}\n"
+
+
+def bind_error(host_ip, port, proto):
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind((host_ip, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def cmd_controlvm(state, args):
+    a = Args("controlvm", args)
+    vm = a.next("VM name")
+    action = a.next("action")
+    m = state.find(vm, "VBoxManageControlVM.cpp")
+    src = "VBoxManageControlVM.cpp"
+    known = ("poweroff", "acpipowerbutton", "pause", "resume", "reset", "savestate")
+    if not (action in known or (action.startswith("natpf") and action[5:].isdigit())):
+        raise usage("controlvm", f"Invalid parameter '{action}'")
+    if m["state"] not in ("running", "paused"):
+        raise not_running(m["name"])
+    if action == "poweroff":
+        set_state(m, "poweroff")
+        m.pop("acpi_off_at", None)
+        return "0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%\n"
+    if action == "acpipowerbutton":
+        if m["state"] != "running":
+            raise Fail(f"{PROG}: error: The virtual machine is not running\n")
+        if os.environ.get("FAKEVBOX_ACPI_IGNORE") != "1":
+            delay = float(os.environ.get("FAKEVBOX_ACPI_DELAY", "0"))
+            if delay <= 0:
+                set_state(m, "poweroff")
+            else:
+                m["acpi_off_at"] = time.time() + delay
+        return ""
+    if action == "pause":
+        set_state(m, "paused")
+        return ""
+    if action == "resume":
+        set_state(m, "running")
+        return ""
+    if action == "savestate":
+        set_state(m, "saved")
+        return "0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%\n"
+    if action == "reset":
+        return ""
+    nic = m["nics"][_nic(action[5:])]
+    value = a.next("rule")
+    if value == "delete":
+        name = a.next("rule name")
+        if name not in nic["rules"]:
+            raise rule_unknown(src)
+        del nic["rules"][name]
+    else:
+        name, rule = parse_rule("controlvm", value, src)
+        add_rule(nic, name, rule, src)
+        # live: the running VM's NAT engine tries to bind now
+        log = Path(m["cfg_file"]).parent / "Logs" / "VBox.log"
+        with open(log, "a") as fh:
+            fh.write(redirect_line(rule))
+    if a.more():
+        raise usage("controlvm", f"Too many parameters: {a.peek()}")
+    save_settings(m)
+    return ""
+
+
+def cmd_unregistervm(state, args):
+    a = Args("unregistervm", args)
+    vm = a.next("VM name")
+    delete = False
+    while a.more():
+        opt = a.next()
+        if opt == "--delete":
+            delete = True
+        elif opt == "--delete-all":
+            raise usage("unregistervm", "--delete-all is VirtualBox 7.x only; this fake imitates --delete")
+        else:
+            raise usage("unregistervm", f"Unknown option: {opt}")
+    m = state.find(vm, "VBoxManageMisc.cpp")
+    if m["state"] in MEMORY_STATES_LOCKED:
+        raise vbox_error(
+            f"Cannot unregister the machine '{m['name']}' while it is locked",
+            "VBOX_E_INVALID_OBJECT_STATE",
+            "0x80bb0007",
+            "MachineWrap",
+            "IMachine",
+            "Unregister(CleanupMode_DetachAllReturnHardDisksOnly, ComSafeArrayAsOutParam(aMedia))",
+            169,
+            "VBoxManageMisc.cpp",
+        )
+    del state.machines[m["name"]]
+    if delete:
+        # --delete removes attached hard disks, saved state, the .vbox, logs and the then-empty
+        # folder; DVD images stay (reference §4.1).
+        media = state.data.setdefault("media", {})
+        for slots in m["attachments"].values():
+            for att in slots.values():
+                if att["type"] == "hdd" and att["medium"]:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(att["medium"])
+                    media.pop(att["medium"], None)
+        cfg = Path(m["cfg_file"])
+        with contextlib.suppress(FileNotFoundError):
+            cfg.unlink()
+        for extra in (cfg.with_suffix(".vbox-prev"),):
+            with contextlib.suppress(FileNotFoundError):
+                extra.unlink()
+        shutil.rmtree(cfg.parent / "Logs", ignore_errors=True)
+        with contextlib.suppress(OSError):
+            cfg.parent.rmdir()
+        return "0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%\n"
+    return ""
+
+
+COMMANDS = {
+    "--version": cmd_version,
+    "-v": cmd_version,
+    "list": cmd_list,
+    "createvm": cmd_createvm,
+    "registervm": cmd_registervm,
+    "showvminfo": cmd_showvminfo,
+    "modifyvm": cmd_modifyvm,
+    "storagectl": cmd_storagectl,
+    "storageattach": cmd_storageattach,
+    "closemedium": cmd_closemedium,
+    "convertfromraw": cmd_convertfromraw,
+    "startvm": cmd_startvm,
+    "controlvm": cmd_controlvm,
+    "unregistervm": cmd_unregistervm,
+}
+
+
+def injected_fault(state, cmd):
+    """FAKEVBOX_FAULTS=cmd=kind*N: the first N calls of cmd fail with a transient error."""
+    spec = os.environ.get("FAKEVBOX_FAULTS", "")
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, rest = item.partition("=")
+        kind, _, count = rest.partition("*")
+        if name != cmd:
+            continue
+        used = state.data.setdefault("faults", {}).get(item, 0)
+        if used < int(count or 1):
+            state.data["faults"][item] = used + 1
+            if kind == "exit0-error":
+                return Fail("VBoxManage: error: VT-x is not available (VERR_VMX_NO_VMX)\n", code=0)
+            return Fail(TRANSIENT[kind])
+    return None
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    home = os.environ.get("FAKEVBOX_HOME")
+    if not home:
+        sys.stderr.write(f"{PROG}: error: fakevbox: FAKEVBOX_HOME is not set\n")
+        return 3
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "calls.log", "a") as log:
+        log.write(json.dumps(argv) + "\n")
+    if not argv:
+        sys.stdout.write("Oracle VM VirtualBox Command Line Management Interface (fakevbox)\n\nUsage: ...\n")
+        return SYNTAX
+    cmd, rest = argv[0], argv[1:]
+    handler = COMMANDS.get(cmd)
+    if handler is None:
+        sys.stderr.write(f"{PROG}: error: Invalid command '{cmd}'\n\nUsage: VBoxManage <command> ...\n")
+        return SYNTAX
+    state = State(home)
+    try:
+        with state.locked():
+            fault = injected_fault(state, cmd)
+        if fault:
+            raise fault
+        if cmd == "convertfromraw":
+            out = handler(state, rest)  # touches no state; do not hold the lock while streaming
+        else:
+            # A failing command raises inside the block, so nothing it half-changed is saved.
+            with state.locked():
+                out = handler(state, rest)
+    except Fail as fail:
+        sys.stdout.write(fail.stdout)
+        sys.stderr.write(fail.stderr)
+        return fail.code
+    sys.stdout.write(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
