@@ -30,7 +30,7 @@ from ..vbox import (
     nat_failures,
     storageattach_argv,
 )
-from . import ApplyReport, MachineSpec, Provider, VMState
+from . import ApplyReport, MachineSpec, Provider, Status, VMState
 
 CONTROLLER = "SATA"
 ISO_PORT = 0
@@ -109,11 +109,24 @@ class VirtualBoxProvider(Provider):
     def forwards(self) -> List[Forward]:
         return self._require().nat_forwards()
 
+    def status(self) -> Status:
+        """State, forwards and facts from ONE showvminfo (vm.status's budget is one call)."""
+        info = self._info()
+        if info is None:
+            return Status(state=VMState.ABSENT)
+        facts = self._facts(info)
+        for key in ("state", "forwards"):
+            facts.pop(key)
+        return Status(state=info.state, forwards=info.nat_forwards(), info=facts)
+
     def info(self) -> dict:
         """Everything ``vm.status`` shows, from ONE showvminfo (state and forwards included)."""
         info = self._info()
         if info is None:
             return {"state": str(VMState.ABSENT), "disk": _str(self.disk_path())}
+        return self._facts(info)
+
+    def _facts(self, info: VMInfo) -> dict:
         return {
             "state": str(info.state),
             "vbox_state": info.vbox_state,

@@ -1,0 +1,384 @@
+"""A b2dkit VM end to end: ISO, hypervisor, guest set-up and mounts, in the right order.
+
+The ``vm.*`` tasks and onboarding both call these functions.  Each step looks at what
+already exists first, so running any of them twice changes nothing the second time, and a
+run that failed half-way is finished by the next one.  Providers know their hypervisor;
+this module knows the order of things and what to tell the user.
+"""
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from . import forwards as fw
+from . import machines, paths, sshkeys
+from .errors import B2dkitError, InputError, PortInUse
+from .forwards import Forward
+from .machines import Machine
+from .providers import MachineSpec, Provider, VMState, get_provider
+
+Log = Callable[[str], None]
+VM_ISO = "boot2docker.iso"
+KNOWN_HOSTS = "known_hosts"
+SSH_TIMEOUT = 240.0
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass
+class Outcome:
+    """What a step did, for summaries: ``done`` lists changes, ``kept`` what was already there."""
+
+    done: List[str] = field(default_factory=list)
+    kept: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+
+# -- where things are -------------------------------------------------------------------------
+
+
+def provider_for(machine: Machine) -> Provider:
+    return get_provider(machine.provider, machine.name)
+
+
+def key_path(name: str) -> Path:
+    return paths.vm_dir(name) / sshkeys.KEY_NAME
+
+
+def known_hosts_path(name: str) -> Path:
+    return paths.vm_dir(name) / KNOWN_HOSTS
+
+
+def machine_from_profile(profile) -> Machine:
+    return Machine(
+        name=profile.name,
+        provider=profile.provider,
+        profile=str(profile.source),
+        mounts=[{"guest": m.guest, "host": str(m.host)} for m in profile.mounts],
+        persistent_dirs=list(profile.persistent_dirs),
+        boot_codes=list(profile.boot_code_args()),
+    )
+
+
+# -- ISO ----------------------------------------------------------------------------------------
+
+
+def source_iso(profile, iso_path=None, log: Log = _quiet) -> Path:
+    """The unmodified boot2docker.iso: ``--iso``, the profile's local path, or a verified download."""
+    local = iso_path or profile.iso.path
+    if local:
+        path = Path(local).expanduser()
+        if not path.is_file():
+            raise InputError(f"ISO {path} does not exist", hint="pass --iso PATH to a boot2docker.iso")
+        return path
+    from . import download
+
+    sha256 = profile.iso.require_sha256()
+    log(f"ISO: fetching {profile.iso.urls[0]} (sha256 {sha256[:12]}…)")
+    return download.fetch(list(profile.iso.urls), sha256)
+
+
+def boot_iso(profile, source: Path, log: Log = _quiet) -> Path:
+    """The ISO the VM boots: the source remastered with the profile's boot codes (cached)."""
+    codes = profile.boot_code_args()
+    if not codes:
+        return source
+    from . import iso
+
+    result = iso.cached_remaster(source, codes)
+    log(f"ISO: {'remastered' if result.created else 'cached'} with {' '.join(codes)}")
+    return result.path
+
+
+def install_iso(boot: Path, name: str) -> Path:
+    """Give the VM its own link to the boot ISO, so clearing the ISO cache never breaks a VM."""
+    vm_dir = paths.ensure_dir(paths.vm_dir(name))
+    target = vm_dir / VM_ISO
+    if target.exists() and _same_file(target, boot):
+        return target
+    tmp = vm_dir / f".{VM_ISO}.part"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(boot, tmp)
+    except OSError:
+        shutil.copyfile(boot, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    sa, sb = a.stat(), b.stat()
+    if (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino):
+        return True
+    if sa.st_size != sb.st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            ca, cb = fa.read(1 << 20), fb.read(1 << 20)
+            if ca != cb:
+                return False
+            if not ca:
+                return True
+
+
+# -- lifecycle ----------------------------------------------------------------------------------
+
+
+def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=True) -> Outcome:
+    """``vm.create``: converge the VM to the profile, then (unless told not to) start and set it up.
+
+    ``remaster=False`` means ``iso_path`` is already the boot ISO (onboarding remasters first).
+    """
+    out = Outcome()
+    existing = _existing(profile.name)
+    if existing and existing.provider != profile.provider:
+        raise InputError(
+            f"VM {profile.name!r} already exists on {existing.provider}, not {profile.provider}",
+            hint="destroy it first, or pass --name to create another",
+        )
+    machine = machine_from_profile(profile)
+    provider = provider_for(machine)
+    if iso_path and not remaster:
+        boot = Path(iso_path)
+    else:
+        boot = boot_iso(profile, source_iso(profile, iso_path, log), log)
+    vm_iso = install_iso(boot, machine.name)
+    _, public_key = sshkeys.ensure_keypair(paths.vm_dir(machine.name), comment=f"b2dkit@{machine.name}")
+    machines.save(machine)  # before the hypervisor: a half-made VM is still ours to finish or destroy
+    machines.set_active(machine.name)
+    spec = MachineSpec(
+        name=machine.name,
+        memory_mb=profile.memory,
+        cpus=profile.cpus,
+        disk_mb=profile.disk,
+        iso=vm_iso,
+        forwards=list(profile.forwards),
+        public_key=public_key,
+    )
+    _check_other_vms(machine.name, spec.forwards)
+    report = provider.create(spec)
+    if report.created:
+        out.done.append(f"created VM {machine.name} on {machine.provider}")
+    elif report.changes:
+        out.done.extend(report.changes)
+    else:
+        out.kept.append(f"VM {machine.name} already matches the profile")
+    for line in out.done + out.kept:
+        log(line)
+    if start_vm:
+        sub = start(machine, log=log)
+        out.done += sub.done
+        out.kept += sub.kept
+        out.warnings += sub.warnings
+    return out
+
+
+def _existing(name: str) -> Optional[Machine]:
+    try:
+        return machines.load(name)
+    except B2dkitError:
+        return None
+
+
+def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
+    """``vm.start``: boot if needed, wait for SSH, create persistent dirs, set the clock, mount."""
+    from . import guest
+
+    out = Outcome()
+    provider = provider_for(machine)
+    state = provider.state()
+    if state == VMState.ABSENT:
+        raise InputError(f"VM {machine.name!r} does not exist on {machine.provider}; run `b2dkit vm.create`")
+    if state == VMState.RUNNING:
+        out.kept.append(f"VM {machine.name} is already running")
+    else:
+        _check_other_vms(machine.name, provider.forwards())
+        log(f"starting {machine.name} ({machine.provider})…")
+        provider.start()
+        out.done.append(f"started VM {machine.name}")
+    host, port = provider.ssh_endpoint()
+    log(f"waiting for SSH on {host}:{port}…")
+    guest.wait_for_ssh(
+        host, port, key_path(machine.name), known_hosts_path(machine.name),
+        timeout=SSH_TIMEOUT, log_path=provider.log_path(),
+    )
+    with guest.connect(host, port, key_path(machine.name), known_hosts_path(machine.name)) as session:
+        report = guest.setup(session, machine.persistent_dirs)
+    out.done += [f"created {d}" for d in report.created] + [f"fixed owner of {d}" for d in report.fixed]
+    out.kept += [f"{d} already there" for d in report.present]
+    if report.clock_set:
+        drift = f" (drift now {report.drift:+.2f} s)" if report.drift is not None else ""
+        out.done.append(f"set the guest clock from the host{drift}")
+    if mount and machine.mounts:
+        sub = mount_all(machine, log=log)
+        out.done += sub.done
+        out.kept += sub.kept
+        out.warnings += sub.warnings
+    for line in out.warnings:
+        log(f"warning: {line}")
+    return out
+
+
+def stop(machine: Machine, log: Log = _quiet, timeout: float = 30.0) -> Outcome:
+    """``vm.stop``: unmount b2dkit's sshfs mounts first (a dead server wedges them), then power off."""
+    out = Outcome()
+    out.done += unmount_all(machine, log=log).done
+    provider = provider_for(machine)
+    state = provider.state()
+    if state in (VMState.STOPPED, VMState.ABSENT):
+        out.kept.append(f"VM {machine.name} is already stopped")
+        return out
+    log(f"stopping {machine.name}…")
+    provider.stop(timeout=timeout)
+    out.done.append(f"stopped VM {machine.name}")
+    return out
+
+
+def destroy(machine: Machine, purge: bool = False, log: Log = _quiet) -> Outcome:
+    """``vm.destroy``: the VM goes; its persistent disk stays unless ``purge``."""
+    from . import guest
+
+    out = Outcome()
+    unmount_all(machine, log=log)
+    provider = provider_for(machine)
+    disk = provider.disk_path()
+    provider.destroy(purge=purge)
+    host_port = _ssh_port_or_none(machine)
+    if host_port:
+        guest.forget_host_key(known_hosts_path(machine.name), "127.0.0.1", host_port)
+    machines.forget(machine.name)
+    if purge:
+        shutil.rmtree(paths.vm_dir(machine.name), ignore_errors=True)
+        out.done.append(f"destroyed VM {machine.name} and deleted its disk")
+    else:
+        out.done.append(f"destroyed VM {machine.name}; kept its disk {disk} (use --purge to delete it)")
+    for line in out.done:
+        log(line)
+    return out
+
+
+def _ssh_port_or_none(machine: Machine) -> Optional[int]:
+    try:
+        return provider_for(machine).ssh_endpoint()[1]
+    except B2dkitError:
+        return None
+
+
+# -- forwards -----------------------------------------------------------------------------------
+
+
+def _check_other_vms(name: str, wanted: List[Forward]) -> None:
+    """No two b2dkit VMs may claim the same host port (one of them would silently lose it)."""
+    mine = {(f.proto, f.host_port) for f in wanted}
+    for other in machines.all_machines():
+        if other.name == name or not mine:
+            continue
+        try:
+            theirs = provider_for(other).forwards()
+        except B2dkitError:
+            continue
+        for f in theirs:
+            if (f.proto, f.host_port) in mine:
+                raise PortInUse(
+                    f"host port {f.host_port}/{f.proto} is already forwarded by VM {other.name!r}",
+                    hint="pick another host port (HOST:GUEST) or remove it there with vm.unforward",
+                )
+
+
+def forward(machine: Machine, spec: str, host_ip: str = fw.LOOPBACK, auto_correct: bool = False,
+            force: bool = False, log: Log = _quiet) -> Forward:
+    """``vm.forward``: add one rule, live if the VM runs; a re-run with the same rule is a no-op.
+
+    The hypervisor is asked for the current rules only when the host port is busy (is it
+    ours?), which keeps the common case at two VBoxManage calls.
+    """
+    rule = fw.parse_spec(spec, host_ip=host_ip)
+    fw.check_exposure(rule, force=force)
+    provider = provider_for(machine)
+    try:
+        _check_other_vms(machine.name, [rule])
+        if not fw.host_port_free(rule.host_port, rule.host_ip, rule.proto):
+            current = provider.forwards()
+            if rule in current:
+                log(f"forward {rule.host_ip}:{rule.host_port} -> {rule.guest_port}/{rule.proto} already in place")
+                return rule
+            if not any(f.name == rule.name for f in current):  # busy, and not because of us
+                fw.require_free(rule)
+    except PortInUse:
+        if not auto_correct:
+            raise
+        port = fw.pick_free_port(rule.host_ip, rule.proto)
+        log(f"Fixed port collision for {rule.guest_port} => {rule.host_port}. Now on port {port}.")
+        rule = Forward(host_port=port, guest_port=rule.guest_port, proto=rule.proto, host_ip=rule.host_ip)
+    provider.add_forward(rule)
+    log(f"forwarding {rule.host_ip}:{rule.host_port} -> guest {rule.guest_port}/{rule.proto}")
+    return rule
+
+
+def unforward(machine: Machine, spec: str, log: Log = _quiet) -> str:
+    """``vm.unforward 8000``: remove the rule for that host port (tcp unless ``/udp``)."""
+    text = str(spec).strip()
+    proto = "tcp"
+    if "/" in text:
+        text, proto = text.split("/", 1)
+        proto = proto.lower()
+        if proto not in fw.PROTOCOLS:
+            raise InputError(f"invalid forward {spec!r}: unknown protocol {proto!r} (use tcp or udp)")
+    host = text.split(":", 1)[0] if ":" in text else text
+    name = fw.rule_name(proto, fw.parse_port(host, "host port"))
+    provider_for(machine).remove_forward(name)
+    log(f"removed forward {name}")
+    return name
+
+
+# -- mounts -------------------------------------------------------------------------------------
+
+
+def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False) -> Outcome:
+    """Mount each profile mount with sshfs; problems become warnings so a running VM stays usable."""
+    from . import sshfs
+
+    out = Outcome()
+    provider = provider_for(machine)
+    host, port = provider.ssh_endpoint()
+    live = {str(m.local_dir): m for m in sshfs.list_mounts()}
+    for m in machine.mounts:
+        local = Path(m["host"]).expanduser()
+        current = live.get(str(local))
+        try:
+            if current and current.alive and not remount:
+                out.kept.append(f"{m['guest']} already mounted on {local}")
+                continue
+            if current and (remount or not current.alive):
+                sshfs.remount(host, port, key_path(machine.name), known_hosts_path(machine.name),
+                              m["guest"], local)
+                out.done.append(f"remounted {m['guest']} on {local}")
+                continue
+            sshfs.mount(host, port, key_path(machine.name), known_hosts_path(machine.name), m["guest"], local)
+            out.done.append(f"mounted {m['guest']} on {local}")
+        except B2dkitError as exc:
+            out.warnings.append(f"{m['guest']} not mounted on {local}: {exc}")
+    for line in out.done:
+        log(line)
+    return out
+
+
+def unmount_all(machine: Machine, log: Log = _quiet) -> Outcome:
+    from . import sshfs
+
+    out = Outcome()
+    wanted = {str(Path(m["host"]).expanduser()) for m in machine.mounts}
+    try:
+        live = sshfs.list_mounts()
+    except B2dkitError:
+        return out
+    for m in live:
+        if str(m.local_dir) in wanted:
+            sshfs.unmount(m.local_dir)
+            out.done.append(f"unmounted {m.local_dir}")
+            log(f"unmounted {m.local_dir}")
+    return out

@@ -1,0 +1,179 @@
+"""``vm.*``: create, run and reach the dev VM. Thin: arguments in, library call, lines out."""
+
+import sys
+
+from .. import lifecycle, machines, profile as profiles, status as vmstatus
+from ..errors import InputError
+from ._base import print_json, say, task
+
+NAME_HELP = "VM to act on (default: the active VM, set by the last vm.create/onboard)"
+PROFILE_HELP = "profile name in profiles/ or a path to a YAML file"
+
+
+def _machine(name):
+    return machines.resolve(name or None)
+
+
+@task(
+    help={
+        "profile": PROFILE_HELP,
+        "provider": "override the profile's hypervisor: virtualbox or qemu",
+        "name": "override the profile's VM name",
+        "iso": "use this local boot2docker.iso instead of the profile's download",
+        "no_start": "create (or converge) the VM but do not boot it",
+    },
+    auto_shortflags=False,
+)
+def create(c, profile="default", provider=None, name=None, iso=None, no_start=False):
+    """Create the VM from a profile (idempotent), then boot it, wait for SSH and set it up."""
+    prof = profiles.load(profile, provider=provider, name=name)
+    out = lifecycle.create(prof, iso_path=iso, start_vm=not no_start, log=say)
+    say(f"{prof.name} is ready" if not no_start else f"{prof.name} created (not started)")
+    return out
+
+
+@task(help={"name": NAME_HELP}, auto_shortflags=False)
+def start(c, name=None):
+    """Boot the VM headless, wait for SSH, create persistent dirs, sync the clock, mount folders."""
+    lifecycle.start(_machine(name), log=say)
+
+
+@task(help={"name": NAME_HELP, "timeout": "seconds to wait for a clean ACPI shutdown before power-off"},
+      auto_shortflags=False)
+def stop(c, name=None, timeout=30):
+    """Unmount the VM's folders, then shut it down (ACPI, then power-off after a timeout)."""
+    out = lifecycle.stop(_machine(name), log=say, timeout=float(timeout))
+    for line in out.kept:
+        say(line)
+
+
+@task(
+    help={
+        "name": NAME_HELP,
+        "purge": "also delete the persistent disk (/mnt/sda1) and the VM's keys: data is lost",
+        "yes": "do not ask for confirmation",
+    },
+    auto_shortflags=False,
+)
+def destroy(c, name=None, purge=False, yes=False):
+    """Remove the VM; its persistent disk is kept unless --purge."""
+    machine = _machine(name)
+    what = "and DELETE its persistent disk" if purge else "(its persistent disk is kept)"
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InputError(f"refusing to destroy VM {machine.name!r} without confirmation; pass --yes")
+        answer = input(f"Destroy VM {machine.name} {what}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            say("nothing destroyed")
+            return
+    lifecycle.destroy(machine, purge=purge, log=say)
+
+
+@task(help={"name": NAME_HELP, "json": "machine-readable output"}, auto_shortflags=False)
+def status(c, name=None, json=False):
+    """Show state, forwards, disk, ISO, boot codes, clock drift and mounts of the VM."""
+    info = vmstatus.collect(_machine(name))
+    if json:
+        print_json(info)
+    else:
+        say(vmstatus.render(info))
+
+
+@task(help={"json": "machine-readable output"}, auto_shortflags=False)
+def list(c, json=False):  # noqa: A001 - the task is called vm.list
+    """List b2dkit VMs, their provider and state; * marks the active one."""
+    rows = vmstatus.list_all()
+    if json:
+        print_json(rows)
+        return
+    if not rows:
+        say("no b2dkit VMs; create one with `b2dkit vm.create --profile=NAME`")
+    for row in rows:
+        mark = "*" if row["active"] else " "
+        say(f"{mark} {row['name']:<20} {row['provider']:<11} {row['state']}")
+
+
+@task(
+    help={
+        "spec": "PORT, HOST:GUEST or HOST:GUEST/udp (e.g. 8000, 8080:80, 5353:53/udp)",
+        "name": NAME_HELP,
+        "host_ip": "host address to bind (default 127.0.0.1; 0.0.0.0 exposes it to your network)",
+        "auto_correct": "if the host port is taken, pick a free one (2200-2250) and say which",
+        "force": "allow exposing the Docker daemon ports 2375/2376 beyond loopback",
+    },
+    auto_shortflags=False,
+)
+def forward(c, spec, name=None, host_ip="127.0.0.1", auto_correct=False, force=False):
+    """Forward a host port to the VM, live if it is running (loopback by default)."""
+    lifecycle.forward(_machine(name), spec, host_ip=host_ip, auto_correct=auto_correct, force=force, log=say)
+
+
+@task(help={"spec": "host PORT (or PORT/udp) of the forward to remove", "name": NAME_HELP},
+      auto_shortflags=False)
+def unforward(c, spec, name=None):
+    """Remove a port forward, live if the VM is running."""
+    lifecycle.unforward(_machine(name), spec, log=say)
+
+
+@task(help={"name": NAME_HELP, "json": "machine-readable output"}, auto_shortflags=False)
+def forwards(c, name=None, json=False):
+    """List the VM's port forwards as the hypervisor has them now."""
+    rules = lifecycle.provider_for(_machine(name)).forwards()
+    if json:
+        print_json([r.to_dict() for r in rules])
+        return
+    for r in sorted(rules):
+        say(f"{r.name:<12} {r.host_ip}:{r.host_port} -> {r.guest_port}/{r.proto}")
+
+
+@task(help={"name": NAME_HELP, "command": "run this command instead of an interactive shell"})
+def ssh(c, name=None, command=None):
+    """Open a shell in the VM (or run -c CMD and pass its exit code through)."""
+    from .. import guest
+
+    machine = _machine(name)
+    host, port = lifecycle.provider_for(machine).ssh_endpoint()
+    code = guest.interactive_shell(
+        host, port, lifecycle.key_path(machine.name), lifecycle.known_hosts_path(machine.name), command=command
+    )
+    if code:
+        from invoke import Exit
+
+        raise Exit(code=code)
+
+
+@task(help={"name": NAME_HELP}, auto_shortflags=False)
+def env(c, name=None):
+    """Print the DOCKER_HOST export for the VM's daemon: eval "$(b2dkit vm.env)"."""
+    for line in vmstatus.docker_env(_machine(name)):
+        say(line)
+
+
+@task(help={"name": NAME_HELP, "remount": "repair stale mounts (after sleep or a VM reboot)"},
+      auto_shortflags=False)
+def mount(c, name=None, remount=False):
+    """Mount the profile's VM folders on the host with sshfs (e.g. /mnt/sda1/dev -> ~/workspace/dev)."""
+    out = lifecycle.mount_all(_machine(name), log=say, remount=remount)
+    for line in out.kept:
+        say(line)
+    if out.warnings:
+        raise InputError("; ".join(out.warnings))
+
+
+@task(help={"name": NAME_HELP}, auto_shortflags=False)
+def unmount(c, name=None):
+    """Unmount the VM's sshfs folders from the host."""
+    out = lifecycle.unmount_all(_machine(name), log=say)
+    if not out.done:
+        say("nothing mounted")
+
+
+@task(help={"name": NAME_HELP, "json": "machine-readable output"}, auto_shortflags=False)
+def mounts(c, name=None, json=False):
+    """Show each profile mount and whether it is alive, stale or not mounted."""
+    rows = vmstatus.mounts(_machine(name))
+    if json:
+        print_json(rows)
+        return
+    for row in rows:
+        say(f"{row['guest']} -> {row['host']}: {row['status']}")

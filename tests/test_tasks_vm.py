@@ -1,0 +1,175 @@
+"""``b2dkit vm.*`` as a user types it, on VirtualBox (the strict fake VBoxManage).
+
+These run the real task layer, lifecycle and VirtualBox provider; only VBoxManage is fake.
+The VM is created with --no-start: booting needs a real guest (see test_e2e.py on QEMU).
+"""
+
+import json
+import socket
+
+import pytest
+
+from b2dkit import machines
+from b2dkit.main import make_program
+from fakevbox import install
+
+
+def run(*argv):
+    make_program().run(["b2dkit", *argv], exit=False)
+
+
+def run_failing(capsys, *argv):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as excinfo:
+        make_program().run(["b2dkit", *argv], exit=True)
+    return excinfo.value.code, capsys.readouterr()
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    return install(tmp_path / "fakevbox", monkeypatch)
+
+
+@pytest.fixture
+def iso(tmp_path):
+    path = tmp_path / "boot2docker.iso"
+    path.write_bytes(b"\0" * 4096)
+    return path
+
+
+@pytest.fixture
+def small(tmp_path):
+    """default, with a 64 MB disk: the fake really reads every zero-filled byte."""
+    path = tmp_path / "small.yaml"
+    path.write_text("extends: default\ndisk: 1024\n")
+    return f"--profile={path}"
+
+
+@pytest.fixture
+def created(fake, iso, small, capsys):
+    run("vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}", "--no-start")
+    capsys.readouterr()
+    fake.reset_calls()
+    return fake
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_create_makes_one_vm_within_the_call_budget_and_becomes_active(fake, iso, small, capsys):
+    run("vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}", "--no-start")
+    calls = fake.calls()
+    assert len(calls) <= 10, [c[0] for c in calls]
+    machine = fake.machine("dev")
+    assert machine is not None
+    assert machines.active_name() == "dev"
+    assert "dev created (not started)" in capsys.readouterr().out
+    # Running it again converges: still one VM, nothing to do, one call.
+    fake.reset_calls()
+    run("vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}", "--no-start")
+    assert len(fake.calls()) == 1
+    assert list(fake.state()["machines"]) == ["dev"]
+    assert "already matches the profile" in capsys.readouterr().out
+
+
+def test_forward_needs_no_name_and_stays_within_two_calls(created, capsys):
+    port = _free_port()
+    run("vm.forward", str(port))
+    assert len(created.calls()) <= 2
+    assert capsys.readouterr().out == f"forwarding 127.0.0.1:{port} -> guest {port}/tcp\n"
+    created.reset_calls()
+    run("vm.forwards", "--json")
+    rules = json.loads(capsys.readouterr().out)
+    mine = [r for r in rules if r["host_port"] == port]
+    assert mine == [{"name": f"tcp-{port}", "proto": "tcp", "host_ip": "127.0.0.1", "host_port": port,
+                     "guest_port": port, "guest_ip": ""}]
+    # A re-run is a no-op on the hypervisor side.
+    created.reset_calls()
+    run("vm.forward", str(port))
+    assert [c[0] for c in created.calls()] == ["showvminfo"]
+    run("vm.unforward", str(port))
+    capsys.readouterr()
+    run("vm.forwards", "--json")
+    assert port not in [r["host_port"] for r in json.loads(capsys.readouterr().out)]
+
+
+@pytest.mark.parametrize("spec", ["70000", "abc", "0", "8000:", "8000/sctp"])
+def test_bad_forward_is_one_line_and_calls_nothing(created, capsys, spec):
+    code, out = run_failing(capsys, "vm.forward", spec)
+    assert code == 2
+    err = out.err.strip()
+    assert err.startswith("b2dkit: error: invalid") and "\n" not in err
+    assert created.calls() == []
+
+
+def test_docker_port_beyond_loopback_is_refused(created, capsys):
+    code, out = run_failing(capsys, "vm.forward", "2376", "--host-ip=0.0.0.0")
+    assert code == 2 and "Docker daemon" in out.err
+    assert created.calls() == []
+
+
+def test_busy_host_port_is_named_and_auto_correct_picks_another(created, capsys):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        code, out = run_failing(capsys, "vm.forward", f"{busy}:80")
+        assert code == 2 and f"127.0.0.1:{busy}/tcp is already in use" in out.err
+        run("vm.forward", f"{busy}:80", "--auto-correct")
+        said = capsys.readouterr().out
+        assert f"Fixed port collision for 80 => {busy}. Now on port" in said
+    run("vm.forwards", "--json")
+    rules = json.loads(capsys.readouterr().out)
+    moved = [r for r in rules if r["guest_port"] == 80]
+    assert len(moved) == 1 and 2200 <= moved[0]["host_port"] <= 2250
+
+
+def test_status_is_one_call_and_reports_the_vm(created, capsys):
+    run("vm.status", "--json")
+    assert len(created.calls()) == 1
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == "dev" and info["state"] == "stopped" and info["active"] is True
+    assert any(f["guest_port"] == 22 for f in info["forwards"])
+    assert info["disk"].endswith("disk.vmdk")
+    run("vm.status")
+    text = capsys.readouterr().out
+    assert "state:      stopped" in text and "(active)" in text
+
+
+def test_destroy_keeps_the_disk_and_create_reattaches_it(created, iso, small, capsys):
+    disk = machines.paths.vm_dir("dev") / "disk.vmdk"
+    assert disk.exists()
+    before = disk.read_bytes()
+    code, out = run_failing(capsys, "vm.destroy")  # no TTY, no --yes: refuse
+    assert code == 2 and "--yes" in out.err and created.machine("dev") is not None
+    run("vm.destroy", "--yes")
+    assert created.machine("dev") is None and disk.exists()
+    assert "kept its disk" in capsys.readouterr().out
+    run("vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}", "--no-start")
+    assert created.machine("dev") is not None
+    assert disk.read_bytes() == before  # the same disk, not a blank one
+    assert "convertfromraw" not in [c[0] for c in created.calls()]
+    run("vm.destroy", "--yes", "--purge")
+    assert not disk.exists() and created.machine("dev") is None
+    code, out = run_failing(capsys, "vm.status")
+    assert code == 1 and "no active VM" in out.err
+
+
+def test_list_marks_the_active_vm(created, iso, small, capsys):
+    run("vm.create", small, "--provider=virtualbox", "--name=second", f"--iso={iso}", "--no-start")
+    capsys.readouterr()
+    run("vm.list", "--json")
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["second"]["active"] and not rows["dev"]["active"]
+    assert rows["dev"]["state"] == "stopped" and rows["dev"]["provider"] == "virtualbox"
+
+
+def test_vm_tasks_without_any_vm_say_what_to_do(fake, capsys):
+    code, out = run_failing(capsys, "vm.forward", "8000")
+    assert code == 1
+    assert out.err.strip() == (
+        "b2dkit: error: no active VM (create one with `b2dkit vm.create --profile=NAME`, or pass --name)"
+    )
