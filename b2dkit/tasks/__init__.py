@@ -6,3 +6,7 @@ Task modules are thin: parse arguments, call the library, print.
 from invoke import Collection
 
 ns = Collection()
+
+from . import iso  # noqa: E402
+
+ns.add_collection(Collection.from_module(iso, name="iso"))
