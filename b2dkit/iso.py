@@ -14,6 +14,7 @@ import errno
 import io
 import os
 import shutil
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
@@ -175,40 +176,76 @@ def remaster(
     if out.resolve() == src.resolve():
         raise InputError(f"output {out} is the source ISO; give a new file name for the remastered ISO")
 
-    with _opened(src) as iso:
-        entries = _boot_entries(iso, src)
-        cfg = _find_cfg(iso, src)
-        try:
-            new_cfg = bootcfg.apply(cfg.data, set_codes, remove, label)
-        except InputError as exc:
-            raise InputError(f"{cfg.path} in {src}: {exc}") from None
-        with open(src, "rb") as raw:
-            before = _boot_facts(raw)
-        fits = _sectors(len(new_cfg)) <= _sectors(len(cfg.data))
-        if new_cfg == cfg.data and not rewrite:
-            method = "copy"
-        elif fits and not rewrite:
-            method = "in-place"
-        else:
-            method = "rewrite"
+    # Everything that can refuse the job is decided from a few sectors, before any copying.
+    with open(src, "rb") as fp:
+        before = _boot_facts(fp, src)
+        spot = _locate_cfg(fp)
+        udf = isoprobe.has_udf(fp)
+    if not before["entries"]:
+        raise IsoError(f"{src} has no El Torito boot entry, so it cannot boot from CD")
+    if spot is None:  # only Rock Ridge knows the name: let pycdlib find it, and rebuild
+        with _opened(src) as iso:
+            old_cfg = _find_cfg(iso, src).data
+    else:
+        old_cfg = spot.data
+    cfg_name = spot.path if spot is not None else None
+    try:
+        new_cfg = bootcfg.apply(old_cfg, set_codes, remove, label)
+    except InputError as exc:
+        raise InputError(f"isolinux config of {src}: {exc}") from None
+    if new_cfg == old_cfg and not rewrite and spot is not None:
+        method = "copy"
+    elif spot is None or udf or rewrite or _sectors(len(new_cfg)) > _sectors(len(old_cfg)):
+        method = "rewrite"
+    else:
+        method = "in-place"
 
-        with atomic_path(out) as tmp:
-            if method == "rewrite":
+    with atomic_path(out) as tmp:
+        if method == "rewrite":
+            with _opened(src) as iso:
+                entries = _boot_entries(iso, src)
+                cfg = _find_cfg(iso, src)
                 _rewrite(iso, src, tmp, cfg, new_cfg, entries, before)
-            else:
-                fast_copy(src, tmp)
-                if method == "in-place":
-                    _edit_in_place(tmp, cfg, new_cfg)
-            _verify(tmp, before, cfg, new_cfg, moved=(method == "rewrite"))
+        else:
+            fast_copy(src, tmp)
+            if method == "in-place":
+                _patch_in_place(tmp, spot, new_cfg)
+        _verify(tmp, before, cfg_name, new_cfg, moved=(method == "rewrite"))
 
     parsed = bootcfg.parse(new_cfg)
     return RemasterResult(
         out=out,
         method=method,
-        cfg_path=cfg.path,
+        cfg_path=cfg_name or cfg.path,
         labels=[(lb.name, lb.append) for lb in parsed.labels],
-        changed=new_cfg != cfg.data,
+        changed=new_cfg != old_cfg,
     )
+
+
+@dataclass
+class _Spot:
+    """The cfg as the raw reader found it: enough to patch it without re-parsing the copy."""
+
+    path: str
+    lba: int
+    data: bytes
+    record_offsets: List[int]  # its directory record in the ISO 9660 tree, and in Joliet
+
+
+def _locate_cfg(fp) -> Optional[_Spot]:
+    for path in CFG_PATHS:
+        primary = isoprobe.locate(fp, path)
+        if primary is None:
+            continue
+        offsets = [primary.record_offset]
+        if isoprobe.has_joliet(fp):
+            other = isoprobe.locate(fp, path, joliet=True)
+            if other is None or (other.lba, other.size) != (primary.lba, primary.size):
+                return None  # unusual tree: leave it to pycdlib
+            offsets.append(other.record_offset)
+        fp.seek(primary.lba * SECTOR)
+        return _Spot(path, primary.lba, fp.read(primary.size), offsets)
+    return None
 
 
 def _sectors(size: int) -> int:
@@ -218,41 +255,63 @@ def _sectors(size: int) -> int:
 def fast_copy(src, dst) -> None:
     """Copy with the cheapest mechanism the OS offers: reflink, then in-kernel copy_file_range.
 
-    ``shutil.copyfile`` already uses sendfile on Linux and fcopyfile on macOS; FICLONE and
-    copy_file_range avoid even the page-cache round trip where the filesystem allows it.
+    ``dst`` is opened without O_TRUNC: ext4 (auto_da_alloc) starts writeback of a file
+    at close when it was truncated to zero, which made a 500 MB copy twice as slow.
+    Elsewhere ``shutil.copyfile`` (fcopyfile on macOS, sendfile) is the best available.
     """
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        size = os.fstat(fin.fileno()).st_size
-        if hasattr(os, "copy_file_range"):
-            try:
-                import fcntl
-
-                fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+    if hasattr(os, "copy_file_range"):
+        with open(src, "rb") as fin, _open_for_writing(dst) as fout:
+            if _kernel_copy(fin.fileno(), fout.fileno(), os.fstat(fin.fileno()).st_size):
                 return
-            except (OSError, ImportError):
-                pass
-            try:
-                done = 0
-                while done < size:
-                    n = os.copy_file_range(fin.fileno(), fout.fileno(), size - done)
-                    if n == 0:
-                        break
-                    done += n
-                if done == size:
-                    return
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM):
-                    raise
-            fin.seek(0)
-            fout.seek(0)
-            fout.truncate()
     shutil.copyfile(src, dst)
 
 
-def _edit_in_place(path: Path, cfg: _Cfg, new_cfg: bytes) -> None:
-    """Patch the cfg inside its own sectors: every other byte of the image stays put."""
-    with pycdlib.InPlaceEditor(str(path)) as editor:
-        editor.modify_file(io.BytesIO(new_cfg), len(new_cfg), iso_path=cfg.iso_path)
+def _open_for_writing(path):
+    """An empty file for writing, without O_TRUNC (see fast_copy)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    if os.fstat(fd).st_size:
+        os.ftruncate(fd, 0)
+    return os.fdopen(fd, "wb")
+
+
+def _kernel_copy(fd_in: int, fd_out: int, size: int) -> bool:
+    """True when the kernel did the whole copy; False to fall back (nothing half-done matters)."""
+    try:
+        import fcntl
+
+        fcntl.ioctl(fd_out, _FICLONE, fd_in)  # btrfs/xfs: shares extents, instant
+        return True
+    except (OSError, ImportError):
+        pass
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(fd_in, fd_out, size - done, done, done)
+            if n == 0:
+                break
+            done += n
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM):
+            raise
+    return done == size
+
+
+def _patch_in_place(path: Path, spot: _Spot, new_cfg: bytes) -> None:
+    """Write the cfg into its own sectors and its new size into its directory records.
+
+    This is what pycdlib.InPlaceEditor does, minus re-parsing the fresh copy and
+    re-serialising the PVD and every ancestor directory (about 3 ms, 15% of copying
+    a 60 MB image). Only the cfg's sectors and 8 bytes per record change; the
+    boot structures are never touched, and _verify() reads everything back.
+    """
+    allocated = _sectors(len(spot.data)) * SECTOR
+    size = struct.pack("<L", len(new_cfg)) + struct.pack(">L", len(new_cfg))  # ECMA-119 9.1.4, both-endian
+    with open(path, "r+b") as fp:
+        fp.seek(spot.lba * SECTOR)
+        fp.write(new_cfg + bytes(allocated - len(new_cfg)))
+        for offset in spot.record_offsets:
+            fp.seek(offset + 10)
+            fp.write(size)
 
 
 def _rewrite(iso, src: Path, tmp: Path, cfg: _Cfg, new_cfg: bytes, entries, before) -> None:
@@ -271,7 +330,8 @@ def _rewrite(iso, src: Path, tmp: Path, cfg: _Cfg, new_cfg: bytes, entries, befo
     _fix_isohybrid_geometry(iso, before["isohybrid"])
     _register_boot_info_tables(iso, entries, before)
     try:
-        iso.write(str(tmp))
+        with _open_for_writing(tmp) as fp:  # not iso.write(): it would O_TRUNC (see fast_copy)
+            iso.write_fp(fp)
     except PyCdlibException as exc:
         raise IsoError(f"could not rebuild {src}: {_one_line(exc)}") from None
 
@@ -318,7 +378,13 @@ def _register_boot_info_tables(iso, entries, before) -> None:
 # --- verification (independent of pycdlib) -----------------------------------------------
 
 
-def _boot_facts(fp) -> dict:
+def _boot_facts(fp, src=None) -> dict:
+    try:
+        isoprobe.volume_descriptors(fp)
+    except isoprobe.NotAnIso:
+        if src is None:
+            raise
+        raise IsoError(f"{src} is not an ISO 9660 image", "give the path of a boot2docker .iso") from None
     entries = isoprobe.boot_entries(fp)
     return {
         "volume_id": isoprobe.volume_id(fp),
@@ -330,9 +396,9 @@ def _boot_facts(fp) -> dict:
     }
 
 
-def _verify(path: Path, before: dict, cfg: _Cfg, new_cfg: bytes, moved: bool) -> None:
+def _verify(path: Path, before: dict, cfg_path: str, new_cfg: bytes, moved: bool) -> None:
     with open(path, "rb") as fp:
-        problems = _problems(fp, before, cfg, new_cfg, moved)
+        problems = _problems(fp, before, cfg_path, new_cfg, moved)
     if problems:
         raise InternalError(
             f"the remastered image failed its boot check ({'; '.join(problems)}); nothing was written",
@@ -340,7 +406,20 @@ def _verify(path: Path, before: dict, cfg: _Cfg, new_cfg: bytes, moved: bool) ->
         )
 
 
-def _problems(fp, before: dict, cfg: _Cfg, new_cfg: bytes, moved: bool) -> List[str]:
+def _cfg_via_pycdlib(fp) -> Optional[bytes]:
+    """For images whose cfg only Rock Ridge can name (never seen in boot2docker releases)."""
+    iso = pycdlib.PyCdlib()
+    try:
+        iso.open_fp(fp)
+        return _find_cfg(iso, "the output").data
+    except (PyCdlibException, IsoError):
+        return None
+    finally:
+        with contextlib.suppress(PyCdlibException):
+            iso.close()
+
+
+def _problems(fp, before: dict, cfg_path: str, new_cfg: bytes, moved: bool) -> List[str]:
     try:
         after = _boot_facts(fp)
     except isoprobe.NotAnIso:
@@ -380,10 +459,10 @@ def _problems(fp, before: dict, cfg: _Cfg, new_cfg: bytes, moved: bool) -> List[
     elif after["system_area"] != before["system_area"]:
         problems.append("system area changed")
     for joliet in (False, True) if after["joliet"] else (False,):
-        data = isoprobe.read_file(fp, cfg.path, joliet=joliet)
+        data = isoprobe.read_file(fp, cfg_path, joliet=joliet) if cfg_path else _cfg_via_pycdlib(fp)
         if data != new_cfg:
             problems.append(
-                f"{cfg.path} does not read back as written ({'Joliet' if joliet else 'ISO 9660'})"
+                f"{cfg_path} does not read back as written ({'Joliet' if joliet else 'ISO 9660'})"
             )
     if after["joliet"] != before["joliet"]:
         problems.append("Joliet tree lost")

@@ -8,7 +8,9 @@ bytes: volume descriptors, the boot catalog, the ISOLINUX boot info table, the M
 and enough of the directory tree to find one file.
 """
 
+import array
 import struct
+import sys
 from dataclasses import asdict, dataclass
 from typing import BinaryIO, List, Optional, Tuple
 
@@ -18,6 +20,7 @@ _EL_TORITO_ID = b"EL TORITO SPECIFICATION"
 _JOLIET_ESCAPES = (b"%/@", b"%/C", b"%/E")
 # isohdpfx.bin / isohdppx.bin start with these bytes; other MBRs are not isohybrid ones.
 ISOHYBRID_MAGIC = b"\x33\xed" + b"\x90" * 30
+_WORD = "I" if array.array("I").itemsize == 4 else "L"  # an unsigned 32-bit array type
 _PLATFORMS = {0: "BIOS", 1: "PowerPC", 2: "Mac", 0xEF: "UEFI"}
 _EMULATIONS = {0: "none", 1: "1.2M floppy", 2: "1.44M floppy", 3: "2.88M floppy", 4: "hard disk"}
 
@@ -150,8 +153,10 @@ def boot_entries(fp: BinaryIO) -> List[BootEntry]:
 def bit_checksum(data: bytes) -> int:
     """Sum of little-endian 32-bit words from byte 64 on, as mkisofs and ISOLINUX compute it."""
     body = data[64:]
-    body += b"\0" * (-len(body) % 4)
-    return sum(struct.unpack(f"<{len(body) // 4}L", body)) & 0xFFFFFFFF
+    words = array.array(_WORD, body + b"\0" * (-len(body) % 4))
+    if sys.byteorder == "big":
+        words.byteswap()
+    return sum(words) & 0xFFFFFFFF
 
 
 def boot_info_table(fp: BinaryIO, lba: int) -> Optional[BootInfoTable]:
@@ -205,6 +210,7 @@ def _records(fp: BinaryIO, lba: int, size: int, joliet: bool):
         if len(rec) < 34:
             break
         extent, data_len = struct.unpack_from("<L", rec, 2)[0], struct.unpack_from("<L", rec, 10)[0]
+        at = lba * SECTOR + pos - length
         name = rec[33 : 33 + rec[32]]
         if name in (b"\x00", b"\x01"):
             continue
@@ -213,7 +219,7 @@ def _records(fp: BinaryIO, lba: int, size: int, joliet: bool):
         else:
             text = name.decode("latin-1")
         text = text.split(";")[0].rstrip(".")
-        yield text, extent, data_len, bool(rec[25] & 2)
+        yield text, extent, data_len, bool(rec[25] & 2), at
 
 
 def _root(fp: BinaryIO, joliet: bool) -> Optional[Tuple[int, int]]:
@@ -228,17 +234,34 @@ def has_joliet(fp: BinaryIO) -> bool:
     return _root(fp, joliet=True) is not None
 
 
-def locate(fp: BinaryIO, path: str, joliet: bool = False) -> Optional[Tuple[int, int]]:
-    """(lba, size) of ``path`` in the ISO 9660 or Joliet tree; names compare case-insensitively."""
-    where = _root(fp, joliet)
-    if where is None:
+@dataclass
+class FileRecord:
+    lba: int
+    size: int
+    record_offset: int  # byte offset of its directory record in the image
+
+
+def has_udf(fp: BinaryIO) -> bool:
+    """A UDF bridge keeps its own copy of every file size, which a raw patch would miss."""
+    last = volume_descriptors(fp)[-1][0]
+    for lba in range(last + 1, last + 8):
+        if _read(fp, lba * SECTOR + 1, 5) in (b"NSR02", b"NSR03"):
+            return True
+    return False
+
+
+def locate(fp: BinaryIO, path: str, joliet: bool = False) -> Optional[FileRecord]:
+    """The record of ``path`` in the ISO 9660 or Joliet tree; names compare case-insensitively."""
+    root = _root(fp, joliet)
+    if root is None:
         return None
+    where = FileRecord(root[0], root[1], -1)
     parts = [p for p in path.split("/") if p]
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
-        for name, extent, size, is_dir in _records(fp, where[0], where[1], joliet):
+        for name, extent, size, is_dir, at in _records(fp, where.lba, where.size, joliet):
             if name.lower() == part.lower() and is_dir != last:
-                where = (extent, size)
+                where = FileRecord(extent, size, at)
                 break
         else:
             return None
@@ -247,4 +270,4 @@ def locate(fp: BinaryIO, path: str, joliet: bool = False) -> Optional[Tuple[int,
 
 def read_file(fp: BinaryIO, path: str, joliet: bool = False) -> Optional[bytes]:
     where = locate(fp, path, joliet)
-    return None if where is None else _read(fp, where[0] * SECTOR, where[1])
+    return None if where is None else _read(fp, where.lba * SECTOR, where.size)

@@ -115,6 +115,15 @@ def test_fast_path_edits_in_place_and_keeps_everything(src, layout, tmp_path):
         assert read_cfg(out, layout, "-J") == cfg
     assert "Volume id: b2d-v19.03.12" in fx.isoinfo_d(out)
     assert no_leftovers(out.parent) == []
+    # Byte level (cmp -l): only the cfg's own sectors and its size fields (8 bytes in the
+    # ISO 9660 record, 8 in the Joliet one) differ from the source.
+    name = os.path.basename(fx.cfg_path(layout))
+    cfg_line = next(ln for ln in fx.listing(src, "-R").splitlines() if ln.rstrip().endswith(name))
+    lba = int(re.search(r"\[\s*(\d+) \d+\]", cfg_line).group(1))
+    diff = subprocess.run(["cmp", "-l", str(src), str(out)], capture_output=True, text=True).stdout
+    offsets = [int(line.split()[0]) - 1 for line in diff.splitlines()]
+    outside = [o for o in offsets if not lba * 2048 <= o < (lba + 1) * 2048]
+    assert offsets and len(outside) <= (16 if layout == "legacy" else 8), outside
 
 
 def test_full_rewrite_keeps_boot_setup_names_and_modes(src, layout, tmp_path):
@@ -186,7 +195,7 @@ def test_boot_info_table_and_mbr_agree_with_xorriso(src, tmp_path):
 
 
 def test_a_bad_result_is_caught_and_not_renamed(src, tmp_path, monkeypatch):
-    real = iso._edit_in_place
+    real = iso._patch_in_place
 
     def edit_and_break_mbr(path, cfg, new_cfg):
         real(path, cfg, new_cfg)
@@ -194,7 +203,7 @@ def test_a_bad_result_is_caught_and_not_renamed(src, tmp_path, monkeypatch):
             fp.seek(432)
             fp.write(b"\x01\x00\x00\x00")
 
-    monkeypatch.setattr(iso, "_edit_in_place", edit_and_break_mbr)
+    monkeypatch.setattr(iso, "_patch_in_place", edit_and_break_mbr)
     out = tmp_path / "o.iso"
     with pytest.raises(InternalError, match="MBR boot image sector 1"):
         iso.remaster(src, out, ["tz=CST-8"])
@@ -339,7 +348,7 @@ def test_interrupted_rewrite_leaves_no_file(src, tmp_path, monkeypatch):
 def test_existing_output_survives_a_failed_remaster(src, tmp_path, monkeypatch):
     out = tmp_path / "o.iso"
     out.write_bytes(b"previous")
-    monkeypatch.setattr(iso, "_edit_in_place", lambda *a: (_ for _ in ()).throw(RuntimeError("crash")))
+    monkeypatch.setattr(iso, "_patch_in_place", lambda *a: (_ for _ in ()).throw(RuntimeError("crash")))
     with pytest.raises(RuntimeError):
         iso.remaster(src, out, ["tz=CST-8"])
     assert out.read_bytes() == b"previous"
