@@ -1,12 +1,13 @@
 """Remaster a boot2docker ISO with new kernel boot codes, and prove it still boots.
 
-The source is only ever read. The output is a copy whose isolinux.cfg was edited in
-its own sectors (nothing else moves, so El Torito, the boot info table and the
-isohybrid MBR stay valid by construction, at the cost of one file copy); only when
-the new cfg needs more sectors do we let pycdlib lay the image out again, with the
-fixes for what it gets wrong (see ../shared/reference/iso-remastering.md, pitfalls).
-Either way the result is checked with :mod:`b2dkit.isoprobe`, which does not trust
-pycdlib, before it is renamed into place.
+The source is only ever read. The default output is a kernel-side copy whose
+isolinux.cfg is rewritten inside its own sectors: nothing else moves, so El Torito,
+the boot info table and the isohybrid MBR stay valid by construction, and the cost
+is one file copy. Only when the new cfg needs more sectors (or the image has a
+UDF bridge) does pycdlib lay the image out again, with fixes for what it gets wrong
+(../shared/reference/iso-remastering.md, pitfalls 1, 4, 5, 6). Either way the result
+is re-read with :mod:`b2dkit.isoprobe`, which does not share pycdlib's blind spots,
+before it is renamed into place.
 """
 
 import contextlib
