@@ -24,7 +24,9 @@ def task(*args, **kwargs):
             except B2dkitError as exc:
                 raise Exit(f"b2dkit: error: {exc}", code=exc.exit_code) from None
             except KeyboardInterrupt:
-                raise Exit("b2dkit: interrupted; nothing half-done was kept, re-run to continue", code=130) from None
+                raise Exit(
+                    "b2dkit: interrupted; nothing half-done was kept, re-run to continue", code=130
+                ) from None
 
         return _invoke_task(wrapper, **kwargs)
 

@@ -1,0 +1,100 @@
+"""ISO tasks: remaster boot2docker.iso with boot codes, inspect an ISO, manage the ISO cache."""
+
+from invoke import Exit
+
+from .. import bootcfg, isocache
+from .. import iso as isolib
+from ._base import print_json, say, task
+
+
+@task(
+    iterable=["boot_code", "remove_code"],
+    auto_shortflags=False,
+    help={
+        "src": "boot2docker ISO to read (required; never modified)",
+        "out": "where to write the remastered ISO (default: the user cache, path printed)",
+        "boot_code": "kernel boot code to set, e.g. tz=CST-8 or noembed (repeatable)",
+        "remove_code": "boot code key to remove, e.g. tz (repeatable)",
+        "label": "edit only this isolinux label (default: every label that boots Linux)",
+        "rewrite": "rebuild the whole image even if the config fits in place (slower; for debugging)",
+    },
+)
+def remaster(c, src=None, out=None, boot_code=None, remove_code=None, label=None, rewrite=False):
+    """Write a copy of a boot2docker ISO with kernel boot codes set (tz=CST-8 ...)."""
+    if not src:
+        raise Exit("b2dkit: error: give the ISO to read with --src PATH", code=2)
+    codes, removed = boot_code or [], remove_code or []
+    if not codes and not removed:
+        raise Exit(
+            "b2dkit: error: nothing to change: give --boot-code (e.g. tz=CST-8) or --remove-code", code=2
+        )
+    if out is None:
+        if rewrite:
+            raise Exit("b2dkit: error: --rewrite needs --out (the cache always uses the fast path)", code=2)
+        path = isocache.cached_remaster(src, codes, removed, label)
+        say(str(path))
+        return
+    result = isolib.remaster(src, out, codes, removed, label, rewrite=rewrite)
+    for name, append in result.labels:
+        say(f"{result.cfg_path} [{name}] append {append}")
+    say(f"wrote {result.out} ({result.method})")
+
+
+@task(help={"iso": "the ISO image to inspect", "json": "print machine-readable JSON"})
+def show(c, iso, json=False):
+    """Show an ISO's volume id, boot entries, boot info table, isohybrid MBR and boot labels."""
+    info = isolib.show(iso)
+    if json:
+        print_json(info)
+        return
+    say(f"{info['path']}: volume id {info['volume_id']!r}, {info['size']} bytes")
+    say(f"  Rock Ridge: {info['rock_ridge'] or 'no'}   Joliet: {'yes' if info['joliet'] else 'no'}")
+    torito = info["el_torito"]
+    if not torito["entries"]:
+        say("  El Torito: none (not bootable from CD)")
+    else:
+        say(f"  El Torito catalog: {torito['catalog']['path']} (LBA {torito['catalog']['lba']})")
+    for entry in torito["entries"]:
+        table = entry["boot_info_table"]
+        bit = "none" if table is None else ("valid" if table["valid"] else "STALE")
+        say(
+            f"  boot image: {entry['path']} LBA {entry['lba']} {entry['platform']} "
+            f"emulation={entry['emulation']} load={entry['sector_count']} boot-info-table={bit}"
+        )
+    hybrid = info["isohybrid"]
+    if hybrid is None:
+        say("  isohybrid MBR: none (boots as CD only)")
+    else:
+        state = "ok" if hybrid["rba_ok"] and hybrid["signature_ok"] else "BROKEN"
+        say(f"  isohybrid MBR: {state} (heads {hybrid['heads']}, sectors {hybrid['sectors']})")
+    cfg = info["cfg"]
+    if cfg is None:
+        say("  isolinux config: not found")
+        return
+    say(f"  isolinux config: {cfg['path']}" + (f" (default {cfg['default']})" if cfg["default"] else ""))
+    for lb in cfg["labels"]:
+        say(f"    label {lb['name']}: kernel {lb['kernel']}")
+        say(f"      append {lb['append'] if lb['append'] is not None else '(none)'}")
+        tz = next((t[3:] for t in (lb["append"] or "").split() if t.startswith("tz=")), None)
+        if tz:
+            try:
+                say(f"      tz={tz} is {bootcfg.tz_utc_offset(tz)}")
+            except Exception:  # an odd tz in somebody's ISO is worth showing, not failing on
+                say(f"      tz={tz} is not a POSIX TZ string")
+
+
+@task(name="cache", help={"list": "list cached ISOs (the default)", "clear": "delete every cached ISO"})
+def cache(c, list=False, clear=False):
+    """List or clear cached source and remastered ISOs."""
+    if clear:
+        say(f"removed {isocache.clear_cache()} cached ISO(s)")
+        return
+    rows = isocache.list_cache()
+    if not rows:
+        say("the ISO cache is empty")
+        return
+    for row in rows:
+        codes = " ".join(row.get("codes") or [])
+        source = row.get("source") or "?"
+        size = f"{row['size'] / 1e6:.1f} MB"
+        say(f"{row['type']:<10} {size:>9}  {row['key']}  {source}" + (f"  [{codes}]" if codes else ""))
