@@ -87,17 +87,27 @@ def remaster_key(
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def _target(src: Path, set_codes, remove, label):
+    if not src.is_file():
+        raise InputError(f"ISO {src} does not exist")
+    digest = source_digest(src)
+    return digest, remastered_dir() / f"{remaster_key(digest, set_codes, remove, label)}.iso"
+
+
+def lookup(src, set_codes: Iterable[str], remove: Iterable[str] = (), label: Optional[str] = None) -> Optional[Path]:
+    """The cached remaster for (src, codes) if there is one; never builds (onboarding's dry run)."""
+    set_codes, remove = bootcfg.normalize_codes(set_codes, remove)
+    _, target = _target(Path(src), set_codes, remove, label)
+    return target if target.is_file() else None
+
+
 def cached_remaster(
     src, set_codes: Iterable[str], remove: Iterable[str] = (), label: Optional[str] = None
 ) -> Path:
     """The remastered ISO for (src, codes), built once; a hit only stat()s the source."""
     src = Path(src)
-    if not src.is_file():
-        raise InputError(f"ISO {src} does not exist")
     set_codes, remove = bootcfg.normalize_codes(set_codes, remove)
-    digest = source_digest(src)
-    key = remaster_key(digest, set_codes, remove, label)
-    target = remastered_dir() / f"{key}.iso"
+    digest, target = _target(src, set_codes, remove, label)
     if target.is_file():
         return target
     ensure_dir(remastered_dir())

@@ -87,11 +87,14 @@ def boot_iso(profile, source: Path, log: Log = _quiet) -> Path:
     codes = profile.boot_code_args()
     if not codes:
         return source
-    from . import iso
+    from . import isocache
 
-    result = iso.cached_remaster(source, codes)
-    log(f"ISO: {'remastered' if result.created else 'cached'} with {' '.join(codes)}")
-    return result.path
+    hit = isocache.lookup(source, codes)
+    if hit:
+        log(f"ISO: remaster with {' '.join(codes)} is cached")
+        return hit
+    log(f"ISO: remastering with {' '.join(codes)}")
+    return isocache.cached_remaster(source, codes)
 
 
 def install_iso(boot: Path, name: str) -> Path:

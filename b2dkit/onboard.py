@@ -147,9 +147,9 @@ def _remaster(run: _Run):
     if run.source is None:  # dry run before the download
         run.did(f"remaster the ISO with {' '.join(codes)}")
         return
-    from . import iso
+    from . import isocache
 
-    hit = iso.cache_lookup(run.source, codes)
+    hit = isocache.lookup(run.source, codes)
     if hit:
         run.boot = hit
         run.had(f"remastered ISO with {' '.join(codes)} is cached")
