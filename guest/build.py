@@ -120,7 +120,13 @@ def kernel_version() -> str:
 
 
 def package_versions() -> str:
-    return _run(["dpkg-query", "-W", "-f", "${Package}=${Version}\\n", *PACKAGES])
+    proc = subprocess.run(["dpkg-query", "-W", "-f", "${Package}=${Version}\\n", *PACKAGES],
+                          capture_output=True, text=True)
+    missing = re.findall(r"no packages found matching (\S+)", proc.stderr)
+    if missing or proc.returncode:
+        names = " ".join(missing or PACKAGES)
+        raise BuildError(f"missing Debian packages: apt-get install {names}")
+    return proc.stdout
 
 
 def input_key(kver: str) -> str:
