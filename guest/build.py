@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""Build the b2dkit test guest: a small boot2docker-compatible ISO made from Debian packages.
+
+VirtualBox cannot run where b2dkit is tested, and the real boot2docker.iso is a 50 MB download
+of a dead project, so the QEMU tests boot this stand-in instead. It copies what b2dkit relies on
+(ISO layout, tz= boot code, the format-me persistent disk, user docker with sudo, SSH/SFTP) and
+nothing else (there is no docker daemon). See guest/README.md.
+
+    python3 guest/build.py [--out DIR]      # prints the ISO path (cached by input hash)
+
+Stdlib only, so it runs before the project venv exists. Needs root only to read
+/boot/vmlinuz-* (Debian installs the kernel image mode 0600).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GUEST_DIR = Path(__file__).resolve().parent
+ROOTFS = GUEST_DIR / "rootfs"
+DEFAULT_OUT = GUEST_DIR / "out"
+ISO_NAME = "b2d-guest.iso"
+
+# The last boot2docker release; "b2d-v" is what docker-machine's version detection reads.
+VOLUME_ID = "b2d-v19.03.12-b2dkit"
+# Fixed timestamps (the v19.03.12 release day) make the ISO byte-for-byte reproducible.
+SOURCE_DATE_EPOCH = 1593388800
+
+# Packages whose files end up in the image (their versions are part of the cache key).
+PACKAGES = (
+    "linux-image-amd64", "busybox-static", "dropbear-bin", "openssh-sftp-server", "e2fsprogs",
+    "sudo", "libc6", "libpam-modules", "isolinux", "syslinux-common", "xorriso", "kmod",
+)
+
+# Dynamic programs copied with the libraries ldd finds: {path in guest: path on host}.
+BINARIES = {
+    "/usr/sbin/dropbear": "/usr/sbin/dropbear",
+    "/usr/bin/dropbearkey": "/usr/bin/dropbearkey",
+    # Debian's dropbear has this path compiled in for the "sftp" subsystem.
+    "/usr/lib/sftp-server": "/usr/lib/openssh/sftp-server",
+    # busybox only makes ext2; boot2docker's disk is ext4.
+    "/sbin/mke2fs": "/sbin/mke2fs",
+    "/usr/bin/sudo": "/usr/bin/sudo",
+    "/usr/libexec/sudo/sudoers.so": "/usr/libexec/sudo/sudoers.so",
+    "/lib/x86_64-linux-gnu/security/pam_permit.so": "/lib/x86_64-linux-gnu/security/pam_permit.so",
+    "/lib/x86_64-linux-gnu/security/pam_deny.so": "/lib/x86_64-linux-gnu/security/pam_deny.so",
+}
+SYMLINKS = {
+    "/sbin/mkfs.ext4": "mke2fs",
+    "/usr/lib/openssh/sftp-server": "../sftp-server",
+}
+GUEST_APT = "busybox-static dropbear-bin openssh-sftp-server e2fsprogs sudo libpam-modules"
+HOST_FILES = {"/etc/mke2fs.conf": "/etc/mke2fs.conf"}
+
+# Everything Debian builds as =m that a boot2docker-like VM needs under QEMU or VirtualBox
+# (disks on AHCI/PIIX/virtio, virtio-net/e1000 NICs, ext4, the ACPI power button, sshfs' fuse).
+MODULES = (
+    "ata_piix", "ahci", "sd_mod", "sr_mod", "isofs", "ext4", "crc32c_generic", "crc32c_intel",
+    "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "e1000", "e1000e",
+    "fuse", "loop", "button", "evdev",
+)
+
+# Modes that differ from "0755 if executable in git, else 0644".
+MODES = {"/etc/shadow": 0o600, "/etc/sudoers": 0o440, "/usr/bin/sudo": 0o4755}
+DIRS = {
+    "/proc": 0o555, "/sys": 0o555, "/dev": 0o755, "/run": 0o755, "/tmp": 0o1777, "/root": 0o700,
+    "/home": 0o755, "/mnt": 0o755, "/var/log": 0o755, "/var/run": 0o755, "/var/www": 0o755,
+}
+
+ISOLINUX_CFG = """\
+serial 0 115200
+default boot2docker
+prompt 1
+timeout 2
+
+label boot2docker
+\tkernel /boot/vmlinuz
+\tinitrd /boot/initrd.img
+# http://tinycorelinux.net/corebook.pdf (chapter 10 -- bootcodes explained)
+\tappend loglevel=3 console=ttyS0 waitusb=5:LABEL=boot2docker-data base norestore noembed
+"""
+
+
+class BuildError(Exception):
+    """A missing package or unreadable input, with what to do about it."""
+
+
+def _run(args, **kwargs) -> str:
+    try:
+        proc = subprocess.run(args, check=True, capture_output=True, text=True, **kwargs)
+    except FileNotFoundError as exc:
+        raise BuildError(f"{args[0]} not found: apt-get install {_apt_hint(args[0])}") from exc
+    except subprocess.CalledProcessError as exc:
+        raise BuildError(f"{' '.join(map(str, args))} failed: {exc.stderr.strip()[-300:]}") from exc
+    return proc.stdout
+
+
+def _apt_hint(program: str) -> str:
+    return {"xorriso": "xorriso", "depmod": "kmod", "modprobe": "kmod"}.get(program, program)
+
+
+def kernel_version() -> str:
+    """The kernel linux-image-amd64 points at (not the running one: we may be in a container)."""
+    depends = _run(["dpkg-query", "-W", "-f", "${Depends}", "linux-image-amd64"])
+    match = re.search(r"linux-image-([^\s,|]+)", depends)
+    if not match:
+        raise BuildError("cannot tell the kernel version: apt-get install linux-image-amd64")
+    return match.group(1)
+
+
+def package_versions() -> str:
+    proc = subprocess.run(["dpkg-query", "-W", "-f", "${Package}=${Version}\\n", *PACKAGES],
+                          capture_output=True, text=True)
+    missing = re.findall(r"no packages found matching (\S+)", proc.stderr)
+    if missing or proc.returncode:
+        names = " ".join(missing or PACKAGES)
+        raise BuildError(f"missing Debian packages: apt-get install {names}")
+    return proc.stdout
+
+
+def input_key(kver: str) -> str:
+    """Hash of everything that shapes the image, so a rebuild happens only when one changes."""
+    digest = hashlib.sha256()
+    digest.update(Path(__file__).read_bytes())
+    for path in sorted(p for p in ROOTFS.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(ROOTFS)}:{os.access(path, os.X_OK)}\n".encode())
+        digest.update(path.read_bytes())
+    digest.update(kver.encode())
+    digest.update(package_versions().encode())
+    return digest.hexdigest()[:16]
+
+
+class Tree:
+    """The initramfs as an in-memory file list, written as a reproducible newc cpio archive."""
+
+    def __init__(self):
+        self.entries: dict[str, tuple] = {}
+
+    def _parents(self, path: str):
+        parent = os.path.dirname(path)
+        if parent != "/" and parent not in self.entries:
+            self.dir(parent)
+
+    def dir(self, path: str, mode: int = 0o755):
+        self._parents(path)
+        self.entries[path] = ("dir", 0o040000 | mode, b"")
+
+    def file(self, path: str, data: bytes, mode: int = 0o644):
+        self._parents(path)
+        self.entries[path] = ("file", 0o100000 | MODES.get(path, mode), data)
+
+    def symlink(self, path: str, target: str):
+        self._parents(path)
+        self.entries[path] = ("link", 0o120777, target.encode())
+
+    def chardev(self, path: str, major: int, minor: int, mode: int = 0o600):
+        self._parents(path)
+        self.entries[path] = ("chr", 0o020000 | mode, (major, minor))
+
+    def cpio(self) -> bytes:
+        out = bytearray()
+
+        def record(ino, mode, nlink, data, name, rdev=(0, 0)):
+            name_b = name.encode() + b"\0"
+            fields = (ino, mode, 0, 0, nlink, SOURCE_DATE_EPOCH, len(data), 0, 0, *rdev, len(name_b), 0)
+            out.extend(b"070701" + b"".join(b"%08X" % f for f in fields) + name_b)
+            out.extend(b"\0" * (-len(out) % 4))
+            out.extend(data)
+            out.extend(b"\0" * (-len(out) % 4))
+
+        for ino, path in enumerate(sorted(self.entries), start=1):
+            kind, mode, payload = self.entries[path]
+            if kind == "chr":
+                record(ino, mode, 1, b"", path.lstrip("/"), rdev=payload)
+            else:
+                record(ino, mode, 2 if kind == "dir" else 1, payload, path.lstrip("/"))
+        record(0, 0, 1, b"", "TRAILER!!!")
+        return bytes(out)
+
+
+def _libraries(binary: str) -> list[str]:
+    """Shared objects a dynamic binary needs, as the paths the loader will look for."""
+    libs = []
+    for line in _run(["ldd", binary]).splitlines():
+        match = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
+        if match:
+            libs.append(match.group(1))
+    return libs
+
+
+def add_busybox(tree: Tree):
+    tree.file("/bin/busybox", Path("/bin/busybox").read_bytes(), 0o755)
+    for applet in _run(["/bin/busybox", "--list-full"]).split():
+        path = "/" + applet
+        if path != "/bin/busybox":
+            tree.symlink(path, "/bin/busybox")
+
+
+def add_binaries(tree: Tree):
+    for guest_path, host_path in BINARIES.items():
+        if not os.path.exists(host_path):
+            raise BuildError(f"{host_path} is missing: apt-get install {GUEST_APT}")
+        tree.file(guest_path, Path(host_path).read_bytes(), 0o755)
+        for lib in _libraries(host_path):
+            if lib not in tree.entries:
+                tree.file(lib, Path(lib).resolve().read_bytes(), 0o755)
+    for guest_path, target in SYMLINKS.items():
+        tree.symlink(guest_path, target)
+    for guest_path, host_path in HOST_FILES.items():
+        tree.file(guest_path, Path(host_path).read_bytes())
+
+
+def add_modules(tree: Tree, kver: str, scratch: Path):
+    """Copy MODULES and their dependencies, then let depmod index just those."""
+    listing = _run(["modprobe", "-S", kver, "--show-depends", "-a", *MODULES])
+    src_root = Path("/lib/modules") / kver
+    dst_root = scratch / "lib" / "modules" / kver
+    for ko in sorted(set(re.findall(r"^insmod (\S+)", listing, re.M))):
+        rel = Path(ko).relative_to(src_root)
+        (dst_root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ko, dst_root / rel)
+    for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        if (src_root / name).exists():
+            shutil.copyfile(src_root / name, dst_root / name)
+    _run(["depmod", "-b", str(scratch), kver])
+    for path in sorted(p for p in dst_root.rglob("*") if p.is_file()):
+        tree.file("/" + str(path.relative_to(scratch)), path.read_bytes())
+
+
+def add_rootfs(tree: Tree):
+    for path in sorted(ROOTFS.rglob("*")):
+        guest_path = "/" + str(path.relative_to(ROOTFS))
+        if path.is_dir():
+            tree.dir(guest_path)
+        else:
+            tree.file(guest_path, path.read_bytes(), 0o755 if os.access(path, os.X_OK) else 0o644)
+
+
+def make_initrd(kver: str, scratch: Path) -> bytes:
+    tree = Tree()
+    for path, mode in DIRS.items():
+        tree.dir(path, mode)
+    tree.chardev("/dev/console", 5, 1)
+    add_busybox(tree)
+    add_binaries(tree)
+    add_modules(tree, kver, scratch)
+    add_rootfs(tree)  # last: our files win over anything copied from the host
+    return gzip.compress(tree.cpio(), compresslevel=9, mtime=0)
+
+
+def make_iso(kver: str, initrd: bytes, iso_dir: Path, out: Path):
+    """Lay out the ISO exactly like boot2docker v18.09+ and build it with make-b2d-iso.sh's flags."""
+    vmlinuz = Path(f"/boot/vmlinuz-{kver}")
+    try:
+        kernel = vmlinuz.read_bytes()
+    except PermissionError as exc:
+        raise BuildError(f"cannot read {vmlinuz} (Debian makes it 0600): run guest/build.py as root") from exc
+    except FileNotFoundError as exc:
+        raise BuildError(f"{vmlinuz} is missing: apt-get install linux-image-amd64") from exc
+    files = {
+        "boot/vmlinuz": kernel,
+        "boot/initrd.img": initrd,
+        "isolinux/isolinux.cfg": ISOLINUX_CFG.encode(),
+        "isolinux/isolinux.bin": Path("/usr/lib/ISOLINUX/isolinux.bin").read_bytes(),
+        "isolinux/ldlinux.c32": Path("/usr/lib/syslinux/modules/bios/ldlinux.c32").read_bytes(),
+    }
+    for rel, data in files.items():
+        (iso_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (iso_dir / rel).write_bytes(data)
+    for path in [iso_dir, *iso_dir.rglob("*")]:
+        os.utime(path, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH))
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(SOURCE_DATE_EPOCH))
+    _run([
+        "xorriso", "-as", "mkisofs", "-o", str(out), "-A", "Boot2Docker", "-V", VOLUME_ID,
+        "-isohybrid-mbr", "/usr/lib/ISOLINUX/isohdpfx.bin",
+        "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat",
+        "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table", str(iso_dir),
+    ], env=env)
+
+
+def build(out_dir=None, quiet: bool = False) -> Path:
+    """Return the guest ISO for the current inputs, building it only if it is not cached."""
+    out_dir = Path(out_dir) if out_dir else DEFAULT_OUT
+    kver = kernel_version()
+    final = out_dir / input_key(kver)
+    iso = final / ISO_NAME
+    if iso.exists():
+        return iso
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=out_dir))
+    try:
+        initrd = make_initrd(kver, work / "modules")
+        make_iso(kver, initrd, work / "iso", work / ISO_NAME)
+        seconds = time.monotonic() - start
+        info = {
+            "kernel": kver, "volume_id": VOLUME_ID, "iso_bytes": (work / ISO_NAME).stat().st_size,
+            "initrd_bytes": len(initrd), "build_seconds": round(seconds, 2),
+            "packages": package_versions().split(),
+        }
+        (work / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
+        shutil.rmtree(work / "iso")
+        shutil.rmtree(work / "modules")
+        try:
+            os.rename(work, final)  # atomic: a half-built ISO never appears under the key
+        except OSError:
+            if not iso.exists():  # lost a race against a parallel build: theirs is as good
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if not quiet:
+        print(f"built {iso} in {seconds:.1f} s: ISO {info['iso_bytes'] / 2**20:.1f} MiB, "
+              f"initrd {len(initrd) / 2**20:.1f} MiB, kernel {kver}", file=sys.stderr)
+    return iso
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help=f"cache directory (default {DEFAULT_OUT})")
+    args = parser.parse_args(argv)
+    try:
+        print(build(args.out))
+    except BuildError as exc:
+        print(f"guest/build.py: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
