@@ -39,8 +39,10 @@ BOOT_TIMEOUT = 180
 
 
 def run_build(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BUILD_SCRIPT), *args],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, str(BUILD_SCRIPT), *args], capture_output=True, text=True)
+    if proc.returncode:
+        pytest.fail(f"guest/build.py failed: {proc.stderr.strip()}")
+    return proc
 
 
 def iso_path_from(proc: subprocess.CompletedProcess) -> Path:
