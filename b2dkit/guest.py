@@ -9,6 +9,7 @@ whatever now answers on that port.
 """
 
 import datetime
+import logging
 import posixpath
 import select
 import shlex
@@ -27,6 +28,11 @@ import paramiko
 
 from . import atomic
 from .errors import GuestError, InputError, ToolMissing
+
+# paramiko logs every failed banner read with a traceback from its transport thread; while we
+# poll a booting guest those are expected. Our own errors say what went wrong in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 DEFAULT_USER = "docker"
 PERSISTENT_ROOT = "/mnt/sda1"  # boot2docker's data disk; everything else in the guest is RAM
