@@ -14,7 +14,7 @@ from typing import Callable, List, Optional
 
 from . import forwards as fw
 from . import machines, paths, sshkeys
-from .errors import B2dkitError, InputError, PortInUse
+from .errors import B2dkitError, InputError, PortInUse, ToolMissing
 from .forwards import Forward
 from .machines import Machine
 from .providers import MachineSpec, Provider, VMState, get_provider
@@ -67,14 +67,46 @@ def machine_from_profile(profile) -> Machine:
 # -- ISO ----------------------------------------------------------------------------------------
 
 
+GUEST_BUILD = Path(__file__).resolve().parents[1] / "guest" / "build.py"
+
+
+def guest_builder():
+    """b2dkit's test-guest builder (guest/build.py), loaded from the source checkout."""
+    if not GUEST_BUILD.is_file():
+        raise InputError(
+            "this profile builds the test guest, which needs the b2dkit source checkout (guest/build.py)",
+            hint="run from a clone of the b2dkit repository, or set iso.path",
+        )
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("b2dkit_guest_build", GUEST_BUILD)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_guest(log: Log = _quiet) -> Path:
+    builder = guest_builder()
+    iso = builder.cached()
+    if iso:
+        return iso
+    log("ISO: building the boot2docker-compatible guest from Debian packages…")
+    try:
+        return builder.build(quiet=True)
+    except builder.BuildError as exc:
+        raise ToolMissing(f"building the guest ISO failed: {exc}") from None
+
+
 def source_iso(profile, iso_path=None, log: Log = _quiet) -> Path:
-    """The unmodified boot2docker.iso: ``--iso``, the profile's local path, or a verified download."""
+    """The unmodified boot2docker.iso: ``--iso``, the profile's local path, a build, or a verified download."""
     local = iso_path or profile.iso.path
     if local:
         path = Path(local).expanduser()
         if not path.is_file():
             raise InputError(f"ISO {path} does not exist", hint="pass --iso PATH to a boot2docker.iso")
         return path
+    if profile.iso.build == "guest":
+        return build_guest(log)
     from . import download
 
     sha256 = profile.iso.require_sha256()

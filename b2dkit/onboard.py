@@ -5,7 +5,7 @@ the work if so, so a second run changes nothing and a run that failed (or was
 interrupted) at step N picks up at step N.  Nothing a step finished is ever undone.
 """
 
-import subprocess
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import doctor, lifecycle, machines, status
-from .errors import B2dkitError, GuestError, InputError, ToolMissing
+from .errors import B2dkitError, GuestError
 from .providers import VMState
 
 Log = Callable[[str], None]
 STEPS = ("doctor", "iso", "remaster", "create", "start", "mounts", "summary")
-GUEST_BUILD = Path(__file__).resolve().parents[1] / "guest" / "build.py"
 
 
 class Interrupted(B2dkitError):
@@ -121,21 +120,16 @@ def _iso(run: _Run):
 
 def _build_guest(run: _Run):
     """The demo profile boots b2dkit's own boot2docker-compatible guest, built from Debian packages."""
-    if not GUEST_BUILD.is_file():
-        raise InputError("this profile builds the test guest, which needs the b2dkit source checkout (guest/)")
-    argv = [sys.executable, str(GUEST_BUILD), "--print-path"]
+    iso = lifecycle.guest_builder().cached()
+    if iso:
+        run.source = iso
+        run.had(f"guest ISO is built ({iso})")
+        return
     if run.dry_run:
-        argv.append("--check")
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.returncode not in (0, 10):
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ToolMissing(f"building the guest ISO failed: {last}", hint=f"run {GUEST_BUILD} to see why")
-    path = Path(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else None
-    if run.dry_run and proc.returncode == 10:
         run.did("build the boot2docker-compatible guest ISO from Debian packages")
         return
-    run.source = path
-    run.had(f"guest ISO {path}")
+    run.source = lifecycle.build_guest()
+    run.did(f"built the guest ISO {run.source}")
 
 
 def _remaster(run: _Run):
@@ -205,8 +199,14 @@ def _mounts(run: _Run):
         return
     machine = _machine_or_none(run.profile.name)
     if run.dry_run:
+        from . import sshfs
+
         for m in run.profile.mounts:
-            run.did(f"mount {m.guest} on {m.host} with sshfs (if not mounted)")
+            current = sshfs.find_mount(m.host)
+            if current and current.alive:
+                run.had(f"{m.guest} is mounted on {m.host}")
+            else:
+                run.did(f"mount {m.guest} on {m.host} with sshfs")
         return
     out = lifecycle.mount_all(machine, log=lambda _m: None)
     for line in out.done:
@@ -230,12 +230,22 @@ def _summary(run: _Run):
         run.log(f"  forward  {f['host_ip']}:{f['host_port']} -> VM port {f['guest_port']}/{f['proto']}")
     for m in info["mounts"]:
         run.log(f"  folder   {m['host']} <-> VM {m['guest']} ({m['status']})")
-    run.log("  ssh      b2dkit vm.ssh      (or: b2dkit vm.ssh -c 'date')")
+    cli = _cli()
+    run.log(f"  ssh      {cli} vm.ssh      (or: {cli} vm.ssh -c 'date')")
     for line in status.docker_env(machine):
         if line.startswith("export DOCKER_HOST"):
             run.log(f"  docker   {line}")
-    run.log("Next: put your code in the mounted folder, `b2dkit vm.forward PORT` for new services,")
-    run.log("      `b2dkit vm.status` to check on it, `b2dkit vm.stop` at the end of the day.")
+    run.log(f"Next: put your code in the mounted folder, `{cli} vm.forward PORT` for new services,")
+    run.log(f"      `{cli} vm.status` to check on it, `{cli} vm.stop` at the end of the day.")
+
+
+def _cli() -> str:
+    """How the user can call b2dkit again: its name if on PATH, else the path onboard.sh installed."""
+    found = shutil.which("b2dkit")
+    argv0 = Path(sys.argv[0])
+    if found or argv0.name != "b2dkit":
+        return "b2dkit"
+    return str(argv0)
 
 
 def _machine_or_none(name):

@@ -67,7 +67,8 @@ TOP_KEYS = (
     "persistent_dirs",
     "mounts",
 )
-ISO_KEYS = ("urls", "sha256", "path")
+ISO_KEYS = ("urls", "sha256", "path", "build")
+ISO_BUILDS = ("guest",)  # images b2dkit builds itself: guest/ (the boot2docker-compatible test guest)
 FORWARD_KEYS = ("host", "guest", "proto", "host_ip", "force", "remove")
 MOUNT_KEYS = ("guest", "host", "remove")
 PERSISTENT_KEYS = ("path", "remove")
@@ -84,6 +85,7 @@ class IsoSource:
     urls: Tuple[str, ...] = ()
     sha256: Optional[str] = None  # lower-case hex, SHA256_PLACEHOLDER, or None (local path only)
     path: Optional[Path] = None
+    build: Optional[str] = None  # "guest": built locally from Debian packages (no download)
 
     @property
     def pinned(self) -> bool:
@@ -107,6 +109,8 @@ class IsoSource:
             data["sha256"] = self.sha256
         if self.path:
             data["path"] = str(self.path)
+        if self.build:
+            data["build"] = self.build
         return data
 
 
@@ -509,17 +513,23 @@ def _check_iso(check, where, value):
         path = Path(check.text(at, data["path"])).expanduser()
         if not path.is_absolute():
             path = check.path.parent.resolve() / path  # a team can ship an ISO next to its profile
-    if urls and path:
-        raise check.error(where, "set either iso.urls (with iso.sha256) or iso.path, not both")
-    if not urls and not path:
-        raise check.error(where, "no image: set iso.urls (with iso.sha256) or iso.path")
+    build = None
+    if "build" in data:
+        at = _join(where, "build")
+        build = check.text(at, data["build"])
+        if build not in ISO_BUILDS:
+            raise check.error(at, f"{build!r} is not something b2dkit builds: use {', '.join(ISO_BUILDS)}")
+    if sum(map(bool, (urls, path, build))) > 1:
+        raise check.error(where, "set one of iso.urls (with iso.sha256), iso.path or iso.build")
+    if not urls and not path and not build:
+        raise check.error(where, "no image: set iso.urls (with iso.sha256), iso.path or iso.build")
     if urls and not sha256:
         raise check.error(
             _join(where, "sha256"),
             "missing: a download by URL must be checked against a sha256",
             hint="copy it from the release notes, e.g. sha256: <64 hex characters>",
         )
-    return IsoSource(urls=urls, sha256=sha256, path=path)
+    return IsoSource(urls=urls, sha256=sha256, path=path, build=build)
 
 
 def _check_boot_codes(check, where, value):

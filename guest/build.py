@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 GUEST_DIR = Path(__file__).resolve().parent
 ROOTFS = GUEST_DIR / "rootfs"
@@ -289,6 +290,13 @@ def make_iso(kver: str, initrd: bytes, iso_dir: Path, out: Path):
     ], env=env)
 
 
+def cached(out_dir=None) -> Optional[Path]:
+    """The guest ISO for the current inputs if it is already built, else None (never builds)."""
+    out_dir = Path(out_dir) if out_dir else DEFAULT_OUT
+    iso = out_dir / input_key(kernel_version()) / ISO_NAME
+    return iso if iso.exists() else None
+
+
 def build(out_dir=None, quiet: bool = False) -> Path:
     """Return the guest ISO for the current inputs, building it only if it is not cached."""
     out_dir = Path(out_dir) if out_dir else DEFAULT_OUT
@@ -328,8 +336,16 @@ def build(out_dir=None, quiet: bool = False) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help=f"cache directory (default {DEFAULT_OUT})")
+    parser.add_argument("--check", action="store_true",
+                        help="only say whether it is built: print the path (exit 0) or exit 10")
     args = parser.parse_args(argv)
     try:
+        if args.check:
+            iso = cached(args.out)
+            if iso is None:
+                return 10
+            print(iso)
+            return 0
         print(build(args.out))
     except BuildError as exc:
         print(f"guest/build.py: error: {exc}", file=sys.stderr)
