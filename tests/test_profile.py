@@ -345,7 +345,7 @@ BAD = [
     ("iso: {urls: [https://x/b2d.iso], sha256: " + "g" * 64 + "}", ["iso.sha256", "g" * 64]),
     ("iso: {urls: [https://x/b2d.iso]}", ["iso.sha256", "missing"]),
     ("iso: {urls: [ftp://x/b2d.iso], sha256: " + SHA + "}", ["iso.urls[0]", "'ftp://x/b2d.iso'"]),
-    ("iso: {urls: [https://x/b2d.iso], sha256: " + SHA + ", path: /b2d.iso}", ["iso", "not both"]),
+    ("iso: {urls: [https://x/b2d.iso], sha256: " + SHA + ", path: /b2d.iso}", ["iso", "set one of"]),
     ("iso: {}", ["iso", "no image"]),
 ]
 

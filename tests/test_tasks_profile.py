@@ -88,12 +88,12 @@ def test_list_names_every_profile_with_its_path(tmp_path, monkeypatch, capsys):
     run("profile.list")
     lines = capsys.readouterr().out.splitlines()
     by_name = {line.split()[0]: line for line in lines}
-    assert set(by_name) == {"broken", "cst", "default", "team"}
+    assert set(by_name) == {"broken", "cst", "default", "demo", "team"}
     assert "team box" in by_name["team"] and str(tmp_path / "team.yaml") in by_name["team"]
     assert "invalid" in by_name["broken"]
     run("profile.list", "--json")
     rows = json.loads(capsys.readouterr().out)
-    assert [row["name"] for row in rows] == ["broken", "cst", "default", "team"]
+    assert [row["name"] for row in rows] == ["broken", "cst", "default", "demo", "team"]
 
 
 def test_help_documents_every_option():
