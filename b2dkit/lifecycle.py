@@ -324,14 +324,13 @@ def _check_other_vms(name: str, wanted: List[Forward]) -> None:
                 )
 
 
-def forward(machine: Machine, spec: str, host_ip: str = fw.LOOPBACK, auto_correct: bool = False,
-            force: bool = False, log: Log = _quiet) -> Forward:
+def forward(machine: Machine, rule: Forward, auto_correct: bool = False, force: bool = False,
+            log: Log = _quiet) -> Forward:
     """``vm.forward``: add one rule, live if the VM runs; a re-run with the same rule is a no-op.
 
     The hypervisor is asked for the current rules only when the host port is busy (is it
     ours?), which keeps the common case at two VBoxManage calls.
     """
-    rule = fw.parse_spec(spec, host_ip=host_ip)
     fw.check_exposure(rule, force=force)
     provider = provider_for(machine)
     try:
@@ -354,8 +353,15 @@ def forward(machine: Machine, spec: str, host_ip: str = fw.LOOPBACK, auto_correc
     return rule
 
 
-def unforward(machine: Machine, spec: str, log: Log = _quiet) -> str:
-    """``vm.unforward 8000``: remove the rule for that host port (tcp unless ``/udp``)."""
+def unforward(machine: Machine, name: str, log: Log = _quiet) -> str:
+    """``vm.unforward 8000``: remove the rule (named by ``unforward_name``)."""
+    provider_for(machine).remove_forward(name)
+    log(f"removed forward {name}")
+    return name
+
+
+def unforward_name(spec: str) -> str:
+    """``8000`` | ``8000/udp`` | ``8080:80`` → the rule name for that host port."""
     text = str(spec).strip()
     proto = "tcp"
     if "/" in text:
@@ -364,10 +370,7 @@ def unforward(machine: Machine, spec: str, log: Log = _quiet) -> str:
         if proto not in fw.PROTOCOLS:
             raise InputError(f"invalid forward {spec!r}: unknown protocol {proto!r} (use tcp or udp)")
     host = text.split(":", 1)[0] if ":" in text else text
-    name = fw.rule_name(proto, fw.parse_port(host, "host port"))
-    provider_for(machine).remove_forward(name)
-    log(f"removed forward {name}")
-    return name
+    return fw.rule_name(proto, fw.parse_port(host, "host port"))
 
 
 # -- mounts -------------------------------------------------------------------------------------

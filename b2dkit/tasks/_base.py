@@ -2,6 +2,7 @@
 
 import functools
 import json
+import os
 import sys
 
 from invoke import Exit
@@ -23,6 +24,9 @@ def task(*args, **kwargs):
                 return func(*a, **kw)
             except B2dkitError as exc:
                 raise Exit(f"b2dkit: error: {exc}", code=exc.exit_code) from None
+            except BrokenPipeError:  # `b2dkit ... | head`: the reader left; that is not an error
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise Exit(code=0) from None
             except KeyboardInterrupt:
                 raise Exit(
                     "b2dkit: interrupted; nothing half-done was kept, re-run to continue", code=130

@@ -2,6 +2,7 @@
 
 import sys
 
+from .. import forwards as forwards_
 from .. import lifecycle, machines, profile as profiles, status as vmstatus
 from ..errors import InputError
 from ._base import print_json, say, task
@@ -105,14 +106,16 @@ def list(c, json=False):  # noqa: A001 - the task is called vm.list
 )
 def forward(c, spec, name=None, host_ip="127.0.0.1", auto_correct=False, force=False):
     """Forward a host port to the VM, live if it is running (loopback by default)."""
-    lifecycle.forward(_machine(name), spec, host_ip=host_ip, auto_correct=auto_correct, force=force, log=say)
+    rule = forwards_.parse_spec(spec, host_ip=host_ip)  # bad input fails before anything is looked up
+    forwards_.check_exposure(rule, force=force)
+    lifecycle.forward(_machine(name), rule, auto_correct=auto_correct, force=force, log=say)
 
 
 @task(help={"spec": "host PORT (or PORT/udp) of the forward to remove", "name": NAME_HELP},
       auto_shortflags=False)
 def unforward(c, spec, name=None):
     """Remove a port forward, live if the VM is running."""
-    lifecycle.unforward(_machine(name), spec, log=say)
+    lifecycle.unforward(_machine(name), lifecycle.unforward_name(spec), log=say)
 
 
 @task(help={"name": NAME_HELP, "json": "machine-readable output"}, auto_shortflags=False)
