@@ -357,6 +357,27 @@ def setup(
     return report
 
 
+DOCKER_CERTS = ("ca.pem", "cert.pem", "key.pem")
+
+
+def fetch_docker_certs(session: GuestSession, dest_dir) -> bool:
+    """Copy the TLS client certs boot2docker makes for its daemon (~docker/.docker/*.pem).
+
+    False when the guest has none (no TLS daemon yet); nothing is written then.
+    """
+    found = {}
+    for name in DOCKER_CERTS:
+        result = session.run(["cat", f".docker/{name}"], check=False)  # relative to the login's home
+        if not result.ok or "-----BEGIN" not in result.stdout:
+            return False
+        found[name] = result.stdout
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name, text in found.items():
+        atomic.write_bytes(dest / name, text.encode(), mode=0o600)
+    return True
+
+
 def clock_command(epoch: int) -> List[str]:
     """``date`` that sets UTC wall time on busybox and GNU alike.
 

@@ -112,12 +112,16 @@ def docker_env(machine: Machine) -> List[str]:
     if 2376 in rules:
         f = rules[2376]
         certs = lifecycle.paths.vm_dir(machine.name) / "certs"
-        return [
+        lines = [
             f"export DOCKER_HOST=tcp://{f.host_ip}:{f.host_port}",
             "export DOCKER_TLS_VERIFY=1",
             f"export DOCKER_CERT_PATH={certs}",
-            f"# run this command to configure your shell: eval \"$(b2dkit vm.env --name {machine.name})\"",
         ]
+        if not _certs_ready(machine, provider, certs):
+            lines.append("# the VM has no TLS client certificates yet (~docker/.docker/*.pem): start it, make sure")
+            lines.append("# its Docker daemon runs with TLS, then run vm.env again")
+        lines.append(f"# run this command to configure your shell: eval \"$(b2dkit vm.env --name {machine.name})\"")
+        return lines
     if 2375 in rules:
         f = rules[2375]
         return [
@@ -134,3 +138,20 @@ def docker_env(machine: Machine) -> List[str]:
         f"# no forward to the daemon ports ({missing}); the Docker client goes over SSH and needs",
         f"# the VM key in your agent: ssh-add {key}",
     ]
+
+
+def _certs_ready(machine: Machine, provider, certs: Path) -> bool:
+    """The daemon's client certs are on the host, copying them from a running VM if needed."""
+    from . import guest
+
+    if all((certs / name).is_file() for name in guest.DOCKER_CERTS):
+        return True
+    if provider.state() != VMState.RUNNING:
+        return False
+    try:
+        host, port = provider.ssh_endpoint()
+        with guest.connect(host, port, lifecycle.key_path(machine.name),
+                           lifecycle.known_hosts_path(machine.name)) as session:
+            return guest.fetch_docker_certs(session, certs)
+    except B2dkitError:
+        return False

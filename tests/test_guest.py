@@ -274,3 +274,19 @@ def test_without_an_ssh_client_commands_still_run_but_a_shell_cannot(vm, tmp_pat
     assert "via-paramiko" in capfd.readouterr().out
     with pytest.raises(ToolMissing, match="apt-get install openssh-client"):
         guest.interactive_shell(*args, user=vm["user"])
+
+
+def test_docker_client_certs_are_copied_when_the_guest_has_them(vm, tmp_path):
+    with session(vm) as s:
+        assert not guest.fetch_docker_certs(s, tmp_path / "none")
+        assert not (tmp_path / "none").exists()
+        s.run("mkdir -p .docker && for f in ca cert key; do "
+              "printf -- '-----BEGIN %s-----\\n' $f > .docker/$f.pem; done")
+        try:
+            assert guest.fetch_docker_certs(s, tmp_path / "certs")
+        finally:
+            s.run(["rm", "-rf", ".docker"])
+    for name in guest.DOCKER_CERTS:
+        path = tmp_path / "certs" / name
+        assert path.read_text() == f"-----BEGIN {name[:-4]}-----\n"
+        assert path.stat().st_mode & 0o777 == 0o600

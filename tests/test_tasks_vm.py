@@ -173,3 +173,24 @@ def test_vm_tasks_without_any_vm_say_what_to_do(fake, capsys):
     assert out.err.strip() == (
         "b2dkit: error: no active VM (create one with `b2dkit vm.create --profile=NAME`, or pass --name)"
     )
+
+
+def test_env_prints_the_docker_host_for_the_forwarded_daemon(created, capsys):
+    # No daemon forward in the default profile: the Docker client goes over SSH.
+    run("vm.env")
+    lines = capsys.readouterr().out.splitlines()
+    ssh_port = next(f["host_port"] for f in _forwards(capsys) if f["guest_port"] == 22)
+    assert lines[0] == f"export DOCKER_HOST=ssh://docker@127.0.0.1:{ssh_port}"
+    # With the TLS daemon port forwarded (boot2docker's 2376), DOCKER_HOST points at it.
+    port = _free_port()
+    run("vm.forward", f"{port}:2376")
+    capsys.readouterr()
+    run("vm.env")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [f"export DOCKER_HOST=tcp://127.0.0.1:{port}", "export DOCKER_TLS_VERIFY=1"]
+    assert lines[2].startswith("export DOCKER_CERT_PATH=") and lines[2].endswith("/vms/dev/certs")
+
+
+def _forwards(capsys):
+    run("vm.forwards", "--json")
+    return json.loads(capsys.readouterr().out)
