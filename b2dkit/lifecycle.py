@@ -224,8 +224,12 @@ def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=Tr
 def _create_locked(profile, machine: Machine, provider: Provider, boot: Path, out: Outcome) -> None:
     vm_iso = install_iso(boot, machine.name)
     _, public_key = sshkeys.ensure_keypair(paths.vm_dir(machine.name), comment=f"b2dkit@{machine.name}")
-    machines.save(machine)  # before the hypervisor: a half-made VM is still ours to finish or destroy
-    machines.set_active(machine.name)
+    # Before the hypervisor: a half-made VM is still ours to finish or destroy.  Written only
+    # when different, so a re-run with nothing to do writes nothing.
+    if _existing(machine.name) != machine:
+        machines.save(machine)
+    if machines.active_name() != machine.name:
+        machines.set_active(machine.name)
     spec = MachineSpec(
         name=machine.name,
         memory_mb=profile.memory,
