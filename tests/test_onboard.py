@@ -31,6 +31,7 @@ from fakevbox import install
 from isofixtures import build_iso, tools_available
 
 REPO = Path(__file__).resolve().parents[1]
+CLOCK = "set the guest clock from the host"
 
 
 # -- helpers shared by both halves --------------------------------------------------------------
@@ -521,14 +522,17 @@ class TestFreshRunThenReRuns:
         world.mirror.requests.clear()
         code, out, err = onboard_task(capfd, *world.args)
         assert code == 0, out + err
-        assert "changed this run: 0" in out
-        assert "done: " not in out and out.count("already: ") >= 6
+        # The only change allowed: an emulated (TCG) guest's clock can fall more than
+        # guest.CLOCK_TOLERANCE behind between two runs, and then it is set again.
+        done = [line for line in out.splitlines() if line.startswith("done: ")]
+        assert all(line.startswith("done: " + CLOCK) for line in done), done
+        assert f"changed this run: {len(done)}" in out and out.count("already: ") >= 6
         assert world.mirror.requests == []
         after = {k: v for k, v in tree(world.b2dkit_home).items() if not k.endswith("serial.log")}
         assert after == before  # not one file written, not even a rename onto itself
         # The library's own account: nothing in Plan.done.
         plan = flow.onboard(profiles.load(str(world.profile)), log=lambda _line: None)
-        assert plan.done == [] and plan.kept
+        assert [line for line in plan.done if not line.startswith(CLOCK)] == [] and plan.kept
         assert world.mirror.requests == []
         assert len(qemu_pids(world.root)) == 1
 
