@@ -61,7 +61,7 @@ def check_hypervisor(provider: str) -> Check:
             version = vbox.VBoxManage().version()
         except B2dkitError as exc:
             return Check("VirtualBox", False, str(exc), _fix("virtualbox"))
-        return Check("VirtualBox", True, f"VBoxManage {version}")
+        return Check("VirtualBox", True, "VBoxManage " + ".".join(map(str, version)))
     from . import qemu
 
     try:

@@ -138,12 +138,13 @@ class Downloader:
             result = FetchResult(path=target)
             part = target.with_name(target.name + ".part")
             show = sys.stderr.isatty() if progress is None else bool(progress)
-            for url in urls:
+            for index, url in enumerate(urls):
                 try:
                     self._from_mirror(url, part, sha256, result, show)
                 except _MirrorFailed as exc:
                     result.failures.append(f"{url}: {exc}")
-                    self.notify(f"{url}: {exc}; trying the next mirror")
+                    if index + 1 < len(urls):  # after the last one, the error below says it all
+                        self.notify(f"{url}: {exc}; trying the next mirror")
                     continue
                 os.chmod(part, 0o644)
                 os.replace(part, target)

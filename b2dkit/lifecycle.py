@@ -6,6 +6,8 @@ run that failed half-way is finished by the next one.  Providers know their hype
 this module knows the order of things and what to tell the user.
 """
 
+import contextlib
+import fcntl
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -125,8 +127,33 @@ def boot_iso(profile, source: Path, log: Log = _quiet) -> Path:
     if hit:
         log(f"ISO: remaster with {' '.join(codes)} is cached")
         return hit
-    log(f"ISO: remastering with {' '.join(codes)}")
-    return isocache.cached_remaster(source, codes)
+    folder = paths.ensure_dir(isocache.remastered_dir())
+    with _locked(folder):
+        hit = isocache.lookup(source, codes)  # another b2dkit made it while we waited
+        if hit:
+            return hit
+        log(f"ISO: remastering with {' '.join(codes)}")
+        key = isocache.remaster_key(isocache.source_digest(source), codes)
+        _remove_leftovers(folder, f".{key}.iso.*.part")  # a killed run's temp file: 60 MB of garbage
+        return isocache.cached_remaster(source, codes)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """One b2dkit process at a time writes in ``folder``, so a temp file found there under the
+    lock was left by a killed run and can go.  The kernel drops the lock with a killed holder."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_leftovers(folder: Path, pattern: str) -> None:
+    for stale in folder.glob(pattern):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 def install_iso(boot: Path, name: str) -> Path:
@@ -181,10 +208,28 @@ def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=Tr
         boot = Path(iso_path)
     else:
         boot = boot_iso(profile, source_iso(profile, iso_path, log), log)
+    with _locked(paths.ensure_dir(paths.vm_dir(machine.name))):
+        _remove_leftovers(paths.vm_dir(machine.name), ".*.part")  # temp files of a killed create
+        _create_locked(profile, machine, provider, boot, out)
+    for line in out.done + out.kept:
+        log(line)
+    if start_vm:
+        sub = start(machine, log=log)
+        out.done += sub.done
+        out.kept += sub.kept
+        out.warnings += sub.warnings
+    return out
+
+
+def _create_locked(profile, machine: Machine, provider: Provider, boot: Path, out: Outcome) -> None:
     vm_iso = install_iso(boot, machine.name)
     _, public_key = sshkeys.ensure_keypair(paths.vm_dir(machine.name), comment=f"b2dkit@{machine.name}")
-    machines.save(machine)  # before the hypervisor: a half-made VM is still ours to finish or destroy
-    machines.set_active(machine.name)
+    # Before the hypervisor: a half-made VM is still ours to finish or destroy.  Written only
+    # when different, so a re-run with nothing to do writes nothing.
+    if _existing(machine.name) != machine:
+        machines.save(machine)
+    if machines.active_name() != machine.name:
+        machines.set_active(machine.name)
     spec = MachineSpec(
         name=machine.name,
         memory_mb=profile.memory,
@@ -202,14 +247,6 @@ def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=Tr
         out.done.extend(report.changes)
     else:
         out.kept.append(f"VM {machine.name} already matches the profile")
-    for line in out.done + out.kept:
-        log(line)
-    if start_vm:
-        sub = start(machine, log=log)
-        out.done += sub.done
-        out.kept += sub.kept
-        out.warnings += sub.warnings
-    return out
 
 
 def _existing(name: str) -> Optional[Machine]:

@@ -234,7 +234,8 @@ def _summary(run: _Run):
     run.log(f"  ssh      {cli} vm.ssh      (or: {cli} vm.ssh -c 'date')")
     for line in status.docker_env(machine):
         if line.startswith("export DOCKER_HOST"):
-            run.log(f"  docker   {line}")
+            # An ssh:// host also needs the VM key in the agent: vm.env prints every line it takes.
+            run.log(f"  docker   {line}   (all of it: eval \"$({cli} vm.env)\")")
     run.log(f"Next: put your code in the mounted folder, `{cli} vm.forward PORT` for new services,")
     run.log(f"      `{cli} vm.status` to check on it, `{cli} vm.stop` at the end of the day.")
 

@@ -1,0 +1,298 @@
+"""doctor: each check says ok or missing, and a missing piece comes with its install commands.
+
+A missing program is faked the way a bare laptop has it: PATH holds only a temp dir with
+the programs the test wants (symlinks to the real ones).  A busy port is a socket this test
+holds; low disk space is ``shutil.disk_usage`` answering a small number.
+"""
+
+import os
+import shutil
+import socket
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from b2dkit import doctor, paths
+from b2dkit import profile as profiles
+from b2dkit.main import make_program
+from fakevbox import install
+
+QEMU = "qemu-system-x86_64"
+APT_QEMU = "sudo apt-get install qemu-system-x86 qemu-utils"
+BREW_QEMU = "brew install qemu"
+Usage = namedtuple("Usage", "total used free")
+
+
+def only_on_path(tmp_path, monkeypatch, *programs):
+    """PATH = one fresh dir with just these programs (linked from the real PATH)."""
+    bin_dir = tmp_path / "bin-only"
+    bin_dir.mkdir(exist_ok=True)
+    for name in programs:
+        real = shutil.which(name)
+        assert real, f"{name} must be installed on the test machine"
+        (bin_dir / name).symlink_to(real)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return bin_dir
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_profile(tmp_path, *lines, name="doc"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text("\n".join(["extends: default", "disk: 1024", *lines]) + "\n")
+    return path
+
+
+@pytest.fixture
+def qemu_profile(tmp_path, monkeypatch):
+    """A qemu profile with an sshfs mount and one free ssh port (the default 2022 may be taken here)."""
+    monkeypatch.setenv("B2DKIT_QEMU_ACCEL", "tcg")  # no KVM probe: the checks stay cheap and deterministic
+    port = free_port()
+    path = write_profile(
+        tmp_path,
+        "provider: qemu",
+        "name: doc-vm",
+        "iso: {path: /nonexistent/boot2docker.iso}",
+        "forwards:",
+        "  - {host: 2022, remove: true}",
+        f"  - {{host: {port}, guest: 22}}",
+        "persistent_dirs: [/mnt/sda1/dev]",
+        "mounts:",
+        "  - {guest: /mnt/sda1/dev, host: ~/workspace/dev}",
+    )
+    prof = profiles.load(str(path))
+    prof.port = port
+    prof.path = path
+    return prof
+
+
+def by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def assert_install_lines(check, debian, macos):
+    """A missing tool names both install commands, this host's family first."""
+    assert not check.ok
+    assert check.fix == {"Debian/Ubuntu": debian, "macOS": macos} or check.fix == {
+        "macOS": macos, "Debian/Ubuntu": debian}
+    lines = check.line().splitlines()
+    assert lines[0].startswith(f"[MISSING] {check.name}: ")
+    first = "macOS" if doctor.platform.system() == "Darwin" else "Debian/Ubuntu"
+    assert lines[1].strip().startswith(f"{first}: ")
+    assert {line.strip() for line in lines[1:]} == {f"Debian/Ubuntu: {debian}", f"macOS: {macos}"}
+
+
+# -- hypervisors --------------------------------------------------------------------------------
+
+
+def test_qemu_present_is_ok_and_names_the_binary_and_accelerator(tmp_path, monkeypatch):
+    monkeypatch.setenv("B2DKIT_QEMU_ACCEL", "tcg")
+    bin_dir = only_on_path(tmp_path, monkeypatch, QEMU)
+    check = doctor.check_hypervisor("qemu")
+    assert check.ok and check.name == "QEMU"
+    assert str(bin_dir / QEMU) in check.detail
+    assert "accelerator tcg" in check.detail and "software emulation" in check.detail
+    assert check.line().startswith("[ok ] QEMU: ")
+
+
+def test_qemu_missing_gives_both_install_commands(tmp_path, monkeypatch):
+    only_on_path(tmp_path, monkeypatch)
+    check = doctor.check_hypervisor("qemu")
+    assert f"{QEMU} not found on PATH" in check.detail
+    assert_install_lines(check, APT_QEMU, BREW_QEMU)
+
+
+def test_virtualbox_present_reports_its_version(tmp_path, monkeypatch):
+    fake = install(tmp_path / "fv", monkeypatch)
+    monkeypatch.setenv("FAKEVBOX_VERSION", "7.0.99r42")
+    monkeypatch.setenv("PATH", str(fake.bin))  # nothing but the fake
+    check = doctor.check_hypervisor("virtualbox")
+    assert check.ok and check.name == "VirtualBox"
+    assert check.detail == "VBoxManage 7.0.99"  # a version, not a Python tuple
+
+
+def test_virtualbox_missing_gives_both_install_commands(tmp_path, monkeypatch):
+    only_on_path(tmp_path, monkeypatch)
+    check = doctor.check_hypervisor("virtualbox")
+    assert check.name == "VirtualBox"
+    assert_install_lines(check, doctor.INSTALL["virtualbox"]["Debian/Ubuntu"], "brew install --cask virtualbox")
+    assert "apt-get install virtualbox" in check.line()
+
+
+# -- sshfs and ssh ------------------------------------------------------------------------------
+
+
+def test_sshfs_present_is_ok(tmp_path, monkeypatch):
+    bin_dir = only_on_path(tmp_path, monkeypatch, "sshfs")
+    check = doctor.check_sshfs()
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("this machine has no /dev/fuse")
+    assert check.ok and check.detail == str(bin_dir / "sshfs")
+
+
+def test_sshfs_missing_gives_both_install_commands(tmp_path, monkeypatch):
+    only_on_path(tmp_path, monkeypatch, "ssh")
+    check = doctor.check_sshfs()
+    assert "sshfs is not installed" in check.detail
+    assert_install_lines(check, "sudo apt-get install sshfs fuse3",
+                         "brew install --cask macfuse && brew install gromgit/fuse/sshfs-mac")
+
+
+def test_sshfs_without_dev_fuse_says_how_to_load_it(tmp_path, monkeypatch):
+    only_on_path(tmp_path, monkeypatch, "sshfs")
+    real_exists = os.path.exists
+    monkeypatch.setattr(doctor.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(doctor.os.path, "exists", lambda p: False if p == "/dev/fuse" else real_exists(p))
+    check = doctor.check_sshfs()
+    assert not check.ok
+    assert "/dev/fuse is missing" in check.detail and "modprobe fuse" in check.detail
+
+
+def test_ssh_client_present_and_missing(tmp_path, monkeypatch):
+    bin_dir = only_on_path(tmp_path, monkeypatch, "ssh")
+    present = doctor.check_ssh_client()
+    assert present.ok and present.detail == str(bin_dir / "ssh")
+    (tmp_path / "bare").mkdir()
+    only_on_path(tmp_path / "bare", monkeypatch)
+    missing = doctor.check_ssh_client()
+    assert_install_lines(missing, "sudo apt-get install openssh-client", "ssh ships with macOS")
+
+
+# -- disk space ---------------------------------------------------------------------------------
+
+
+def test_enough_disk_space_is_ok(qemu_profile, monkeypatch):
+    seen = []
+
+    def usage(path):
+        seen.append(Path(path))
+        return Usage(100 << 30, 0, 50 << 30)
+
+    monkeypatch.setattr(doctor.shutil, "disk_usage", usage)
+    check = doctor.check_disk_space(qemu_profile)
+    assert check.ok and check.detail.startswith(f"{50 << 10} MB free under {paths.data_dir()}")
+    assert "may grow" not in check.detail
+    assert seen and seen[0].exists()  # asked about a dir that exists (data_dir need not, yet)
+    assert not paths.data_dir().exists()  # and did not create it: doctor writes nothing
+
+
+def test_less_space_than_the_vm_disk_is_ok_with_a_note(qemu_profile, monkeypatch):
+    monkeypatch.setattr(doctor.shutil, "disk_usage", lambda p: Usage(1 << 30, 0, 500 << 20))
+    check = doctor.check_disk_space(qemu_profile)
+    assert check.ok
+    assert f"(the VM disk may grow to {qemu_profile.disk} MB)" in check.detail
+
+
+def test_too_little_disk_space_fails_and_says_how_much_is_needed(qemu_profile, monkeypatch):
+    monkeypatch.setattr(doctor.shutil, "disk_usage", lambda p: Usage(1 << 30, 0, 120 << 20))
+    check = doctor.check_disk_space(qemu_profile)
+    assert not check.ok and not check.fix
+    assert check.detail.startswith(f"only 120 MB free under {paths.data_dir()}")
+    assert f"at least {doctor.MIN_FREE_MB} MB" in check.detail
+    assert check.line().startswith("[FAIL] disk space: ")
+
+
+# -- host ports ---------------------------------------------------------------------------------
+
+
+def test_free_ports_are_ok(qemu_profile):
+    check = doctor.check_ports(qemu_profile)
+    assert check.ok and check.detail == f"{qemu_profile.port} free"
+
+
+def test_busy_host_port_is_named_with_its_owner(qemu_profile):
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", qemu_profile.port))
+        holder.listen()
+        check = doctor.check_ports(qemu_profile)
+    assert not check.ok
+    assert f"in use: 127.0.0.1:{qemu_profile.port}/tcp" in check.detail
+    assert "change the profile's forwards" in check.detail
+    if shutil.which("lsof"):
+        assert f"127.0.0.1:{qemu_profile.port}/tcp (by python" in check.detail  # this test process
+
+
+def test_busy_port_is_fine_when_our_running_vm_holds_it(qemu_profile, monkeypatch):
+    from b2dkit import lifecycle, machines
+    from b2dkit.providers import VMState
+
+    machines.save(lifecycle.machine_from_profile(qemu_profile))
+
+    class Running:
+        def state(self):
+            return VMState.RUNNING
+
+    monkeypatch.setattr(doctor.lifecycle, "provider_for", lambda machine: Running())
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", qemu_profile.port))
+        holder.listen()
+        check = doctor.check_ports(qemu_profile)
+    assert check.ok and check.detail == f"held by the running VM {qemu_profile.name}"
+
+
+# -- all checks, and the task -------------------------------------------------------------------
+
+
+def test_run_checks_sshfs_only_when_the_profile_mounts(tmp_path, qemu_profile):
+    assert [c.name for c in doctor.run(qemu_profile)] == ["QEMU", "disk space", "host ports", "ssh client", "sshfs"]
+    port = free_port()
+    plain = profiles.load(str(write_profile(
+        tmp_path, "provider: qemu", "iso: {path: /x.iso}", "forwards:", "  - {host: 2022, remove: true}",
+        f"  - {{host: {port}, guest: 22}}", name="plain")))
+    assert [c.name for c in doctor.run(plain)] == ["QEMU", "disk space", "host ports", "ssh client"]
+
+
+def run_doctor(capsys, *argv):
+    """``b2dkit doctor …`` as typed: (exit code, captured output); success does not raise."""
+    capsys.readouterr()
+    try:
+        make_program().run(["b2dkit", "doctor", *argv], exit=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr()
+
+
+def test_doctor_task_exits_3_and_lists_install_commands(tmp_path, monkeypatch, qemu_profile, capsys):
+    only_on_path(tmp_path, monkeypatch, "ssh")  # no qemu, no sshfs
+    code, out = run_doctor(capsys, f"--profile={qemu_profile.path}")
+    assert code == 3
+    assert f"[MISSING] QEMU: {QEMU} not found on PATH" in out.out
+    assert APT_QEMU in out.out and BREW_QEMU in out.out
+    assert "[MISSING] sshfs: sshfs is not installed" in out.out
+    assert "sudo apt-get install sshfs fuse3" in out.out
+    assert "[ok ] ssh client" in out.out and "all good" not in out.out
+    assert out.err.strip() == "b2dkit: error: 2 check(s) failed: QEMU, sshfs"
+
+
+def test_doctor_task_names_a_busy_port(monkeypatch, qemu_profile, capsys):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", qemu_profile.port))
+        holder.listen()
+        code, out = run_doctor(capsys, f"--profile={qemu_profile.path}")
+    assert code == 3
+    assert f"[FAIL] host ports: in use: 127.0.0.1:{qemu_profile.port}/tcp" in out.out
+    assert out.err.strip() == "b2dkit: error: 1 check(s) failed: host ports"
+
+
+def test_doctor_task_all_good_exits_0(qemu_profile, capsys):
+    if not (shutil.which(QEMU) and shutil.which("sshfs") and os.path.exists("/dev/fuse")):
+        pytest.skip("needs qemu and sshfs installed")
+    code, out = run_doctor(capsys, f"--profile={qemu_profile.path}")
+    assert code == 0, out.err
+    assert out.out.rstrip().endswith("all good")
+    assert out.out.count("[ok ]") == 5
+
+
+def test_doctor_task_provider_flag_checks_that_hypervisor(tmp_path, monkeypatch, qemu_profile, capsys):
+    only_on_path(tmp_path, monkeypatch, "ssh", "sshfs", QEMU)  # QEMU yes, VirtualBox no
+    code, out = run_doctor(capsys, f"--profile={qemu_profile.path}", "--provider=virtualbox")
+    assert code == 3
+    assert "[MISSING] VirtualBox" in out.out and "QEMU" not in out.out
+    assert out.err.strip() == "b2dkit: error: 1 check(s) failed: VirtualBox"

@@ -1,0 +1,633 @@
+"""Onboarding: the plan, failures and Ctrl-C (fast, fake VBoxManage), then the real thing on QEMU.
+
+The fast half runs the real steps against the strict fake VBoxManage and a local HTTP
+mirror; only the boot (step 5) is replaced where a test stops before it.  The e2e half
+runs ``b2dkit onboard`` on the real guest under QEMU: a fresh run, a re-run that changes
+nothing, and runs killed with SIGKILL at each step that writes something, each finished
+by the next run.  Guest boots are few (three): tests in a class share one VM and run in
+order, each building on the last.
+"""
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from b2dkit import download, isocache, lifecycle, machines, paths
+from b2dkit import onboard as flow
+from b2dkit import profile as profiles
+from b2dkit.main import make_program
+from fakevbox import install
+from isofixtures import build_iso, tools_available
+
+REPO = Path(__file__).resolve().parents[1]
+CLOCK = "set the guest clock from the host"
+
+
+# -- helpers shared by both halves --------------------------------------------------------------
+
+
+class Mirror:
+    """One ISO at ``/b2d.iso`` on 127.0.0.1, with Range support; counts requests.
+
+    ``hold_at``: send that many bytes of the body, then wait until ``release`` is set
+    (a download in progress that the test can kill at leisure).
+    """
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+        self.requests = []  # (path, Range header or None)
+        self.hold_at = None
+        self.release = threading.Event()
+        mirror = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                mirror.requests.append((self.path, self.headers.get("Range")))
+                if self.path != "/b2d.iso":
+                    self.send_error(404)
+                    return
+                data, start = mirror.payload, 0
+                match = re.match(r"bytes=(\d+)-$", self.headers.get("Range") or "")
+                if match:
+                    start = int(match.group(1))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    if mirror.hold_at is not None and start < mirror.hold_at:
+                        self.wfile.write(body[: mirror.hold_at - start])
+                        self.wfile.flush()
+                        mirror.release.wait(120)
+                        body = body[mirror.hold_at - start:]
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client was killed: that is the point of some tests
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_port}/b2d.iso"
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def onboard_task(capfd, *argv):
+    """``b2dkit onboard …`` in this process: (exit code, stdout, stderr)."""
+    capfd.readouterr()
+    try:
+        make_program().run(["b2dkit", "onboard", *argv], exit=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capfd.readouterr()
+    return code, out.out, out.err
+
+
+def tree(root: Path) -> dict:
+    """Every file under root with its size and mtime: 'changed nothing' made checkable."""
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()}
+
+
+def part_files(root: Path):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.part")) if root.exists() else []
+
+
+def write_profile(path: Path, *, extends, name, provider, disk, iso_lines, ssh_port, app_port, extra=()):
+    """A profile that extends a shipped one, with the inherited host ports swapped for free ones."""
+    path.write_text("\n".join([
+        f"extends: {extends}",
+        f"name: {name}",
+        f"provider: {provider}",
+        "memory: 512",
+        "cpus: 1",
+        f"disk: {disk}",
+        *iso_lines,
+        "forwards:",
+        "  - {host: 2022, remove: true}",
+        "  - {host: 8000, remove: true}",
+        f"  - {{host: {ssh_port}, guest: 22}}",
+        f"  - {{host: {app_port}, guest: 8000}}",
+        *extra,
+    ]) + "\n")
+    return path
+
+
+# == fast: the fake VBoxManage =================================================================
+
+
+FAST_VM = "ob-fast"
+
+
+@pytest.fixture
+def fast(tmp_path, monkeypatch):
+    """Fake VBoxManage, a private HOME, a mirror serving a small boot2docker-like ISO, a cst profile."""
+    missing = tools_available()
+    if missing:
+        pytest.skip(missing)
+    fake = install(tmp_path / "fv", monkeypatch)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    iso = build_iso(tmp_path / "boot2docker.iso")
+    mirror = Mirror(iso.read_bytes())
+    digest = sha256(iso)
+    prof = write_profile(
+        tmp_path / "fast.yaml", extends="cst", name=FAST_VM, provider="virtualbox", disk=1024,
+        iso_lines=["iso:", f"  urls: [{mirror.url}]", f"  sha256: {digest}"],
+        ssh_port=free_port(), app_port=free_port(),
+    )
+    yield {"fake": fake, "home": home, "mirror": mirror, "sha256": digest, "profile": f"--profile={prof}",
+           "profile_path": prof}
+    mirror.close()
+
+
+@pytest.fixture
+def stop_before_boot(monkeypatch):
+    """Ctrl-C as the VM would start: steps 1-4 run for real, nothing needs a guest."""
+    calls = []
+
+    def interrupted(machine, **kwargs):
+        calls.append(machine.name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lifecycle, "start", interrupted)
+    return calls
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(fast, b2dkit_home, capfd):
+    code, out, err = onboard_task(capfd, fast["profile"], "--dry-run")
+    assert code == 0, err
+    assert [line for line in out.splitlines() if line.startswith("[")][:1] == ["[1/7] doctor"]
+    for number, step in enumerate(flow.STEPS, start=1):
+        assert f"[{number}/7] {step}" in out
+    assert f"would: download {fast['mirror'].url} and verify sha256 {fast['sha256'][:12]}" in out
+    assert "would: remaster the ISO with tz=CST-8" in out
+    assert f"would: create VM {FAST_VM} on virtualbox (512 MB, 1 CPU, 1024 MB persistent disk)" in out
+    assert f"would: start VM {FAST_VM}" in out
+    assert f"would: mount /mnt/sda1/dev on {fast['home'] / 'workspace' / 'dev'} with sshfs" in out
+    assert out.rstrip().endswith("dry run: nothing was changed")
+    assert "done:" not in out
+    # Nothing was written, fetched or created.
+    assert tree(b2dkit_home) == {}
+    assert fast["mirror"].requests == []
+    assert fast["fake"].state()["machines"] == {}
+    assert set(fast["fake"].subcommands()) <= {"--version", "list", "showvminfo"}  # read-only calls
+    assert not (fast["home"] / "workspace").exists()
+
+
+def test_dry_run_does_not_stop_on_a_failed_check(fast, b2dkit_home, capfd, monkeypatch):
+    monkeypatch.setenv("PATH", str(fast["fake"].bin))  # VBoxManage, but no sshfs and no ssh
+    code, out, _ = onboard_task(capfd, fast["profile"], "--dry-run")
+    assert code == 0
+    assert "[MISSING] sshfs" in out and "sudo apt-get install sshfs fuse3" in out
+    assert "[7/7] summary" in out and tree(b2dkit_home) == {}
+
+
+def test_failed_check_stops_before_anything_is_fetched(fast, b2dkit_home, capfd, monkeypatch):
+    monkeypatch.setenv("PATH", str(fast["fake"].bin))
+    code, out, err = onboard_task(capfd, fast["profile"], "--yes")
+    assert code == 3
+    assert err.splitlines() == ["b2dkit: error: 2 check(s) failed: ssh client, sshfs "
+                                "(install what is listed above, then re-run)"]
+    assert "[2/7]" not in out and fast["mirror"].requests == [] and tree(b2dkit_home) == {}
+
+
+def test_failing_download_stops_at_step_2_with_one_line(fast, b2dkit_home, capfd, tmp_path):
+    prof = Path(fast["profile_path"])
+    prof.write_text(prof.read_text().replace("/b2d.iso", "/gone.iso"))
+    code, out, err = onboard_task(capfd, fast["profile"], "--yes")
+    assert code == 1
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("b2dkit: error: step 2 (iso) failed: could not fetch ISO ")
+    assert "gone.iso: HTTP 404" in lines[0]
+    assert lines[0].endswith("fix it and re-run: finished steps are kept)")
+    assert "[3/7]" not in out  # stopped there
+    assert fast["fake"].state()["machines"] == {}
+    assert download.list_cache() == [] and part_files(b2dkit_home) == []
+
+
+def test_failing_create_stops_at_step_4_and_the_next_run_continues(fast, b2dkit_home, capfd, monkeypatch,
+                                                                   stop_before_boot):
+    monkeypatch.setenv("FAKEVBOX_FAULTS", "createvm=exit0-error*1")  # VirtualBox fails once
+    code, out, err = onboard_task(capfd, fast["profile"], "--yes")
+    assert code == 1
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("b2dkit: error: step 4 (create) failed: ")
+    assert "VT-x is not available" in lines[0] and "re-run" in lines[0]
+    assert "[5/7]" not in out and stop_before_boot == []
+    # Steps 2 and 3 are done and kept.
+    cached = download.cache_path(fast["sha256"])
+    assert sha256(cached) == fast["sha256"]
+    assert len(fast["mirror"].requests) == 1
+    # The next run picks up at step 4: nothing fetched or remastered again, the VM made once.
+    code, out, err = onboard_task(capfd, fast["profile"], "--yes")
+    assert code == 130 and stop_before_boot == [FAST_VM]
+    assert f"already: ISO {cached.name} is in the cache" in out
+    assert "already: remastered ISO with tz=CST-8 is cached" in out
+    assert f"done: created VM {FAST_VM} on virtualbox" in out
+    assert len(fast["mirror"].requests) == 1
+    assert list(fast["fake"].state()["machines"]) == [FAST_VM]
+
+
+def test_ctrl_c_in_a_step_exits_130_and_keeps_what_was_done(fast, b2dkit_home, capfd, stop_before_boot):
+    code, out, err = onboard_task(capfd, fast["profile"], "--yes")
+    assert code == 130
+    assert err.splitlines() == ["b2dkit: error: interrupted during step 5 (start); everything finished "
+                                "before it is kept (re-run the same command to continue)"]
+    assert "[6/7]" not in out
+    assert list(fast["fake"].state()["machines"]) == [FAST_VM]
+    assert machines.load(FAST_VM).provider == "virtualbox"
+    # A dry run now shows steps 2-4 as already done, and still changes nothing.
+    before, requests = tree(b2dkit_home), len(fast["mirror"].requests)
+    code, out, err = onboard_task(capfd, fast["profile"], "--dry-run")
+    assert code == 0, err
+    assert "already: ISO" in out and "already: remastered ISO with tz=CST-8 is cached" in out
+    assert f"already: VM {FAST_VM} exists (stopped)" in out
+    assert f"would: start VM {FAST_VM}" in out
+    assert tree(b2dkit_home) == before and len(fast["mirror"].requests) == requests
+
+
+def test_ctrl_c_during_the_download_keeps_the_partial_file_and_the_next_run_resumes(
+        fast, b2dkit_home, capfd, monkeypatch, stop_before_boot):
+    real_body = download._body
+
+    def interrupted_body(response, size):
+        chunks = real_body(response, 4096)
+        yield next(chunks)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "_body", interrupted_body)
+    code, _, err = onboard_task(capfd, fast["profile"], "--yes")
+    assert code == 130
+    assert "interrupted during step 2 (iso)" in err
+    part = download.cache_path(fast["sha256"]).with_name(fast["sha256"] + ".iso.part")
+    kept = part.stat().st_size
+    assert 0 < kept < len(fast["mirror"].payload)
+    assert download.list_cache() == []
+    monkeypatch.setattr(download, "_body", real_body)
+    code, out, _ = onboard_task(capfd, fast["profile"], "--yes")
+    assert code == 130 and stop_before_boot == [FAST_VM]  # got to the boot this time
+    assert fast["mirror"].requests[-1] == ("/b2d.iso", f"bytes={kept}-")
+    assert sha256(download.cache_path(fast["sha256"])) == fast["sha256"]
+    assert part_files(b2dkit_home) == []
+
+
+def test_plan_lists_what_was_done_and_what_was_kept(fast, monkeypatch, stop_before_boot):
+    prof = profiles.load(str(fast["profile_path"]))
+    lines = []
+    plan = flow.onboard(prof, dry_run=True, log=lines.append)
+    assert plan.kept == [] and len(plan.done) == 5  # download, remaster, create, start, mount
+    assert all(line.startswith(("[", "  ", "would: ", "dry run")) for line in lines)
+
+
+# == e2e: the real guest under QEMU ============================================================
+
+
+def qemu_pids(root: Path):
+    """PIDs of QEMU processes whose command line mentions ``root`` (ours, not other tests')."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"qemu-system" in argv[0] and any((str(root) + "/").encode() in a for a in argv):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="session")
+def guest_iso():
+    proc = subprocess.run([sys.executable, str(REPO / "guest" / "build.py")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+class World:
+    """One user's laptop: HOME, B2DKIT_HOME, a mirror with the guest ISO, a demo-based profile."""
+
+    def __init__(self, root: Path, guest_iso: Path, name: str):
+        self.root = root
+        self.name = name
+        self.home = root / "home"
+        self.home.mkdir()
+        self.b2dkit_home = root / "b2dkit-home"
+        self.mount = self.home / "workspace" / "dev"
+        self.mirror = Mirror(guest_iso.read_bytes())
+        self.sha256 = hashlib.sha256(self.mirror.payload).hexdigest()
+        self.ssh_port = free_port()
+        self.profile = write_profile(
+            root / f"{name}.yaml", extends="demo", name=name, provider="qemu", disk=2048,
+            iso_lines=["iso:", f"  urls: [{self.mirror.url}]", f"  sha256: {self.sha256}"],
+            ssh_port=self.ssh_port, app_port=free_port(),
+        )
+        self.mp = pytest.MonkeyPatch()
+        self.mp.setenv("B2DKIT_HOME", str(self.b2dkit_home))
+        self.mp.setenv("HOME", str(self.home))
+        self.mp.setenv("B2DKIT_QEMU_ACCEL", os.environ.get("B2DKIT_QEMU_ACCEL", "tcg"))
+        self.procs = []
+
+    @property
+    def args(self):
+        """What the user types after ``b2dkit onboard``."""
+        return [f"--profile={self.profile}", "--yes"]
+
+    @property
+    def vm_dir(self) -> Path:
+        return paths.vm_dir(self.name)
+
+    def env(self) -> dict:
+        return dict(os.environ, PYTHONPATH=str(REPO), B2DKIT_HOME=str(self.b2dkit_home), HOME=str(self.home))
+
+    def spawn(self, pause_before=None):
+        """``b2dkit onboard`` as a separate process, as a user's terminal runs it.
+
+        ``pause_before``: a glob; the process stops just before it renames a finished file
+        onto a path matching it (writing a ``paused`` marker), so the test can SIGKILL it
+        at exactly that point.  Everything else runs unchanged.
+        """
+        env = self.env()
+        self.log = self.root / f"run-{len(self.procs)}.log"
+        log = open(self.log, "wb")
+        if pause_before:
+            env["OB_PAUSE_BEFORE"] = pause_before
+            env["OB_PAUSE_MARKER"] = str(self.root / "paused")
+            argv = [sys.executable, "-c", PAUSING_B2DKIT, "onboard", *self.args]
+        else:
+            argv = [sys.executable, "-m", "b2dkit", "onboard", *self.args]
+        with log:
+            proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+        self.procs.append(proc)
+        return proc
+
+    def output(self) -> str:
+        """What the last spawned run printed."""
+        return self.log.read_text()
+
+    def kill_when(self, proc, condition, what, timeout=180.0):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if proc.poll() is not None:
+                raise AssertionError(f"onboard exited ({proc.returncode}) before {what}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"timed out waiting for {what}:\n{self.output()}")
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+
+    def vm_list(self):
+        out = subprocess.run([sys.executable, "-m", "b2dkit", "vm.list", "--json"], env=self.env(),
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out)
+
+    def ssh(self, command) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "b2dkit", "vm.ssh", f"--name={self.name}", "-c", command],
+                              env=self.env(), capture_output=True, text=True, timeout=60)
+
+    def teardown(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.mp.setenv("B2DKIT_HOME", str(self.b2dkit_home))
+        try:
+            make_program().run(["b2dkit", "vm.destroy", f"--name={self.name}", "--yes", "--purge"], exit=False)
+        except BaseException:  # noqa: B036 - teardown must go on to kill QEMU whatever happened
+            pass
+        for pid in qemu_pids(self.root):
+            os.kill(pid, signal.SIGKILL)
+        if os.path.ismount(self.mount):
+            subprocess.run(["fusermount3", "-uz", str(self.mount)], check=False)
+        self.mirror.close()
+        self.mp.undo()
+
+
+# The pause hook for ``World.spawn``: os.replace is how every b2dkit file is published.
+PAUSING_B2DKIT = """
+import fnmatch, os, sys, time
+from pathlib import Path
+pattern, marker = os.environ["OB_PAUSE_BEFORE"], os.environ["OB_PAUSE_MARKER"]
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    if fnmatch.fnmatch(str(dst), pattern):
+        Path(marker).write_text(str(src))
+        time.sleep(3600)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace
+from b2dkit.main import program
+sys.argv[0] = "b2dkit"
+program.run()
+"""
+
+
+def written_by_b2dkit(world: World) -> dict:
+    """tree() of B2DKIT_HOME without what the running guest itself writes (its disk, its console)."""
+    vm = world.vm_dir.relative_to(world.b2dkit_home)
+    return {k: v for k, v in tree(world.b2dkit_home).items() if k not in (f"{vm}/disk.img", f"{vm}/serial.log")}
+
+
+@pytest.fixture(scope="class")
+def fresh_world(tmp_path_factory, guest_iso):
+    world = World(tmp_path_factory.mktemp("ob-fresh"), guest_iso, "ob-fresh")
+    yield world
+    world.teardown()
+
+
+@pytest.fixture(scope="class")
+def killed_world(tmp_path_factory, guest_iso):
+    world = World(tmp_path_factory.mktemp("ob-killed"), guest_iso, "ob-killed")
+    yield world
+    world.teardown()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+class TestFreshRunThenReRuns:
+    """A fresh run, a re-run that has nothing to do, and a run killed while the VM boots."""
+
+    @pytest.fixture
+    def world(self, fresh_world):
+        return fresh_world
+
+    @pytest.fixture(autouse=True)
+    def _same_home(self, world, monkeypatch):
+        monkeypatch.setenv("B2DKIT_HOME", str(world.b2dkit_home))
+
+    def test_fresh_run_completes(self, world, capfd):
+        code, out, err = onboard_task(capfd, *world.args)
+        assert code == 0, out + err
+        assert world.mirror.requests == [("/b2d.iso", None)]
+        assert sha256(download.cache_path(world.sha256)) == world.sha256
+        # The summary.
+        assert f"Your dev VM {world.name} is ready (qemu)." in out
+        changed = int(re.search(r"changed this run: (\d+)", out).group(1))
+        assert changed >= 5  # download, remaster, create, start, dirs/clock, mount
+        assert f"forward  127.0.0.1:{world.ssh_port} -> VM port 22/tcp" in out
+        assert f"folder   {world.mount} <-> VM /mnt/sda1/dev (alive)" in out
+        # No daemon port is forwarded in cst, so the client goes over SSH, and vm.env says the rest.
+        assert (f'docker   export DOCKER_HOST=ssh://docker@127.0.0.1:{world.ssh_port}   '
+                '(all of it: eval "$(b2dkit vm.env)")') in out
+        # The VM as a user would check it.
+        assert [(vm["name"], vm["state"]) for vm in world.vm_list()] == [(world.name, "running")]
+        assert world.ssh("true").returncode == 0
+        assert world.ssh("test -d /mnt/sda1/dev && date +%Z").stdout.strip() == "CST"
+        assert os.path.ismount(world.mount)
+        (world.mount / "from-host.txt").write_text("hello\n")
+        assert world.ssh("cat /mnt/sda1/dev/from-host.txt").stdout == "hello\n"
+        assert part_files(world.b2dkit_home) == []
+
+    def test_second_run_changes_nothing_and_fetches_nothing(self, world, capfd):
+        before = written_by_b2dkit(world)
+        world.mirror.requests.clear()
+        code, out, err = onboard_task(capfd, *world.args)
+        assert code == 0, out + err
+        # The only change allowed: an emulated (TCG) guest's clock can fall more than
+        # guest.CLOCK_TOLERANCE behind between two runs, and then it is set again.
+        done = [line for line in out.splitlines() if line.startswith("done: ")]
+        assert all(line.startswith("done: " + CLOCK) for line in done), done
+        assert f"changed this run: {len(done)}" in out and out.count("already: ") >= 6
+        assert world.mirror.requests == []
+        after = written_by_b2dkit(world)
+        assert after == before  # not one file written, not even a rename onto itself
+        # The library's own account: nothing in Plan.done.
+        plan = flow.onboard(profiles.load(str(world.profile)), log=lambda _line: None)
+        assert [line for line in plan.done if not line.startswith(CLOCK)] == [] and plan.kept
+        assert world.mirror.requests == []
+        assert len(qemu_pids(world.root)) == 1
+
+    def test_run_killed_while_the_vm_boots_loses_no_data(self, world, capfd):
+        assert world.ssh("echo precious > /mnt/sda1/dev/precious.txt && sync").returncode == 0
+        make_program().run(["b2dkit", "vm.stop", f"--name={world.name}"], exit=False)
+        assert qemu_pids(world.root) == [] and not os.path.ismount(world.mount)
+        proc = world.spawn()
+        pidfile, serial = world.vm_dir / "qemu.pid", world.vm_dir / "serial.log"
+        world.kill_when(proc, lambda: pidfile.exists() and serial.exists() and serial.stat().st_size > 0,
+                        "QEMU to start booting")
+        assert "Your dev VM" not in world.output()
+        # The next run finishes the job with the same VM and the same disk.
+        code, out, err = onboard_task(capfd, *world.args)
+        assert code == 0, out + err
+        assert f"Your dev VM {world.name} is ready" in out
+        assert [vm["name"] for vm in world.vm_list()] == [world.name]
+        assert len(qemu_pids(world.root)) == 1
+        assert world.ssh("cat /mnt/sda1/dev/precious.txt").stdout == "precious\n"
+        assert (world.mount / "from-host.txt").read_text() == "hello\n"
+        assert world.mirror.requests == []
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+class TestKilledRuns:
+    """SIGKILL during the download, then the remaster, then VM creation; the fourth run completes."""
+
+    @pytest.fixture
+    def world(self, killed_world):
+        return killed_world
+
+    @pytest.fixture(autouse=True)
+    def _same_home(self, world, monkeypatch):
+        monkeypatch.setenv("B2DKIT_HOME", str(world.b2dkit_home))
+
+    def part(self, world) -> Path:
+        return download.cache_path(world.sha256).with_name(world.sha256 + ".iso.part")
+
+    def remastered(self, world):
+        return sorted(isocache.remastered_dir().glob("*.iso")) if isocache.remastered_dir().exists() else []
+
+    def test_killed_during_the_download(self, world):
+        world.mirror.hold_at = len(world.mirror.payload) // 3
+        proc = world.spawn()
+        part = self.part(world)
+        world.kill_when(proc, lambda: part.exists() and part.stat().st_size > 0, "the .part file")
+        world.mirror.release.set()
+        assert not download.cache_path(world.sha256).exists()
+        assert 0 < part.stat().st_size <= world.mirror.hold_at
+        assert self.remastered(world) == [] and world.vm_list() == [] and qemu_pids(world.root) == []
+
+    def test_killed_during_the_remaster(self, world):
+        kept = self.part(world).stat().st_size
+        world.mirror.hold_at = None
+        world.mirror.requests.clear()
+        proc = world.spawn(pause_before=str(isocache.remastered_dir() / "*.iso"))
+        marker = world.root / "paused"
+        world.kill_when(proc, marker.exists, "the remaster to finish writing")
+        temp = Path(marker.read_text())
+        marker.unlink()
+        assert re.fullmatch(r"\.[0-9a-f]{32}\.iso\..+\.part", temp.name) and temp.exists()
+        # This run resumed the download where the killed one stopped, and verified it.
+        assert world.mirror.requests == [("/b2d.iso", f"bytes={kept}-")]
+        assert sha256(download.cache_path(world.sha256)) == world.sha256
+        assert not self.part(world).exists()
+        assert self.remastered(world) == [] and world.vm_list() == []
+
+    def test_killed_during_vm_creation(self, world):
+        proc = world.spawn(pause_before=str(world.vm_dir / "machine.json"))
+        marker = world.root / "paused"
+        world.kill_when(proc, marker.exists, "the VM definition to be written")
+        marker.unlink()
+        assert (world.vm_dir / "disk.img").exists() and not (world.vm_dir / "machine.json").exists()
+        assert len(self.remastered(world)) == 1
+        assert qemu_pids(world.root) == []
+
+    def test_next_run_completes_with_one_vm_and_a_clean_cache(self, world, capfd):
+        world.mirror.requests.clear()
+        code, out, err = onboard_task(capfd, *world.args)
+        assert code == 0, out + err
+        assert f"Your dev VM {world.name} is ready (qemu)." in out
+        assert world.mirror.requests == []
+        assert [(vm["name"], vm["state"]) for vm in world.vm_list()] == [(world.name, "running")]
+        assert len(qemu_pids(world.root)) == 1
+        assert sha256(download.cache_path(world.sha256)) == world.sha256
+        assert [p.name for p in download.list_cache()] == [f"{world.sha256}.iso"]
+        (boot,) = self.remastered(world)
+        assert boot == isocache.lookup(download.cache_path(world.sha256), ["tz=CST-8"])
+        assert part_files(world.b2dkit_home) == []  # no leftovers of the killed runs
+        assert world.ssh("test -d /mnt/sda1/dev && grep -o 'tz=CST-8' /proc/cmdline").stdout == "tz=CST-8\n"
+        assert os.path.ismount(world.mount)

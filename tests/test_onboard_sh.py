@@ -1,0 +1,123 @@
+"""onboard.sh from a clean copy of the repository, as a new hire runs it on day one.
+
+The copy holds exactly what git tracks (no venv, no built guest, no caches).  The first run
+makes a venv and installs b2dkit into it from PyPI (pip's own wheel cache keeps that
+quick), then runs onboarding's dry run; the second reuses the venv without reinstalling.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+CREATING = "onboard.sh: creating a virtualenv in"
+INSTALLING = "onboard.sh: installing b2dkit into"
+
+
+def clean_copy(dest: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        src = REPO / name
+        if not src.is_file():  # deleted in the worktree but not yet committed
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory):
+    return clean_copy(tmp_path_factory.mktemp("checkout"))
+
+
+@pytest.fixture(scope="module")
+def laptop(tmp_path_factory, checkout):
+    """A private HOME and B2DKIT_HOME, the venv outside the checkout, pip's cache kept."""
+    root = tmp_path_factory.mktemp("laptop")
+    (root / "home").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PIP_"))}
+    env.update(
+        HOME=str(root / "home"),
+        B2DKIT_HOME=str(root / "b2dkit-home"),
+        B2DKIT_VENV=str(root / "venv"),
+        B2DKIT_QEMU_ACCEL="tcg",
+        PIP_CACHE_DIR=str(Path(os.environ.get("HOME", "/root")) / ".cache" / "pip"),
+    )
+    return {"root": root, "env": env, "venv": root / "venv", "b2dkit_home": root / "b2dkit-home"}
+
+
+def onboard_sh(checkout, env, *args, timeout=900):
+    return subprocess.run(["./onboard.sh", *args], cwd=checkout, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_first_run_creates_the_venv_installs_b2dkit_and_runs_the_dry_run(checkout, laptop):
+    assert not laptop["venv"].exists()
+    proc = onboard_sh(checkout, laptop["env"], "--profile=demo", "--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert f"{CREATING} {laptop['venv']}" in out
+    assert f"{INSTALLING} {laptop['venv']}" in out
+    assert (laptop["venv"] / "bin" / "b2dkit").is_file()
+    assert (laptop["venv"] / ".b2dkit-installed").is_file()
+    # Onboarding's dry run, for the demo profile, from the fresh checkout (nothing built yet).
+    assert "[1/7] doctor" in out and "[7/7] summary" in out
+    assert "would: build the boot2docker-compatible guest ISO from Debian packages" in out
+    assert "would: create VM b2dkit-demo on qemu" in out
+    assert out.rstrip().endswith("dry run: nothing was changed")
+    assert not (checkout / "guest" / "out").exists()  # a dry run builds nothing
+    assert not laptop["b2dkit_home"].exists() or not any(laptop["b2dkit_home"].rglob("*"))
+    # The venv's b2dkit is the checkout's (an editable install), not some other copy.
+    where = subprocess.run([str(laptop["venv"] / "bin" / "python"), "-c", "import b2dkit; print(b2dkit.__file__)"],
+                           capture_output=True, text=True, check=True, cwd="/", env=laptop["env"]).stdout.strip()
+    assert Path(where).resolve() == (checkout / "b2dkit" / "__init__.py").resolve()
+
+
+def test_second_run_reuses_the_venv_without_reinstalling(checkout, laptop):
+    python = laptop["venv"] / "bin" / "python"
+    stamp = laptop["venv"] / ".b2dkit-installed"
+    if not stamp.exists():
+        pytest.skip("the first run did not complete")
+    before = (python.lstat().st_mtime_ns, stamp.stat().st_mtime_ns)
+    proc = onboard_sh(checkout, laptop["env"], "--profile=demo", "--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert CREATING not in proc.stdout and INSTALLING not in proc.stdout
+    assert "[7/7] summary" in proc.stdout
+    assert (python.lstat().st_mtime_ns, stamp.stat().st_mtime_ns) == before
+
+
+def test_a_newer_pyproject_reinstalls(checkout, laptop):
+    stamp = laptop["venv"] / ".b2dkit-installed"
+    if not stamp.exists():
+        pytest.skip("the first run did not complete")
+    later = stamp.stat().st_mtime + 10
+    os.utime(checkout / "pyproject.toml", (later, later))
+    proc = onboard_sh(checkout, laptop["env"], "--profile=demo", "--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert CREATING not in proc.stdout and INSTALLING in proc.stdout
+
+
+def test_arguments_reach_b2dkit_and_its_errors_come_back(checkout, laptop):
+    if not (laptop["venv"] / ".b2dkit-installed").exists():
+        pytest.skip("the first run did not complete")
+    proc = onboard_sh(checkout, laptop["env"], "--profile=no-such-profile", "--dry-run")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("b2dkit: error: ") and "no-such-profile" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_missing_python_is_a_clear_message(tmp_path, checkout):
+    env = dict(os.environ, PYTHON="/nonexistent/python3", B2DKIT_VENV=str(tmp_path / "venv"))
+    proc = onboard_sh(checkout, env, "--profile=demo", "--dry-run", timeout=30)
+    assert proc.returncode == 3
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "onboard.sh: /nonexistent/python3 not found; install Python 3.9+ first "
+        "(macOS: brew install python; Debian: sudo apt-get install python3 python3-venv)"
+    ]
+    assert not (tmp_path / "venv").exists()
