@@ -6,6 +6,7 @@ where a finished one is expected: we write to a temp file in the target director
 """
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -42,3 +43,18 @@ def atomic_path(target, mode=0o644):
 def write_bytes(target, data: bytes, mode=0o644):
     with atomic_path(target, mode=mode) as tmp:
         tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def locked_dir(folder):
+    """One b2dkit process at a time writes in ``folder``.
+
+    So a temp file found there while holding the lock was left by a killed run and can go.
+    flock on the directory: the kernel drops the lock with a killed holder.
+    """
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -9,7 +9,6 @@ into place only after its sha256 matched.
 """
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
@@ -24,7 +23,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from . import paths
+from . import atomic, paths
 from .errors import DownloadError, InputError
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -86,7 +85,7 @@ def clear_cache(dest_dir=None) -> List[Path]:
     if not folder.is_dir():
         return []
     removed = []
-    with _locked(folder):
+    with atomic.locked_dir(folder):
         for p in sorted(folder.iterdir()):
             if p.name.endswith((".iso", ".iso.part")) and _SHA256.match(p.name.split(".", 1)[0]):
                 p.unlink()
@@ -132,7 +131,7 @@ class Downloader:
         if not urls:
             raise InputError(f"ISO {sha256[:12]}… is not in the cache and the profile lists no URL for it")
         paths.ensure_dir(target.parent, mode=0o755)
-        with _locked(target.parent):
+        with atomic.locked_dir(target.parent):
             if target.is_file():  # another b2dkit finished it while we waited for the lock
                 return FetchResult(path=target, cached=True)
             result = FetchResult(path=target)
@@ -340,16 +339,6 @@ def _innermost(exc: BaseException) -> str:
     text = str(last) or type(last).__name__
     return text.splitlines()[0][:160]
 
-
-@contextlib.contextmanager
-def _locked(folder: Path):
-    """Serialise b2dkit processes on one cache dir; a killed holder releases it with its fd."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def fetch(urls: Sequence[str], sha256: str, dest_dir=None, progress=None, **options) -> Path:

@@ -7,7 +7,6 @@ this module knows the order of things and what to tell the user.
 """
 
 import contextlib
-import fcntl
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import forwards as fw
-from . import machines, paths, sshkeys
+from . import atomic, machines, paths, sshkeys
 from .errors import B2dkitError, InputError, PortInUse, ToolMissing
 from .forwards import Forward
 from .machines import Machine
@@ -128,7 +127,7 @@ def boot_iso(profile, source: Path, log: Log = _quiet) -> Path:
         log(f"ISO: remaster with {' '.join(codes)} is cached")
         return hit
     folder = paths.ensure_dir(isocache.remastered_dir())
-    with _locked(folder):
+    with atomic.locked_dir(folder):
         hit = isocache.lookup(source, codes)  # another b2dkit made it while we waited
         if hit:
             return hit
@@ -137,17 +136,6 @@ def boot_iso(profile, source: Path, log: Log = _quiet) -> Path:
         _remove_leftovers(folder, f".{key}.iso.*.part")  # a killed run's temp file: 60 MB of garbage
         return isocache.cached_remaster(source, codes)
 
-
-@contextlib.contextmanager
-def _locked(folder: Path):
-    """One b2dkit process at a time writes in ``folder``, so a temp file found there under the
-    lock was left by a killed run and can go.  The kernel drops the lock with a killed holder."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _remove_leftovers(folder: Path, pattern: str) -> None:
@@ -208,7 +196,7 @@ def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=Tr
         boot = Path(iso_path)
     else:
         boot = boot_iso(profile, source_iso(profile, iso_path, log), log)
-    with _locked(paths.ensure_dir(paths.vm_dir(machine.name))):
+    with atomic.locked_dir(paths.ensure_dir(paths.vm_dir(machine.name))):
         _remove_leftovers(paths.vm_dir(machine.name), ".*.part")  # temp files of a killed create
         _create_locked(profile, machine, provider, boot, out)
     for line in out.done + out.kept:
