@@ -91,7 +91,7 @@ def host_port_free(port: int, host_ip=LOOPBACK, proto="tcp") -> bool:
     """True if we could bind the port now (what VirtualBox/QEMU will try later).
 
     TCP binds with SO_REUSEADDR on POSIX, as QEMU's user-mode NAT (libslirp) listener does: the
-    connections a VM's last boot left in TIME_WAIT (60 s on Linux) do not stop them, so they
+    connections a VM's last boot left in TIME_WAIT (60 s on Linux) do not stop it, so they
     must not stop a ``vm.stop`` + ``vm.start`` either. A live listener still makes it busy.
     """
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
