@@ -312,7 +312,7 @@ def _await_banner(host: str, port: int, deadline: float):
             sock.close()
 
 
-def wait_for_ssh(
+def wait_for_session(
     host: str,
     port: int,
     key_path,
@@ -321,14 +321,15 @@ def wait_for_ssh(
     log_path=None,
     poll: float = 0.5,
     user: str = DEFAULT_USER,
-) -> None:
-    """Block until the guest accepts our key over SSH, or raise GuestError pointing at the log.
+) -> GuestSession:
+    """The first session the booting guest accepts, or GuestError pointing at the log.
 
     Raw TCP tries watch for the server's banner first (see ``PROBE_EVERY``): before the
     guest has an IP, QEMU's user-mode NAT accepts the connection and then never answers,
     and a paramiko try with a short timeout would also cut off a slow but working key
-    exchange. The connection that shows the banner is the one paramiko authenticates on.
-    ``poll`` is the pause after a failed handshake only.
+    exchange. The connection that shows the banner is the one paramiko authenticates on,
+    and the caller keeps using it: under TCG every extra handshake costs a few tenths of a
+    second. ``poll`` is the pause after a failed handshake only.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -336,9 +337,7 @@ def wait_for_ssh(
         if sock is not None:
             left = min(HANDSHAKE_TIMEOUT, max(deadline - time.monotonic(), 2.0))
             try:
-                session = _open(host, port, key_path, known_hosts_path, user, left, left, sock=sock)
-                session.close()
-                return
+                return _open(host, port, key_path, known_hosts_path, user, left, left, sock=sock)
             except paramiko.AuthenticationException:
                 last = f"the guest refused the VM's key for user {user!r}"
             except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -351,6 +350,20 @@ def wait_for_ssh(
                 f"{where}check the VM is running with `vm.status`, or start it again"
             )
         time.sleep(min(poll, left))
+
+
+def wait_for_ssh(
+    host: str,
+    port: int,
+    key_path,
+    known_hosts_path,
+    timeout: float = 180.0,
+    log_path=None,
+    poll: float = 0.5,
+    user: str = DEFAULT_USER,
+) -> None:
+    """Block until the guest accepts our key over SSH (``wait_for_session``, then close it)."""
+    wait_for_session(host, port, key_path, known_hosts_path, timeout, log_path, poll, user).close()
 
 
 def _describe(exc: BaseException) -> str:
