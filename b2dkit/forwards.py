@@ -5,6 +5,7 @@ Both providers speak in ``Forward`` values; only they know how to apply one
 """
 
 import errno
+import os
 import re
 import socket
 from dataclasses import asdict, dataclass
@@ -87,9 +88,16 @@ def check_exposure(fwd: Forward, force=False):
 
 
 def host_port_free(port: int, host_ip=LOOPBACK, proto="tcp") -> bool:
-    """True if we could bind the port now (what VirtualBox/QEMU will try later)."""
+    """True if we could bind the port now (what VirtualBox/QEMU will try later).
+
+    TCP binds with SO_REUSEADDR on POSIX, as QEMU's user-mode NAT (libslirp) listener does: the
+    connections a VM's last boot left in TIME_WAIT (60 s on Linux) do not stop it, so they
+    must not stop a ``vm.stop`` + ``vm.start`` either. A live listener still makes it busy.
+    """
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as sock:
+        if proto == "tcp" and os.name == "posix":  # on Windows the option would let us share a live port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host_ip, port))
         except OSError as exc:

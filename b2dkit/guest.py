@@ -223,7 +223,7 @@ def connect(
         ) from None
 
 
-def _open(host, port, key_path, known_hosts_path, user, timeout, banner_timeout) -> GuestSession:
+def _open(host, port, key_path, known_hosts_path, user, timeout, banner_timeout, sock=None) -> GuestSession:
     key_path = Path(key_path)
     if not key_path.is_file():
         raise GuestError(f"the VM's SSH key {key_path} is missing; recreate the VM to make a new one")
@@ -243,14 +243,113 @@ def _open(host, port, key_path, known_hosts_path, user, timeout, banner_timeout)
             timeout=timeout,
             banner_timeout=banner_timeout,
             auth_timeout=max(timeout, 10.0),
+            sock=sock,
         )
     except paramiko.BadHostKeyException:
         client.close()
         raise _changed(known_hosts_path, host, port) from None
     except BaseException:
         client.close()
+        if sock is not None:
+            sock.close()
         raise
     return GuestSession(client, host, int(port), user)
+
+
+# A new TCP try this often while the guest boots; older tries stay open meanwhile, so a try
+# stuck in QEMU's NAT (SYN sent before the guest had an IP) never delays the next one, and a
+# slow banner (a TCG guest forking sshd) is still caught by the try that asked for it.
+PROBE_EVERY = 0.5
+PROBE_PATIENCE = 4.0  # how long one try may wait for the banner before it is dropped
+HANDSHAKE_TIMEOUT = 10.0  # key exchange + auth once the banner is there: seconds under TCG
+
+
+def _await_banner(host: str, port: int, deadline: float):
+    """(socket whose server has sent ``SSH-``, peeked so paramiko still reads it, or None; last problem)."""
+    pending = {}  # socket -> when to give up on it
+    last = "no answer yet"
+    next_try = time.monotonic()
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return None, last
+            if now >= next_try:
+                next_try = now + PROBE_EVERY
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.settimeout(min(PROBE_EVERY, deadline - now))
+                try:
+                    sock.connect((host, int(port)))
+                    pending[sock] = now + PROBE_PATIENCE
+                except OSError as exc:
+                    sock.close()
+                    last = _describe(exc)
+            for sock, give_up in list(pending.items()):
+                if now >= give_up:
+                    del pending[sock]
+                    sock.close()
+                    last = "no SSH banner (timed out)"
+            wait = max(0.0, min(next_try, deadline) - time.monotonic())
+            if not pending:
+                time.sleep(wait)
+                continue
+            for sock in select.select(list(pending), [], [], wait)[0]:
+                try:
+                    head = sock.recv(4, socket.MSG_PEEK)
+                except OSError as exc:
+                    head, last = b"", _describe(exc)
+                if head == b"SSH-":
+                    del pending[sock]
+                    sock.settimeout(None)
+                    return sock, last
+                if len(head) < 4 and b"SSH-".startswith(head) and head:
+                    continue  # the rest of the banner is on its way
+                del pending[sock]
+                sock.close()
+                last = f"not an SSH server (it sent {head!r})" if head else "connection closed before the SSH banner"
+    finally:
+        for sock in pending:
+            sock.close()
+
+
+def wait_for_session(
+    host: str,
+    port: int,
+    key_path,
+    known_hosts_path,
+    timeout: float = 180.0,
+    log_path=None,
+    poll: float = 0.5,
+    user: str = DEFAULT_USER,
+) -> GuestSession:
+    """The first session the booting guest accepts, or GuestError pointing at the log.
+
+    Raw TCP tries watch for the server's banner first (see ``PROBE_EVERY``): before the
+    guest has an IP, QEMU's user-mode NAT accepts the connection and then never answers,
+    and a paramiko try with a short timeout would also cut off a slow but working key
+    exchange. The connection that shows the banner is the one paramiko authenticates on,
+    and the caller keeps using it: under TCG every extra handshake costs a few tenths of a
+    second. ``poll`` is the pause after a failed handshake only.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        sock, last = _await_banner(host, port, deadline)
+        if sock is not None:
+            left = min(HANDSHAKE_TIMEOUT, max(deadline - time.monotonic(), 2.0))
+            try:
+                return _open(host, port, key_path, known_hosts_path, user, left, left, sock=sock)
+            except paramiko.AuthenticationException:
+                last = f"the guest refused the VM's key for user {user!r}"
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                last = _describe(exc)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            where = f"see the guest's console log {log_path}; " if log_path else ""
+            raise GuestError(
+                f"the guest's SSH at {host}:{port} was not ready within {timeout:g} s (last try: {last}); "
+                f"{where}check the VM is running with `vm.status`, or start it again"
+            )
+        time.sleep(min(poll, left))
 
 
 def wait_for_ssh(
@@ -263,34 +362,12 @@ def wait_for_ssh(
     poll: float = 0.5,
     user: str = DEFAULT_USER,
 ) -> None:
-    """Block until the guest accepts our key over SSH, or raise GuestError pointing at the log.
-
-    Each try is short (1 s to connect, 1.5 s for the banner): before the guest has an
-    IP, QEMU's user-mode NAT accepts the TCP connection and then never answers, so one
-    long try would eat the whole budget while the guest came up.
-    """
-    deadline = time.monotonic() + timeout
-    last = "no answer yet"
-    while True:
-        try:
-            _open(host, port, key_path, known_hosts_path, user, timeout=1.0, banner_timeout=1.5).close()
-            return
-        except paramiko.AuthenticationException:
-            last = f"the guest refused the VM's key for user {user!r}"
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            last = _describe(exc)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            where = f"see the guest's console log {log_path}; " if log_path else ""
-            raise GuestError(
-                f"the guest's SSH at {host}:{port} was not ready within {timeout:g} s (last try: {last}); "
-                f"{where}check the VM is running with `vm.status`, or start it again"
-            )
-        time.sleep(min(poll, left))
+    """Block until the guest accepts our key over SSH (``wait_for_session``, then close it)."""
+    wait_for_session(host, port, key_path, known_hosts_path, timeout, log_path, poll, user).close()
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+    if isinstance(exc, (paramiko.ssh_exception.NoValidConnectionsError, ConnectionRefusedError)):
         return "connection refused"
     if isinstance(exc, socket.timeout):
         return "timed out"

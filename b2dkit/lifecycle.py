@@ -262,11 +262,10 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
         out.done.append(f"started VM {machine.name}")
     host, port = provider.ssh_endpoint()
     log(f"waiting for SSH on {host}:{port}…")
-    guest.wait_for_ssh(
+    with guest.wait_for_session(
         host, port, key_path(machine.name), known_hosts_path(machine.name),
         timeout=SSH_TIMEOUT, log_path=provider.log_path(),
-    )
-    with guest.connect(host, port, key_path(machine.name), known_hosts_path(machine.name)) as session:
+    ) as session:  # set-up reuses the connection that proved SSH ready: one handshake, not two
         report = guest.setup(session, machine.persistent_dirs)
     out.done += [f"created {d}" for d in report.created] + [f"fixed owner of {d}" for d in report.fixed]
     out.kept += [f"{d} already there" for d in report.present]

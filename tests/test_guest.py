@@ -1,6 +1,7 @@
 """guest.py against a real SSH server (dropbear, as in the guest) on 127.0.0.1."""
 # ruff: noqa: F811  (pytest fixtures imported from sshserver are re-bound as test parameters)
 
+import contextlib
 import os
 import shutil
 import socket
@@ -87,6 +88,76 @@ def test_wait_for_ssh_survives_a_port_that_accepts_but_never_answers(tmp_path, s
         thread.join()
         server.stop()
     assert 2.0 <= elapsed < 6.0  # short per-try banner timeouts: ready soon after the server is
+
+
+class SlowGuest:
+    """A TCP relay to the real sshd that holds each new connection ``delay`` s before relaying.
+
+    What a booting TCG guest looks like from the host: connections are accepted at once (by
+    QEMU's NAT), the banner and the key exchange come late.
+    """
+
+    def __init__(self, target_port: int, delay: float):
+        self.target_port, self.delay = target_port, delay
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(32)
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self.sockets = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.sockets.append(client)
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client):
+        time.sleep(self.delay)
+        try:
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            return client.close()
+        self.sockets.append(server)
+
+        def pump(src, dst):
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        threading.Thread(target=pump, args=(server, client), daemon=True).start()
+        pump(client, server)
+
+    def close(self):
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def test_a_slow_banner_and_key_exchange_are_waited_for_not_cut_off(vm):
+    """A delay longer than one probe interval: the try that asked still gets its banner."""
+    slow = SlowGuest(vm["port"], delay=1.2)
+    try:
+        started = time.monotonic()
+        with guest.wait_for_session("127.0.0.1", slow.port, vm["key_path"], vm["known_hosts_path"],
+                                    timeout=15, user=vm["user"]) as s:  # fmt: skip
+            elapsed = time.monotonic() - started
+            assert s.run(["echo", "over the same connection"]).stdout == "over the same connection\n"
+    finally:
+        slow.close()
+    assert 1.2 <= elapsed < 4.0
+    # probes every 0.5 s until the first banner: a handful of connections, not one per 0.1 s
+    assert 1 <= slow.accepted <= 5
 
 
 def test_a_changed_host_key_is_refused_and_the_pin_kept(vm, sshd, ssh_keys):
