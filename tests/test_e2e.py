@@ -7,6 +7,7 @@ forwards → stop/start persistence → destroy keeps the disk → --purge delet
 
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -120,6 +121,34 @@ def test_create_boots_the_remastered_iso_with_cst(world, capfd):
 def test_ssh_passes_the_exit_code_through(world, capfd):
     code, _ = run_failing(capfd, "vm.ssh", "-c", "exit 7")
     assert code == 7
+
+
+def test_ssh_without_a_command_is_an_interactive_shell_on_a_tty(world):
+    """``vm.ssh`` as a person uses it: a real terminal, the guest's login environment, exit code back."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: b2dkit vm.ssh on the pty, as typed in a terminal
+        os.execv(sys.executable, [sys.executable, "-m", "b2dkit", "vm.ssh"])
+    out = bytearray()
+    os.write(fd, b"tty; echo tz=$TZ; exit 3\n")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    text = out.decode(errors="replace")
+    assert "/dev/pts/" in text and "tz=CST-8" in text, text
+    assert os.waitstatus_to_exitcode(status) == 3
 
 
 def test_status_shows_the_running_vm_and_a_synced_clock(world, capfd):
