@@ -9,11 +9,13 @@ import os
 import re
 import socket
 from dataclasses import asdict, dataclass
+from typing import Optional, Tuple
 
 from .errors import InputError, PortInUse
 
 PROTOCOLS = ("tcp", "udp")
 LOOPBACK = "127.0.0.1"
+SSH_GUEST_PORT = 22
 DOCKER_PORTS = (2375, 2376)
 _SPEC = re.compile(r"^(?:(?P<host>[^:/]*):)?(?P<guest>[^:/]*)(?:/(?P<proto>.*))?$")
 
@@ -35,6 +37,17 @@ class Forward:
 
     def to_dict(self):
         return asdict(self)
+
+
+def ssh_forward(rules) -> Optional["Forward"]:
+    """The rule that reaches the guest's sshd, if any (b2dkit always makes one)."""
+    return next((f for f in rules if f.guest_port == SSH_GUEST_PORT and f.proto == "tcp"), None)
+
+
+def connect_address(fwd: "Forward") -> Tuple[str, int]:
+    """Where the host connects for ``fwd``: a wildcard bind is reached on loopback."""
+    host = fwd.host_ip if fwd.host_ip not in ("", "0.0.0.0") else LOOPBACK
+    return host, fwd.host_port
 
 
 def rule_name(proto: str, host_port: int) -> str:

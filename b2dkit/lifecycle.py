@@ -250,17 +250,18 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
 
     out = Outcome()
     provider = provider_for(machine)
-    state = provider.state()
-    if state == VMState.ABSENT:
+    snap = provider.status()  # one hypervisor query answers state, forwards and the SSH endpoint
+    if snap.state == VMState.ABSENT:
         raise InputError(f"VM {machine.name!r} does not exist on {machine.provider}; run `b2dkit vm.create`")
-    if state == VMState.RUNNING:
+    if snap.state == VMState.RUNNING:
         out.kept.append(f"VM {machine.name} is already running")
     else:
-        _check_other_vms(machine.name, provider.forwards())
+        _check_other_vms(machine.name, snap.forwards)
         log(f"starting {machine.name} ({machine.provider})…")
         provider.start()
         out.done.append(f"started VM {machine.name}")
-    host, port = provider.ssh_endpoint()
+    ssh = fw.ssh_forward(snap.forwards)
+    host, port = fw.connect_address(ssh) if ssh else provider.ssh_endpoint()  # the latter says what is wrong
     log(f"waiting for SSH on {host}:{port}…")
     with guest.wait_for_session(
         host, port, key_path(machine.name), known_hosts_path(machine.name),
@@ -273,7 +274,7 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
         drift = f" (drift now {report.drift:+.2f} s)" if report.drift is not None else ""
         out.done.append(f"set the guest clock from the host{drift}")
     if mount and machine.mounts:
-        sub = mount_all(machine, log=log)
+        sub = mount_all(machine, log=log, endpoint=(host, port))
         out.done += sub.done
         out.kept += sub.kept
         out.warnings += sub.warnings
@@ -400,13 +401,15 @@ def unforward_name(spec: str) -> str:
 # -- mounts -------------------------------------------------------------------------------------
 
 
-def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False) -> Outcome:
-    """Mount each profile mount with sshfs; problems become warnings so a running VM stays usable."""
+def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False, endpoint=None) -> Outcome:
+    """Mount each profile mount with sshfs; problems become warnings so a running VM stays usable.
+
+    ``endpoint``: the guest's (host, port) when the caller already knows it (saves a hypervisor query).
+    """
     from . import sshfs
 
     out = Outcome()
-    provider = provider_for(machine)
-    host, port = provider.ssh_endpoint()
+    host, port = endpoint or provider_for(machine).ssh_endpoint()
     live = {str(m.local_dir): m for m in sshfs.list_mounts()}
     for m in machine.mounts:
         local = Path(m["host"]).expanduser()

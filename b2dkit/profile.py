@@ -30,7 +30,7 @@ import yaml
 
 from . import bootcfg, forwards, paths
 from .errors import InputError, ProfileError
-from .forwards import Forward
+from .forwards import Forward, ssh_forward
 from .providers import PROVIDERS, MachineSpec, default_provider_name
 
 ENV_PATH = "B2DKIT_PROFILES"
@@ -40,7 +40,6 @@ PROVIDER_CHOICES = PROVIDERS + ("auto",)
 
 # boot2docker runs from RAM; only the disk mounted at /mnt/sda1 survives a reboot.
 PERSISTENT_ROOT = "/mnt/sda1"
-SSH_GUEST_PORT = 22
 MEMORY_MB = (256, 65536)
 DISK_MB = (1024, 2_000_000)
 CPUS = (1, 64)
@@ -154,9 +153,9 @@ class Profile:
 
     @property
     def ssh_forward(self) -> Forward:
-        for fwd in self.forwards:
-            if fwd.guest_port == SSH_GUEST_PORT and fwd.proto == "tcp":
-                return fwd
+        fwd = ssh_forward(self.forwards)
+        if fwd:
+            return fwd
         raise ProfileError(f"profile {self.profile_name!r} has no forward to guest port 22 (ssh)")
 
     def boot_code_args(self) -> List[str]:
@@ -726,7 +725,7 @@ def _finish(merged: dict, path: Path, chain: List[Path], provider, name) -> Prof
         merged["provider"] = choice
     chosen = merged.get("provider", "auto")
     fwds = list(merged.get("forwards", {}).values())
-    if not any(f.guest_port == SSH_GUEST_PORT and f.proto == "tcp" for f in fwds):
+    if ssh_forward(fwds) is None:
         raise ProfileError(
             f"{display_path(path)}: forwards: no forward to guest port 22: b2dkit reaches the VM over ssh",
             hint="add e.g. {host: 2022, guest: 22}",

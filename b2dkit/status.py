@@ -8,7 +8,7 @@ from typing import List
 
 from . import lifecycle, machines
 from .errors import B2dkitError
-from .forwards import DOCKER_PORTS
+from .forwards import DOCKER_PORTS, connect_address, ssh_forward
 from .machines import Machine
 from .providers import VMState
 
@@ -41,11 +41,10 @@ def collect(machine: Machine, drift: bool = True) -> dict:
 def _drift(machine, rules):
     from . import guest
 
-    ssh = [f for f in rules if f.guest_port == 22 and f.proto == "tcp"]
+    ssh = ssh_forward(rules)
     if not ssh:
         return "unknown (no forward to the guest's SSH port)"
-    host = ssh[0].host_ip if ssh[0].host_ip not in ("", "0.0.0.0") else "127.0.0.1"
-    port = ssh[0].host_port
+    host, port = connect_address(ssh)
     try:
         with guest.connect(host, port, lifecycle.key_path(machine.name),
                            lifecycle.known_hosts_path(machine.name)) as session:

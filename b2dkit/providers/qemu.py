@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from .. import atomic, disk, paths, qemu
+from .. import forwards as fw
 from ..errors import HypervisorError, InputError, VMNotFound
 from ..forwards import Forward, host_port_free, require_free
 from ..sshkeys import KEY_NAME
@@ -336,10 +337,9 @@ class QemuProvider(Provider):
 
     # -- where things are -------------------------------------------------------------------
     def ssh_endpoint(self) -> Tuple[str, int]:
-        for fwd in self.forwards():
-            if fwd.guest_port == 22 and fwd.proto == "tcp":
-                host = "127.0.0.1" if fwd.host_ip in ("0.0.0.0", "") else fwd.host_ip
-                return host, fwd.host_port
+        ssh = fw.ssh_forward(self.forwards())
+        if ssh:
+            return fw.connect_address(ssh)
         raise HypervisorError(
             f"VM {self.vm!r} has no forward to guest port 22", hint="add one: vm.forward 2022:22"
         )

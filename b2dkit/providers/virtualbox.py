@@ -37,7 +37,7 @@ ISO_PORT = 0
 DISK_PORT = 1
 OSTYPE = "Linux26_64"
 NIC_TYPE = "82540EM"  # docker-machine's choice; virtio needs guest drivers older ISOs lack
-SSH_GUEST_PORT = 22
+SSH_GUEST_PORT = fw.SSH_GUEST_PORT
 DISK_NAME = "disk.vmdk"
 
 # Settings b2dkit owns on every VM, as (showvminfo key, wanted value, modifyvm option).
@@ -515,10 +515,9 @@ def _with_ssh(rules: List[Forward], info: Optional[VMInfo]) -> List[Forward]:
 
 
 def _ssh_endpoint(info: VMInfo, vm: str) -> Tuple[str, int]:
-    for fwd in info.nat_forwards():
-        if fwd.guest_port == SSH_GUEST_PORT and fwd.proto == "tcp":
-            host = fwd.host_ip if fwd.host_ip not in ("", "0.0.0.0") else fw.LOOPBACK
-            return host, fwd.host_port
+    ssh = fw.ssh_forward(info.nat_forwards())
+    if ssh:
+        return fw.connect_address(ssh)
     raise HypervisorError(
         f"VM {vm!r} has no NAT rule to the guest's SSH port 22", hint="run `invoke vm.create` again to add it"
     )
