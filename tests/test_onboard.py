@@ -16,9 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ from b2dkit import onboard as flow
 from b2dkit import profile as profiles
 from b2dkit.main import make_program
 from fakevbox import install
+from httpmirror import Mirror, Route
 from isofixtures import build_iso, tools_available
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,63 +36,28 @@ CLOCK = "set the guest clock from the host"
 # -- helpers shared by both halves --------------------------------------------------------------
 
 
-class Mirror:
-    """One ISO at ``/b2d.iso`` on 127.0.0.1, with Range support; counts requests.
-
-    ``hold_at``: send that many bytes of the body, then wait until ``release`` is set
-    (a download in progress that the test can kill at leisure).
-    """
+class IsoMirror(Mirror):
+    """One ISO at ``/b2d.iso``; ``hold_at`` pauses its body there until ``release`` is set."""
 
     def __init__(self, payload: bytes):
-        self.payload = payload
-        self.requests = []  # (path, Range header or None)
-        self.hold_at = None
-        self.release = threading.Event()
-        mirror = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                mirror.requests.append((self.path, self.headers.get("Range")))
-                if self.path != "/b2d.iso":
-                    self.send_error(404)
-                    return
-                data, start = mirror.payload, 0
-                match = re.match(r"bytes=(\d+)-$", self.headers.get("Range") or "")
-                if match:
-                    start = int(match.group(1))
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                try:
-                    if mirror.hold_at is not None and start < mirror.hold_at:
-                        self.wfile.write(body[: mirror.hold_at - start])
-                        self.wfile.flush()
-                        mirror.release.wait(120)
-                        body = body[mirror.hold_at - start:]
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client was killed: that is the point of some tests
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        super().__init__()
+        self.route = self.routes["/b2d.iso"] = Route(payload=payload)
 
     @property
-    def url(self):
-        return f"http://127.0.0.1:{self.server.server_port}/b2d.iso"
+    def payload(self):
+        return self.route.payload
 
-    def close(self):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+    @property
+    def hold_at(self):
+        return self.route.hold_at
+
+    @hold_at.setter
+    def hold_at(self, offset):
+        self.route.hold_at = offset
+
+    @property
+    def iso_url(self):
+        return self.url("/b2d.iso")
 
 
 def free_port():
@@ -171,11 +135,11 @@ def fast(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     iso = build_iso(tmp_path / "boot2docker.iso")
-    mirror = Mirror(iso.read_bytes())
+    mirror = IsoMirror(iso.read_bytes())
     digest = sha256(iso)
     prof = write_profile(
         tmp_path / "fast.yaml", extends="cst", name=FAST_VM, provider="virtualbox", disk=1024,
-        iso_lines=["iso:", f"  urls: [{mirror.url}]", f"  sha256: {digest}"],
+        iso_lines=["iso:", f"  urls: [{mirror.iso_url}]", f"  sha256: {digest}"],
         ssh_port=free_port(), app_port=free_port(),
     )
     yield {"fake": fake, "home": home, "mirror": mirror, "sha256": digest, "profile": f"--profile={prof}",
@@ -202,7 +166,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(fast, b2dkit_home, capfd):
     assert [line for line in out.splitlines() if line.startswith("[")][:1] == ["[1/7] doctor"]
     for number, step in enumerate(flow.STEPS, start=1):
         assert f"[{number}/7] {step}" in out
-    assert f"would: download {fast['mirror'].url} and verify sha256 {fast['sha256'][:12]}" in out
+    assert f"would: download {fast['mirror'].iso_url} and verify sha256 {fast['sha256'][:12]}" in out
     assert "would: remaster the ISO with tz=CST-8" in out
     assert f"would: create VM {FAST_VM} on virtualbox (512 MB, 1 CPU, 1024 MB persistent disk)" in out
     assert f"would: start VM {FAST_VM}" in out
@@ -359,12 +323,12 @@ class World:
         self.home.mkdir()
         self.b2dkit_home = root / "b2dkit-home"
         self.mount = self.home / "workspace" / "dev"
-        self.mirror = Mirror(guest_iso.read_bytes())
+        self.mirror = IsoMirror(guest_iso.read_bytes())
         self.sha256 = hashlib.sha256(self.mirror.payload).hexdigest()
         self.ssh_port = free_port()
         self.profile = write_profile(
             root / f"{name}.yaml", extends="demo", name=name, provider="qemu", disk=2048,
-            iso_lines=["iso:", f"  urls: [{self.mirror.url}]", f"  sha256: {self.sha256}"],
+            iso_lines=["iso:", f"  urls: [{self.mirror.iso_url}]", f"  sha256: {self.sha256}"],
             ssh_port=self.ssh_port, app_port=free_port(),
         )
         self.mp = pytest.MonkeyPatch()
