@@ -283,6 +283,16 @@ def check_file(path) -> Profile:
     return _resolve(path)
 
 
+def check_layer(path, text: str) -> None:
+    """Validate ``text`` as the content of the file ``path`` on its own, ``extends`` not followed.
+
+    An in-place edit (``iso.pin``) checks its result with this before the rename, so an
+    edit that would break the file never replaces it.
+    """
+    path = Path(path)
+    _check_layer(path, _parse(path, text))
+
+
 def _resolve(path: Path, provider=None, name=None) -> Profile:
     layers = _load_chain(path, [])
     merged = {}
@@ -338,6 +348,10 @@ def _read(path: Path) -> dict:
         raise ProfileError(f"{display_path(path)}: not a text file (expected UTF-8 YAML)") from None
     except OSError as exc:
         raise ProfileError(f"{display_path(path)}: cannot read: {exc.strerror}") from None
+    return _parse(path, text)
+
+
+def _parse(path: Path, text: str) -> dict:
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.MarkedYAMLError as exc:

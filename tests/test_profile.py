@@ -401,3 +401,13 @@ def test_not_utf8_is_a_clear_error(tmp_path):
     path = tmp_path / "bin.yaml"
     path.write_bytes(b"name: \xff\xfe\n")
     assert "not a text file" in error_for(path)
+
+
+def test_check_layer_validates_one_file_on_its_own_without_following_extends(tmp_path):
+    path = tmp_path / "team.yaml"  # need not exist: an edit checks its text before writing it
+    profile.check_layer(path, "extends: nowhere\nmemory: 1024\n")  # a layer alone, parent unresolved
+    with pytest.raises(ProfileError) as excinfo:
+        profile.check_layer(path, "extends: nowhere\niso:\n  sha256: nothex\n")
+    assert str(excinfo.value).endswith("iso.sha256: 'nothex' is not a sha256 digest: expected 64 hex characters")
+    with pytest.raises(ProfileError, match=r"team.yaml:2: invalid YAML"):
+        profile.check_layer(path, "memory: 1\n  bad: [\n")
