@@ -24,11 +24,12 @@ import urllib3
 from tqdm import tqdm
 
 from . import atomic, paths
-from .errors import DownloadError, InputError
+from .errors import B2dkitError, DownloadError, InputError
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _HASH_BLOCK = 1 << 20
+_URL_PART = "url-"  # partial downloads of not-yet-pinned files are named by their URL's sha256
 
 
 @dataclass
@@ -41,6 +42,7 @@ class FetchResult:
     bytes_fetched: int = 0  # body bytes received over the network, all attempts and mirrors
     resumed: bool = False  # True when a partial file (this run's or an earlier one's) was continued
     failures: List[str] = field(default_factory=list)  # one line per mirror that failed first
+    sha256: Optional[str] = None  # the file's digest (what fetch_unpinned found out)
 
 
 class _MirrorFailed(Exception):
@@ -87,7 +89,9 @@ def clear_cache(dest_dir=None) -> List[Path]:
     removed = []
     with atomic.locked_dir(folder):
         for p in sorted(folder.iterdir()):
-            if p.name.endswith((".iso", ".iso.part")) and _SHA256.match(p.name.split(".", 1)[0]):
+            stem = p.name.split(".", 1)[0]
+            stem = stem[len(_URL_PART):] if stem.startswith(_URL_PART) else stem
+            if p.name.endswith((".iso", ".iso.part")) and _SHA256.match(stem):
                 p.unlink()
                 removed.append(p)
     return removed
@@ -155,10 +159,60 @@ class Downloader:
             hint="check the network or the profile's iso.urls, or pass --iso PATH to a copy you already have",
         )
 
+    def fetch_unpinned(self, urls: Sequence[str], dest_dir=None, progress=None, accept=None) -> FetchResult:
+        """Download a file whose sha256 is not known yet (``iso.pin``) and cache it under its digest.
+
+        ``accept(path, url)`` checks the finished download before it enters the cache; when
+        it raises a B2dkitError (whose message names the URL) the file is deleted and the
+        next mirror is tried.  Each URL
+        resumes only its own partial file (``url-<sha256 of the URL>.iso.part``): without a
+        digest, two mirrors' bytes cannot be known to belong to the same file.
+        """
+        urls = [u for u in (urls or []) if u]
+        if not urls:
+            raise InputError("no URL to fetch: give one, or list iso.urls in the profile")
+        folder = iso_cache_dir(dest_dir)
+        paths.ensure_dir(folder, mode=0o755)
+        result = FetchResult(path=None)
+        show = sys.stderr.isatty() if progress is None else bool(progress)
+        rejected = None
+        with atomic.locked_dir(folder):
+            for index, url in enumerate(urls):
+                part = folder / f"{_URL_PART}{hashlib.sha256(url.encode()).hexdigest()}.iso.part"
+                try:
+                    digest = self._from_mirror(url, part, None, result, show)
+                    if accept is not None:
+                        accept(part, url)
+                except (_MirrorFailed, B2dkitError) as exc:
+                    line = f"{url}: {exc}"
+                    if isinstance(exc, B2dkitError):
+                        with contextlib.suppress(FileNotFoundError):
+                            part.unlink()
+                        rejected, line = exc, str(exc)
+                    result.failures.append(line)
+                    if index + 1 < len(urls):
+                        self.notify(f"{line}; trying the next mirror")
+                    continue
+                target = cache_path(digest, dest_dir)
+                if target.is_file():  # the same bytes are cached already
+                    part.unlink()
+                else:
+                    os.chmod(part, 0o644)
+                    os.replace(part, target)
+                result.path, result.url, result.sha256 = target, url, digest
+                return result
+        if rejected is not None and len(urls) == 1:
+            raise rejected
+        raise DownloadError(
+            f"could not fetch {urls[0]} from any mirror ({'; '.join(result.failures)})",
+            hint="check the network and the URL",
+        )
+
     # -- one mirror --------------------------------------------------------------------------
 
-    def _from_mirror(self, url, part: Path, sha256: str, result: FetchResult, show: bool):
-        """Complete ``part`` from ``url`` and check it; _MirrorFailed if this mirror cannot."""
+    def _from_mirror(self, url, part: Path, sha256: Optional[str], result: FetchResult, show: bool) -> str:
+        """Complete ``part`` from ``url`` and return its sha256, which must equal ``sha256`` when
+        given; _MirrorFailed if this mirror cannot."""
         state = _Partial(part)
         failures = 0
         while True:
@@ -173,10 +227,11 @@ class Downloader:
                     raise _MirrorFailed(f"{exc} (gave up after {self.retries} retries)") from None
                 time.sleep(min(self.max_backoff, self.backoff * 2 ** (failures - 1)))
         got = state.hasher.hexdigest()
-        if got != sha256:
+        if sha256 is not None and got != sha256:
             state.discard()
             raise _MirrorFailed(f"checksum mismatch: expected sha256 {sha256}, got {got}; file deleted")
         state.sync()
+        return got
 
     def _attempt(self, url, state: "_Partial", result: FetchResult, show: bool):
         """One HTTP request that returns with the body complete, or raises _Retry/_MirrorFailed."""

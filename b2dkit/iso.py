@@ -551,3 +551,27 @@ def cfg_bytes(path) -> bytes:
     path = _check_source(path)
     with _opened(path) as iso:
         return _find_cfg(iso, path).data
+
+
+def check_boot2docker(path, name=None) -> dict:
+    """``show(path)``, refusing an image that would not boot the way boot2docker does.
+
+    ``iso.pin`` runs it before a digest goes into a team's profile: a mirror's HTML error
+    page or another distribution's ISO must not be pinned. ``name`` (a URL) is what
+    messages call the file.
+    """
+    shown = name or str(path)
+    try:
+        info = show(path)
+    except IsoError as exc:
+        raise IsoError(exc.message.replace(str(path), shown), None if name else exc.hint) from None
+    if not info["el_torito"]["entries"]:
+        raise IsoError(f"{shown} has no El Torito boot entry, so it cannot boot from the VM's CD drive")
+    cfg = info["cfg"]
+    if cfg is None:
+        raise IsoError(
+            f"{shown} has no isolinux config (looked for {' and '.join(CFG_PATHS)}): not a boot2docker-style ISO"
+        )
+    if not any(label["kernel"] for label in cfg["labels"]):
+        raise IsoError(f"{shown}: {cfg['path']} has no label that boots a kernel: not a boot2docker-style ISO")
+    return info

@@ -15,7 +15,7 @@ from typing import Callable, List, Optional
 
 from . import forwards as fw
 from . import atomic, machines, paths, sshkeys
-from .errors import B2dkitError, InputError, PortInUse, ToolMissing
+from .errors import B2dkitError, InputError, IsoError, PortInUse, ToolMissing
 from .forwards import Forward
 from .machines import Machine
 from .providers import MachineSpec, Provider, VMState, get_provider
@@ -105,6 +105,15 @@ def source_iso(profile, iso_path=None, log: Log = _quiet) -> Path:
         path = Path(local).expanduser()
         if not path.is_file():
             raise InputError(f"ISO {path} does not exist", hint="pass --iso PATH to a boot2docker.iso")
+        if not iso_path and profile.iso.pinned:  # iso.path with a sha256 (iso.pin --from): check it
+            from . import isocache
+
+            digest = isocache.source_digest(path)
+            if digest != profile.iso.sha256:
+                raise IsoError(
+                    f"ISO {path} has sha256 {digest}, not the {profile.iso.sha256} the profile pins",
+                    hint="put the pinned file there, or pin this one with `b2dkit iso.pin --from PATH`",
+                )
         return path
     if profile.iso.build == "guest":
         return build_guest(log)

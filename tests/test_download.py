@@ -11,7 +11,7 @@ import pytest
 from httpmirror import Mirror
 
 from b2dkit import download, paths
-from b2dkit.errors import DownloadError, InputError
+from b2dkit.errors import DownloadError, InputError, IsoError
 
 PAYLOAD = random.Random(5).randbytes(300_000)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -218,4 +218,51 @@ def test_list_and_clear_cache(mirror):
     (iso_dir() / f"{'0' * 64}.iso.part").write_bytes(b"partial")
     assert download.list_cache() == [iso_dir() / f"{SHA}.iso"]
     assert {p.name for p in download.clear_cache()} == {f"{SHA}.iso", f"{'0' * 64}.iso.part"}
+    assert leftovers() == []
+
+
+# -- fetch_unpinned: the digest is what we find out (iso.pin) ----------------------------------
+
+
+def fetch_unpinned(urls, **kw):
+    notes = []
+    accept = kw.pop("accept", None)
+    downloader = download.Downloader(notify=notes.append, **{**FAST, **kw})
+    result = downloader.fetch_unpinned(urls, progress=False, accept=accept)
+    result.notes = notes
+    return result
+
+
+def test_unpinned_fetch_learns_the_digest_and_caches_under_it(mirror):
+    mirror.routes["/b2d.iso"] = Route()
+    seen = []
+    result = fetch_unpinned([mirror.url("/b2d.iso")], accept=lambda path, url: seen.append((path.read_bytes(), url)))
+    assert (result.sha256, result.path) == (SHA, iso_dir() / f"{SHA}.iso")
+    assert seen == [(PAYLOAD, mirror.url("/b2d.iso"))]  # checked before it entered the cache
+    assert leftovers() == [f"{SHA}.iso"]
+    # Fetched again (nothing is known to be cached without a digest), the cache entry stays one file.
+    assert fetch_unpinned([mirror.url("/b2d.iso")]).path == result.path and leftovers() == [f"{SHA}.iso"]
+
+
+def test_unpinned_fetch_never_continues_one_mirrors_partial_file_from_another(mirror):
+    other = random.Random(6).randbytes(len(PAYLOAD))
+    mirror.routes["/a.iso"] = Route(payload=other, drops=10, drop_after=100_000)  # never finishes
+    mirror.routes["/b.iso"] = Route()
+    result = fetch_unpinned([mirror.url("/a.iso"), mirror.url("/b.iso")], retries=0)
+    assert result.sha256 == SHA and result.url == mirror.url("/b.iso")
+    assert [rng for path, rng in mirror.requests if path == "/b.iso"] == [None]  # from byte 0
+    # Mirror a's partial file is kept for a later run of a, and goes with clear_cache.
+    parts = [name for name in leftovers() if name.endswith(".part")]
+    assert len(parts) == 1 and parts[0].startswith("url-")
+    assert {p.name for p in download.clear_cache()} == {f"{SHA}.iso", parts[0]}
+
+
+def test_unpinned_fetch_rejected_by_the_check_leaves_nothing_and_says_why(mirror):
+    mirror.routes["/b2d.iso"] = Route()
+
+    def refuse(path, url):
+        raise IsoError(f"{url} is not what we want")
+
+    with pytest.raises(IsoError, match="b2d.iso is not what we want"):
+        fetch_unpinned([mirror.url("/b2d.iso")], accept=refuse)
     assert leftovers() == []

@@ -4,6 +4,8 @@ from invoke import Exit
 
 from .. import bootcfg, isocache
 from .. import iso as isolib
+from .. import pin as pinlib
+from .. import profile as profiles
 from ._base import print_json, say, task
 
 
@@ -98,3 +100,28 @@ def cache(c, list=False, clear=False):
         source = row.get("source") or "?"
         size = f"{row['size'] / 1e6:.1f} MB"
         say(f"{row['type']:<10} {size:>9}  {row['key']}  {source}" + (f"  [{codes}]" if codes else ""))
+
+
+@task(
+    name="pin",
+    auto_shortflags=False,
+    help={
+        "profile": "profile whose ISO to pin (a name or a .yaml path; default: default)",
+        "url": "download this URL and pin it (default: the profile's iso.urls, tried in order)",
+        "from_": "pin this local ISO file instead of downloading (hash only)",
+        "dry_run": "fetch and check, show the change, but do not write the profile",
+    },
+)
+def pin(c, url=None, profile="default", from_=None, dry_run=False):
+    """Download (or hash) a boot2docker ISO, check it, and write its sha256 into the profile."""
+    planned = pinlib.plan(profile, url=url, from_path=from_, log=say)
+    for line in planned.lines():
+        say(line)
+    if dry_run or not planned.edit.changed and planned.seed is None:
+        if dry_run:
+            say("dry run: the profile was not changed")
+        return
+    pinlib.apply(planned)
+    if planned.edit.changed:
+        name = profiles.display_path(planned.edit.path)
+        say(f"pinned: {name} (review and commit it: git diff {name})")
