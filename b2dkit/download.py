@@ -208,6 +208,41 @@ class Downloader:
             hint="check the network and the URL",
         )
 
+    def get_small(self, url: str, limit: int = 1 << 20) -> bytes:
+        """A small file (a profile) in memory, with the same retries and one-line errors."""
+        failures = 0
+        while True:
+            try:
+                return self._get_small(url, limit)
+            except _Retry as exc:
+                failures += 1
+                if failures > self.retries:
+                    raise DownloadError(f"cannot fetch {url}: {exc} (gave up after {self.retries} retries)") from None
+                time.sleep(min(self.max_backoff, self.backoff * 2 ** (failures - 1)))
+            except _MirrorFailed as exc:
+                raise DownloadError(f"cannot fetch {url}: {exc}") from None
+
+    def _get_small(self, url: str, limit: int) -> bytes:
+        try:
+            response = self.session.get(url, stream=True, timeout=self.timeout)
+        except requests.exceptions.RequestException as exc:
+            raise _classify(exc) from None
+        with contextlib.closing(response):
+            status = response.status_code
+            if status in (408, 429) or status >= 500:
+                raise _Retry(f"HTTP {status} {response.reason}")
+            if status != 200:
+                raise _MirrorFailed(f"HTTP {status} {response.reason}".strip())
+            data = b""
+            try:
+                for chunk in response.iter_content(64 * 1024):
+                    data += chunk
+                    if len(data) > limit:
+                        raise _MirrorFailed(f"larger than {limit >> 10} KiB: not a profile")
+            except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+                raise _classify(exc) from None
+            return data
+
     # -- one mirror --------------------------------------------------------------------------
 
     def _from_mirror(self, url, part: Path, sha256: Optional[str], result: FetchResult, show: bool) -> str:
