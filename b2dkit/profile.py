@@ -28,7 +28,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
-from . import bootcfg, forwards, paths
+from . import bootcfg, forwards, paths, remoteprofile
 from .errors import InputError, ProfileError
 from .forwards import Forward, ssh_forward
 from .providers import PROVIDERS, MachineSpec, default_provider_name
@@ -246,6 +246,8 @@ def find(name_or_path, base_dir: Optional[Path] = None) -> Path:
     text = str(name_or_path).strip()
     if not text:
         raise ProfileError("empty profile name: give a profile name (e.g. default) or a path to a .yaml file")
+    if remoteprofile.is_remote(text):  # https://…/team.yaml#sha256=…, git+URL@TAG:path.yaml
+        return remoteprofile.fetch(text)
     if is_path_like(text):
         path = Path(text).expanduser()
         if base_dir is not None and not path.is_absolute():
@@ -320,7 +322,7 @@ def _load_chain(path: Path, seen: List[Path]) -> List[_Layer]:
     if parent is None:
         return [layer]
     try:
-        parent_path = find(parent, base_dir=path.parent)
+        parent_path = remoteprofile.resolve_extends(parent, path) or find(parent, base_dir=path.parent)
     except ProfileError as exc:
         raise ProfileError(f"{display_path(path)}: extends: {exc.message}", hint=exc.hint) from None
     return _load_chain(parent_path, seen + [key]) + [layer]
@@ -798,6 +800,9 @@ def _stem(path: Path) -> str:
 def display_path(path) -> str:
     """Paths in messages: relative when under the current directory, else as absolute."""
     path = Path(path)
+    remote = remoteprofile.display(path)  # a fetched profile: its URL, not its cache path
+    if remote:
+        return remote
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
