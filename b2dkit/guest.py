@@ -504,7 +504,7 @@ def ssh_argv(
         "-F", "/dev/null",  # the user's ~/.ssh/config must not redirect or re-key this VM
         "-i", str(key_path),
         "-p", str(int(port)),
-        "-o", "UserKnownHostsFile=" + _ssh_quote(known_hosts_path),
+        "-o", "UserKnownHostsFile=" + ssh_quote(known_hosts_path),
         "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", "StrictHostKeyChecking=yes",
         "-o", "IdentitiesOnly=yes",
@@ -517,7 +517,7 @@ def ssh_argv(
     return argv
 
 
-def _ssh_quote(path) -> str:
+def ssh_quote(path) -> str:
     """ssh splits option values on spaces (macOS's "Application Support"); quote them."""
     text = str(path)
     if '"' in text:

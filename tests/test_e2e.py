@@ -123,6 +123,16 @@ def test_ssh_passes_the_exit_code_through(world, capfd):
     assert code == 7
 
 
+def test_ssh_config_lets_plain_openssh_reach_the_vm(world, capfd):
+    capfd.readouterr()
+    run("vm.ssh-config")
+    config = world["root"] / "ssh_config"
+    config.write_text(capfd.readouterr().out)
+    proc = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", f"b2dkit-{VM}", "date +%Z"],
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "CST"), proc.stderr
+
+
 def test_ssh_without_a_command_is_an_interactive_shell_on_a_tty(world):
     """``vm.ssh`` as a person uses it: a real terminal, the guest's login environment, exit code back."""
     import pty

@@ -4,7 +4,7 @@ import sys
 
 from .. import forwards as forwards_
 from .. import lifecycle, machines, profile as profiles, status as vmstatus
-from ..errors import InputError
+from ..errors import B2dkitError, InputError
 from ._base import print_json, say, task
 
 NAME_HELP = "VM to act on (default: the active VM, set by the last vm.create/onboard)"
@@ -143,6 +143,29 @@ def ssh(c, name=None, command=None):
         from invoke import Exit
 
         raise Exit(code=code)
+
+
+@task(name="ssh-config", help={"name": NAME_HELP, "all": "a block for every b2dkit VM"}, auto_shortflags=False)
+def ssh_config(c, name=None, all=False):  # noqa: A002 - the flag is --all
+    """Print an OpenSSH Host block for the VM: ssh -F <(b2dkit vm.ssh-config) b2dkit-NAME."""
+    from .. import sshconfig
+
+    chosen = machines.all_machines() if all else [_machine(name)]
+    if not chosen:
+        say("# no b2dkit VMs; create one with `b2dkit vm.create --profile=NAME`")
+    for index, machine in enumerate(chosen):
+        if index:
+            say()
+        try:
+            host, port = lifecycle.provider_for(machine).ssh_endpoint()
+        except B2dkitError as exc:
+            if not all:
+                raise
+            say(f"# {machine.name}: {exc}")  # one broken VM must not hide the others
+            continue
+        for line in sshconfig.host_block(machine.name, host, port, lifecycle.key_path(machine.name),
+                                         lifecycle.known_hosts_path(machine.name)):
+            say(line)
 
 
 @task(help={"name": NAME_HELP}, auto_shortflags=False)
