@@ -133,7 +133,12 @@ def ssh_keys(ssh_user, tmp_path_factory):
     private, public = sshkeys.ensure_keypair(folder / "vm")
     ssh_dir = ssh_user["home"] / ".ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    (ssh_dir / "authorized_keys").write_text(public + "\n")
+    # Append, never overwrite: test runs of other checkouts on this machine share the user.
+    keys = ssh_dir / "authorized_keys"
+    known = keys.read_text().splitlines() if keys.exists() else []
+    if public not in known:
+        with open(keys, "a") as out:
+            out.write(public + "\n")
     for p in (ssh_dir, ssh_dir / "authorized_keys"):
         os.chown(p, ssh_user["uid"], ssh_user["gid"])
     (ssh_dir / "authorized_keys").chmod(0o600)
