@@ -1,8 +1,9 @@
 """The ``b2dkit`` console command: an ``invoke.Program`` bound to our task namespace."""
 
-from invoke import Config, Program
+from invoke import Config
 
 from . import __version__
+from .completion import CompletingProgram
 from .tasks import ns
 
 
@@ -11,7 +12,7 @@ class B2dConfig(Config):
 
 
 def make_program():
-    return Program(
+    return CompletingProgram(
         name="b2dkit",
         binary="b2dkit",
         binary_names=["b2dkit"],
