@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from jsonschemas import validate
 
 from b2dkit import paths
 from b2dkit.main import make_program
@@ -165,6 +166,7 @@ def test_status_shows_the_running_vm_and_a_synced_clock(world, capfd):
     capfd.readouterr()
     run("vm.status", "--json")
     info = json.loads(capfd.readouterr().out)
+    validate("vm.status", info)  # the running guest's facts (pid, QMP socket, a numeric drift) too
     assert info["state"] == "running" and info["provider"] == "qemu" and info["boot_codes"] == ["tz=CST-8"]
     assert abs(info["clock_drift_seconds"]) < 3
     assert [m["status"] for m in info["mounts"]] == ["alive"]

@@ -389,7 +389,7 @@ class World:
     def vm_list(self):
         out = subprocess.run([sys.executable, "-m", "b2dkit", "vm.list", "--json"], env=self.env(),
                              capture_output=True, text=True, check=True).stdout
-        return json.loads(out)
+        return json.loads(out)["vms"]
 
     def ssh(self, command) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "b2dkit", "vm.ssh", f"--name={self.name}", "-c", command],

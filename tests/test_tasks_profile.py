@@ -36,7 +36,7 @@ def test_show_prints_yaml_that_parses_back_to_the_resolved_profile(capsys):
 
 def test_show_json_with_overrides(capsys):
     run("profile.show", "-p", "cst", "--json", "--provider", "virtualbox", "--name", "dev-2")
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)["settings"]
     assert data == profile.load("cst", provider="virtualbox", name="dev-2").to_dict()
     assert (data["name"], data["provider"]) == ("dev-2", "virtualbox")
     assert data["boot_codes"] == {"tz": "CST-8"}
@@ -46,7 +46,7 @@ def test_show_json_with_overrides(capsys):
 
 def test_show_defaults_to_the_default_profile(capsys):
     run("profile.show", "--json")
-    assert json.loads(capsys.readouterr().out) == profile.load("default").to_dict()
+    assert json.loads(capsys.readouterr().out)["settings"] == profile.load("default").to_dict()
 
 
 def test_show_unknown_profile_is_one_line_and_exit_2(capsys):

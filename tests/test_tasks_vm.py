@@ -81,8 +81,7 @@ def test_forward_needs_no_name_and_stays_within_two_calls(created, capsys):
     assert len(created.calls()) <= 2
     assert capsys.readouterr().out == f"forwarding 127.0.0.1:{port} -> guest {port}/tcp\n"
     created.reset_calls()
-    run("vm.forwards", "--json")
-    rules = json.loads(capsys.readouterr().out)
+    rules = _forwards(capsys)
     mine = [r for r in rules if r["host_port"] == port]
     assert mine == [{"name": f"tcp-{port}", "proto": "tcp", "host_ip": "127.0.0.1", "host_port": port,
                      "guest_port": port, "guest_ip": ""}]
@@ -92,8 +91,7 @@ def test_forward_needs_no_name_and_stays_within_two_calls(created, capsys):
     assert [c[0] for c in created.calls()] == ["showvminfo"]
     run("vm.unforward", str(port))
     capsys.readouterr()
-    run("vm.forwards", "--json")
-    assert port not in [r["host_port"] for r in json.loads(capsys.readouterr().out)]
+    assert port not in [r["host_port"] for r in _forwards(capsys)]
 
 
 @pytest.mark.parametrize("spec", ["70000", "abc", "0", "8000:", "8000/sctp"])
@@ -121,8 +119,7 @@ def test_busy_host_port_is_named_and_auto_correct_picks_another(created, capsys)
         run("vm.forward", f"{busy}:80", "--auto-correct")
         said = capsys.readouterr().out
         assert f"Fixed port collision for 80 => {busy}. Now on port" in said
-    run("vm.forwards", "--json")
-    rules = json.loads(capsys.readouterr().out)
+    rules = _forwards(capsys)
     moved = [r for r in rules if r["guest_port"] == 80]
     assert len(moved) == 1 and 2200 <= moved[0]["host_port"] <= 2250
 
@@ -162,7 +159,7 @@ def test_list_marks_the_active_vm(created, iso, small, capsys):
     run("vm.create", small, "--provider=virtualbox", "--name=second", f"--iso={iso}", "--no-start")
     capsys.readouterr()
     run("vm.list", "--json")
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["vms"]}
     assert rows["second"]["active"] and not rows["dev"]["active"]
     assert rows["dev"]["state"] == "stopped" and rows["dev"]["provider"] == "virtualbox"
 
@@ -193,4 +190,4 @@ def test_env_prints_the_docker_host_for_the_forwarded_daemon(created, capsys):
 
 def _forwards(capsys):
     run("vm.forwards", "--json")
-    return json.loads(capsys.readouterr().out)
+    return json.loads(capsys.readouterr().out)["forwards"]

@@ -3,10 +3,11 @@
 import sys
 
 from .. import doctor as checks
+from .. import jsonout
 from .. import onboard as flow
 from .. import profile as profiles
 from ..errors import InputError
-from ._base import say, task
+from ._base import print_json, say, task
 
 PROFILE_HELP = "profile name in profiles/ or a path to a YAML file"
 
@@ -36,16 +37,19 @@ def onboard(c, profile="default", provider=None, name=None, iso=None, dry_run=Fa
 
 @task(
     help={"profile": PROFILE_HELP, "provider": "check for this hypervisor instead of the profile's",
-          "name": "override the profile's VM name"},
+          "name": "override the profile's VM name", "json": "machine-readable output (the exit code is the same)"},
     auto_shortflags=False,
 )
-def doctor(c, profile="default", provider=None, name=None):
+def doctor(c, profile="default", provider=None, name=None, json=False):
     """Check this machine for what the profile needs, with the install command for each missing piece."""
     prof = profiles.load(profile, provider=provider, name=name)
     results = checks.run(prof)
-    for check in results:
+    if json:
+        print_json(jsonout.doctor(prof, results))
+    for check in results if not json else ():
         say(check.line())
     failed = [r.name for r in results if not r.ok]
     if failed:
         raise flow.DoctorFailed(f"{len(failed)} check(s) failed: {', '.join(failed)}")
-    say("all good")
+    if not json:
+        say("all good")

@@ -2,7 +2,7 @@
 
 import yaml
 
-from .. import bootcfg
+from .. import bootcfg, jsonout
 from .. import profile as profiles
 from ._base import print_json, say, task
 
@@ -19,7 +19,7 @@ def show(c, profile=profiles.DEFAULT_PROFILE, provider=None, name=None, json=Fal
     """Print a profile as b2dkit resolves it (extends merged, defaults filled in)."""
     resolved = profiles.load(profile, provider=provider, name=name)
     if json:
-        print_json(resolved.to_dict())
+        print_json(jsonout.profile_show(resolved))
         return
     chain = " <- ".join(profiles.display_path(path) for path in resolved.chain)
     say(f"# profile {resolved.profile_name}: {chain}")

@@ -3,7 +3,7 @@
 import sys
 
 from .. import forwards as forwards_
-from .. import lifecycle, machines, profile as profiles, status as vmstatus
+from .. import jsonout, lifecycle, machines, profile as profiles, status as vmstatus
 from ..errors import B2dkitError, InputError
 from ._base import print_json, say, task
 
@@ -75,7 +75,7 @@ def status(c, name=None, json=False):
     """Show state, forwards, disk, ISO, boot codes, clock drift and mounts of the VM."""
     info = vmstatus.collect(_machine(name))
     if json:
-        print_json(info)
+        print_json(jsonout.vm_status(info))
     else:
         say(vmstatus.render(info))
 
@@ -85,7 +85,7 @@ def list(c, json=False):  # noqa: A001 - the task is called vm.list
     """List b2dkit VMs, their provider and state; * marks the active one."""
     rows = vmstatus.list_all()
     if json:
-        print_json(rows)
+        print_json(jsonout.vm_list(rows))
         return
     if not rows:
         say("no b2dkit VMs; create one with `b2dkit vm.create --profile=NAME`")
@@ -121,9 +121,10 @@ def unforward(c, spec, name=None):
 @task(help={"name": NAME_HELP, "json": "machine-readable output"}, auto_shortflags=False)
 def forwards(c, name=None, json=False):
     """List the VM's port forwards as the hypervisor has them now."""
-    rules = lifecycle.provider_for(_machine(name)).forwards()
+    machine = _machine(name)
+    rules = lifecycle.provider_for(machine).forwards()
     if json:
-        print_json([r.to_dict() for r in rules])
+        print_json(jsonout.vm_forwards(machine.name, rules))
         return
     for r in sorted(rules):
         say(f"{r.name:<12} {r.host_ip}:{r.host_port} -> {r.guest_port}/{r.proto}")
@@ -197,9 +198,10 @@ def unmount(c, name=None):
 @task(help={"name": NAME_HELP, "json": "machine-readable output"}, auto_shortflags=False)
 def mounts(c, name=None, json=False):
     """Show each profile mount and whether it is alive, stale or not mounted."""
-    rows = vmstatus.mounts(_machine(name))
+    machine = _machine(name)
+    rows = vmstatus.mounts(machine)
     if json:
-        print_json(rows)
+        print_json(jsonout.vm_mounts(machine.name, rows))
         return
     for row in rows:
         say(f"{row['guest']} -> {row['host']}: {row['status']}")
