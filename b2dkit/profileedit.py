@@ -106,6 +106,20 @@ def iso_edit(path, urls: Optional[Sequence[str]] = None, sha256: Optional[str] =
     return Edit(path=path, old_text=text, new_text=new_text, changes=changes)
 
 
+def set_top_level(path, text: str, key: str, value: str) -> str:
+    """``text`` (the content of ``path``) with the top-level ``key`` set to ``value``, layout kept."""
+    yaml, data = _load(Path(path), text)
+    if not isinstance(data, CommentedMap):
+        raise ProfileError(f"{profiles.display_path(path)}: the top level is not a mapping")
+    if data.get(key) == value:
+        return text
+    if key in data:
+        data[key] = value
+    else:
+        data.insert(0, key, value)
+    return _dump(yaml, data)
+
+
 def _replace_keys(iso: CommentedMap, drop: Tuple[str, ...], key: str, value, changes: List[str]) -> None:
     """Set ``key`` where the first dropped key was, moving that key's trailing comment to it."""
     position, comment = None, None

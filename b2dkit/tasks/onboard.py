@@ -2,6 +2,7 @@
 
 import sys
 
+from .. import bundle as bundles
 from .. import doctor as checks
 from .. import jsonout
 from .. import onboard as flow
@@ -20,12 +21,25 @@ PROFILE_HELP = "profile name in profiles/ or a path to a YAML file"
         "iso": "use this local boot2docker.iso instead of downloading the profile's",
         "dry_run": "print what would be done and what is already in place; change nothing",
         "yes": "do not ask before creating the VM",
+        "bundle": "write OUT.tar with the profile chain and its ISO for an offline onboarding; no VM is made",
+        "from_bundle": "onboard from IN.tar (made with --bundle): checked by digest, no network needed",
     },
     auto_shortflags=False,
 )
-def onboard(c, profile="default", provider=None, name=None, iso=None, dry_run=False, yes=False):
+def onboard(c, profile="default", provider=None, name=None, iso=None, dry_run=False, yes=False, bundle=None,
+            from_bundle=None):
     """Set up everything for a profile: checks, ISO, remaster, VM, SSH, folders. Safe to re-run."""
+    if bundle and from_bundle:
+        raise InputError("give --bundle (to write one) or --from-bundle (to use one), not both")
+    if bundle:
+        bundles.create(profile, bundle, iso_path=iso, log=say)
+        return
+    if from_bundle:
+        unpacked = bundles.unpack(from_bundle, log=say)
+        profile = str(unpacked.profile)
     prof = profiles.load(profile, provider=provider, name=name)
+    if from_bundle and not iso:
+        iso = bundles.iso_override(unpacked, prof)
     if not (yes or dry_run) and sys.stdin.isatty():
         answer = input(
             f"Set up VM {prof.name} on {prof.provider} ({prof.memory} MB, {prof.cpus} CPU, {prof.disk} MB disk)? [Y/n] "
