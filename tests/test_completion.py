@@ -157,3 +157,11 @@ def test_real_interactive_bash_completes_a_profile_value_on_tab(script, tmp_path
         os.write(fd, b"exit\n")
         os.waitpid(pid, 0)
         os.close(fd)
+
+
+def test_a_tab_does_not_pay_for_the_downloader_or_the_yaml_editor():
+    """Every TAB starts b2dkit afresh: the task layer must not import what only some tasks need."""
+    heavy = "('requests', 'ruamel.yaml', 'tqdm', 'paramiko', 'jsonschema')"
+    probe = f"import sys, b2dkit.main; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

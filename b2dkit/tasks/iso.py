@@ -4,7 +4,6 @@ from invoke import Exit
 
 from .. import bootcfg, isocache
 from .. import iso as isolib
-from .. import pin as pinlib
 from .. import profile as profiles
 from ._base import print_json, say, task
 
@@ -114,6 +113,8 @@ def cache(c, list=False, clear=False):
 )
 def pin(c, url=None, profile="default", from_=None, dry_run=False):
     """Download (or hash) a boot2docker ISO, check it, and write its sha256 into the profile."""
+    from .. import pin as pinlib  # requests, pycdlib, ruamel: imported by this task only
+
     planned = pinlib.plan(profile, url=url, from_path=from_, log=say)
     for line in planned.lines():
         say(line)

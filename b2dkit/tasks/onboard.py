@@ -2,7 +2,6 @@
 
 import sys
 
-from .. import bundle as bundles
 from .. import doctor as checks
 from .. import jsonout
 from .. import onboard as flow
@@ -31,6 +30,8 @@ def onboard(c, profile="default", provider=None, name=None, iso=None, dry_run=Fa
     """Set up everything for a profile: checks, ISO, remaster, VM, SSH, folders. Safe to re-run."""
     if bundle and from_bundle:
         raise InputError("give --bundle (to write one) or --from-bundle (to use one), not both")
+    if bundle or from_bundle:
+        from .. import bundle as bundles  # ruamel and the downloader: only for bundles
     if bundle:
         bundles.create(profile, bundle, iso_path=iso, log=say)
         return
