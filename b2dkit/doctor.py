@@ -14,7 +14,7 @@ from typing import Dict, List
 from . import forwards as fw
 from . import lifecycle, machines, paths
 from .errors import B2dkitError
-from .providers import VMState
+from .hypervisors.base import VMState
 
 INSTALL = {
     "virtualbox": {"macOS": "brew install --cask virtualbox",
@@ -55,14 +55,14 @@ def _fix(tool: str) -> Dict[str, str]:
 
 def check_hypervisor(provider: str) -> Check:
     if provider == "virtualbox":
-        from . import vbox
+        from .hypervisors.virtualbox import vboxmanage as vbox
 
         try:
             version = vbox.VBoxManage().version()
         except B2dkitError as exc:
             return Check("VirtualBox", False, str(exc), _fix("virtualbox"))
         return Check("VirtualBox", True, "VBoxManage " + ".".join(map(str, version)))
-    from . import qemu
+    from .hypervisors.qemu import qemusystem as qemu
 
     try:
         binary = qemu.find_qemu()

@@ -18,7 +18,7 @@ from . import atomic, machines, paths, sshkeys
 from .errors import B2dkitError, InputError, PortInUse, ToolMissing
 from .forwards import Forward
 from .machines import Machine
-from .providers import MachineSpec, Provider, VMState, get_provider
+from .hypervisors.base import MachineSpec, Provider, VMState, get_provider
 
 Log = Callable[[str], None]
 VM_ISO = "boot2docker.iso"

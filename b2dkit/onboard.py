@@ -14,7 +14,7 @@ from typing import Callable, List, Optional
 
 from . import doctor, lifecycle, machines, status
 from .errors import B2dkitError, GuestError
-from .providers import VMState
+from .hypervisors.base import VMState
 
 Log = Callable[[str], None]
 STEPS = ("doctor", "iso", "remaster", "create", "start", "mounts", "summary")

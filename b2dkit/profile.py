@@ -31,7 +31,7 @@ import yaml
 from . import bootcfg, forwards, paths
 from .errors import InputError, ProfileError
 from .forwards import Forward, ssh_forward
-from .providers import PROVIDERS, MachineSpec, default_provider_name
+from .hypervisors.base import PROVIDERS, MachineSpec, default_provider_name
 
 ENV_PATH = "B2DKIT_PROFILES"
 DEFAULT_PROFILE = "default"

@@ -10,7 +10,7 @@ from . import lifecycle, machines
 from .errors import B2dkitError
 from .forwards import DOCKER_PORTS, connect_address, ssh_forward
 from .machines import Machine
-from .providers import VMState
+from .hypervisors.base import VMState
 
 
 def collect(machine: Machine, drift: bool = True) -> dict:

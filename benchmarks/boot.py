@@ -40,10 +40,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from b2dkit import guest, paths, qemu  # noqa: E402
+from b2dkit import guest, paths  # noqa: E402
+from b2dkit.hypervisors.qemu import qemusystem as qemu  # noqa: E402
 from b2dkit.forwards import Forward  # noqa: E402
 from b2dkit.main import make_program  # noqa: E402
-from b2dkit.providers import qemu as qemu_provider  # noqa: E402
+from b2dkit.hypervisors.base import qemu as qemu_provider  # noqa: E402
 
 VM = "bootbench"
 BOOT_COMPLETE = b"b2dkit-guest: boot complete"

@@ -220,7 +220,7 @@ def test_busy_host_port_is_named_with_its_owner(qemu_profile):
 
 def test_busy_port_is_fine_when_our_running_vm_holds_it(qemu_profile, monkeypatch):
     from b2dkit import lifecycle, machines
-    from b2dkit.providers import VMState
+    from b2dkit.hypervisors.base import VMState
 
     machines.save(lifecycle.machine_from_profile(qemu_profile))
 

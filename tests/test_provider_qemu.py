@@ -15,11 +15,12 @@ import subprocess
 
 import pytest
 
-from b2dkit import disk, qemu
+from b2dkit import disk
+from b2dkit.hypervisors.qemu import qemusystem as qemu
 from b2dkit.errors import HypervisorError, InputError, PortInUse, VMNotFound
 from b2dkit.forwards import Forward, host_port_free, parse_spec, pick_free_port
-from b2dkit.providers import MachineSpec, VMState, get_provider
-from b2dkit.providers.qemu import QemuProvider
+from b2dkit.hypervisors.base import MachineSpec, VMState, get_provider
+from b2dkit.hypervisors.qemu.provider import QemuProvider
 from b2dkit.sshkeys import KEY_NAME, ensure_keypair
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyForTestsOnly b2dkit-test"

@@ -10,9 +10,9 @@ import fakevbox
 from b2dkit import disk, paths
 from b2dkit.errors import HypervisorError, InputError, PortInUse, VMNotFound
 from b2dkit.forwards import Forward, parse_spec
-from b2dkit.providers import MachineSpec, VMState, get_provider
-from b2dkit.providers.virtualbox import VirtualBoxProvider
-from b2dkit.vbox import VBoxManage
+from b2dkit.hypervisors.base import MachineSpec, VMState, get_provider
+from b2dkit.hypervisors.virtualbox.provider import VirtualBoxProvider
+from b2dkit.hypervisors.virtualbox.vboxmanage import VBoxManage
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOriginalKeyForTests b2dkit-test"
 

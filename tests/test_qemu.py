@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from b2dkit import qemu
+from b2dkit.hypervisors.qemu import qemusystem as qemu
 from b2dkit.errors import HypervisorError, InputError, PortInUse, ToolMissing
 from b2dkit.forwards import Forward, pick_free_port
 

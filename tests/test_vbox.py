@@ -9,10 +9,10 @@ import pytest
 import fakevbox
 from conftest import shared_reference
 
-from b2dkit import vbox
+from b2dkit.hypervisors.virtualbox import vboxmanage as vbox
 from b2dkit.errors import HypervisorError, InputError, ToolMissing, VMNotFound
 from b2dkit.forwards import Forward
-from b2dkit.providers import VMState
+from b2dkit.hypervisors.base import VMState
 
 SAMPLES = "vbox-samples"
 DBG_PREFIX = "(default) DBG | "

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .errors import HypervisorError, InputError, ToolMissing, VMNotFound
-from .forwards import Forward
-from .providers import VMState
+from ...errors import HypervisorError, InputError, ToolMissing, VMNotFound
+from ...forwards import Forward
+from ..base import VMState
 
 # --------------------------------------------------------------------------------------------
 # Finding the program

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
-from .. import disk, forwards as fw, paths
-from ..errors import HypervisorError, InputError, PortInUse, VMNotFound
-from ..forwards import Forward
-from ..vbox import (
+from ... import disk, forwards as fw, paths
+from ...errors import HypervisorError, InputError, PortInUse, VMNotFound
+from ...forwards import Forward
+from .vboxmanage import (
     VBoxManage,
     VMInfo,
     VMNotRegistered,
@@ -30,7 +30,7 @@ from ..vbox import (
     nat_failures,
     storageattach_argv,
 )
-from . import ApplyReport, MachineSpec, Provider, Status, VMState
+from ..base import ApplyReport, MachineSpec, Provider, Status, VMState
 
 CONTROLLER = "SATA"
 ISO_PORT = 0

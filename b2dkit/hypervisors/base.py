@@ -137,7 +137,7 @@ class Provider(ABC):
 def default_provider_name() -> str:
     """VirtualBox where VBoxManage is installed, else QEMU (Linux CI, laptops without VirtualBox)."""
     try:
-        from ..vbox import find_vboxmanage  # local import: keep provider modules optional
+        from .virtualbox.vboxmanage import find_vboxmanage  # local import: keep provider modules optional
 
         find_vboxmanage()
         return "virtualbox"
@@ -147,11 +147,11 @@ def default_provider_name() -> str:
 
 def get_provider(name: str, vm: str) -> Provider:
     if name == "virtualbox":
-        from .virtualbox import VirtualBoxProvider
+        from .virtualbox.provider import VirtualBoxProvider
 
         return VirtualBoxProvider(vm)
     if name == "qemu":
-        from .qemu import QemuProvider
+        from .qemu.provider import QemuProvider
 
         return QemuProvider(vm)
     raise InputError(f"unknown provider {name!r}: use one of {', '.join(PROVIDERS)}")

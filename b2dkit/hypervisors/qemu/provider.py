@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .. import atomic, disk, paths, qemu
-from .. import forwards as fw
-from ..errors import HypervisorError, InputError, VMNotFound
-from ..forwards import Forward, host_port_free, require_free
-from ..sshkeys import KEY_NAME
-from . import ApplyReport, MachineSpec, Provider, VMState
+from ... import atomic, disk, paths
+from ... import forwards as fw
+from ...errors import HypervisorError, InputError, VMNotFound
+from ...forwards import Forward, host_port_free, require_free
+from ...sshkeys import KEY_NAME
+from ..base import ApplyReport, MachineSpec, Provider, VMState
+from . import qemusystem as qemu
 
 MACHINE = "machine.json"
 DISK = "disk.img"

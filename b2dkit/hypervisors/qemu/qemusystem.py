@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
-from . import atomic, paths
-from .errors import HypervisorError, InputError, PortInUse, ToolMissing
-from .forwards import Forward
+from ... import atomic, paths
+from ...errors import HypervisorError, InputError, PortInUse, ToolMissing
+from ...forwards import Forward
 
 QEMU = "qemu-system-x86_64"
 ACCELS = ("kvm", "tcg", "hvf")
