@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence, Union
 
 import paramiko
 
-from . import atomic
+from . import atomic, install
 from .errors import GuestError, InputError, ToolMissing
 
 # paramiko logs every failed banner read with a traceback from its transport thread; while we
@@ -219,7 +219,7 @@ def connect(
         ) from None
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise GuestError(
-            f"cannot reach SSH at {host}:{port} ({_describe(exc)}); is the VM running? try `vm.status`"
+            f"cannot reach SSH at {host}:{port} ({_describe(exc)}); is the VM running? try `b2dkit vm.status`"
         ) from None
 
 
@@ -347,7 +347,7 @@ def wait_for_session(
             where = f"see the guest's console log {log_path}; " if log_path else ""
             raise GuestError(
                 f"the guest's SSH at {host}:{port} was not ready within {timeout:g} s (last try: {last}); "
-                f"{where}check the VM is running with `vm.status`, or start it again"
+                f"{where}check the VM is running with `b2dkit vm.status`, or start it again"
             )
         time.sleep(min(poll, left))
 
@@ -542,8 +542,8 @@ def interactive_shell(
     if shutil.which("ssh") is None:
         if command is None:
             raise ToolMissing(
-                "the OpenSSH client `ssh` is needed for an interactive shell; install it with "
-                "`sudo apt-get install openssh-client` (macOS ships it), or pass -c CMD"
+                f"the OpenSSH client `ssh` is needed for an interactive shell; {install.hint('ssh')}; "
+                "or pass -c CMD"
             )
         with connect(host, port, key_path, known_hosts_path, user=user) as session:
             result = session.run(command, check=False, timeout=24 * 3600)

@@ -18,7 +18,8 @@ from . import atomic, machines, paths, sshkeys
 from .errors import B2dkitError, InputError, PortInUse, ToolMissing
 from .forwards import Forward
 from .machines import Machine
-from .hypervisors.base import MachineSpec, Provider, VMState, get_provider
+from .hypervisors import get_provider
+from .hypervisors.base import MachineSpec, Provider, VMState
 
 Log = Callable[[str], None]
 VM_ISO = "boot2docker.iso"
@@ -148,7 +149,7 @@ def install_iso(boot: Path, name: str) -> Path:
     """Give the VM its own link to the boot ISO, so clearing the ISO cache never breaks a VM."""
     vm_dir = paths.ensure_dir(paths.vm_dir(name))
     target = vm_dir / VM_ISO
-    if target.exists() and _same_file(target, boot):
+    if target.exists() and paths.same_content(target, boot):
         return target
     tmp = vm_dir / f".{VM_ISO}.part"
     tmp.unlink(missing_ok=True)
@@ -158,21 +159,6 @@ def install_iso(boot: Path, name: str) -> Path:
         shutil.copyfile(boot, tmp)
     os.replace(tmp, target)
     return target
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    sa, sb = a.stat(), b.stat()
-    if (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino):
-        return True
-    if sa.st_size != sb.st_size:
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            ca, cb = fa.read(1 << 20), fb.read(1 << 20)
-            if ca != cb:
-                return False
-            if not ca:
-                return True
 
 
 # -- lifecycle ----------------------------------------------------------------------------------
@@ -188,7 +174,7 @@ def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=Tr
     if existing and existing.provider != profile.provider:
         raise InputError(
             f"VM {profile.name!r} already exists on {existing.provider}, not {profile.provider}",
-            hint="destroy it first, or pass --name to create another",
+            hint="destroy it first (`b2dkit vm.destroy`), or pass --name to create another",
         )
     machine = machine_from_profile(profile)
     provider = provider_for(machine)
@@ -218,15 +204,7 @@ def _create_locked(profile, machine: Machine, provider: Provider, boot: Path, ou
         machines.save(machine)
     if machines.active_name() != machine.name:
         machines.set_active(machine.name)
-    spec = MachineSpec(
-        name=machine.name,
-        memory_mb=profile.memory,
-        cpus=profile.cpus,
-        disk_mb=profile.disk,
-        iso=vm_iso,
-        forwards=list(profile.forwards),
-        public_key=public_key,
-    )
+    spec = MachineSpec.from_profile(profile, vm_iso, public_key)
     _check_other_vms(machine.name, spec.forwards)
     report = provider.create(spec)
     if report.created:
@@ -332,20 +310,20 @@ def _ssh_port_or_none(machine: Machine) -> Optional[int]:
 
 
 def _check_other_vms(name: str, wanted: List[Forward]) -> None:
-    """No two b2dkit VMs may claim the same host port (one of them would silently lose it)."""
-    mine = {(f.proto, f.host_port) for f in wanted}
-    for other in machines.all_machines():
-        if other.name == name or not mine:
+    """No two b2dkit VMs may claim the same host socket (one of them would silently lose it)."""
+    for other in machines.all_machines() if wanted else ():
+        if other.name == name:
             continue
         try:
             theirs = provider_for(other).forwards()
         except B2dkitError:
             continue
-        for f in theirs:
-            if (f.proto, f.host_port) in mine:
+        for fwd in wanted:
+            taken = next((f for f in theirs if fw.same_socket(fwd, f)), None)
+            if taken:
                 raise PortInUse(
-                    f"host port {f.host_port}/{f.proto} is already forwarded by VM {other.name!r}",
-                    hint="pick another host port (HOST:GUEST) or remove it there with vm.unforward",
+                    f"host port {taken.host_port}/{taken.proto} is already forwarded by VM {other.name!r}",
+                    hint="pick another host port (HOST:GUEST) or remove it there with `b2dkit vm.unforward`",
                 )
 
 
@@ -366,7 +344,7 @@ def forward(machine: Machine, rule: Forward, auto_correct: bool = False, force: 
                 log(f"forward {rule.host_ip}:{rule.host_port} -> {rule.guest_port}/{rule.proto} already in place")
                 return rule
             if not any(f.name == rule.name for f in current):  # busy, and not because of us
-                fw.require_free(rule)
+                fw.require_free(rule, neighbours=lambda: [(f"VM {machine.name!r}", current)])
     except PortInUse:
         if not auto_correct:
             raise

@@ -13,19 +13,11 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import doctor, lifecycle, machines, status
-from .errors import B2dkitError, GuestError
+from .errors import B2dkitError, ChecksFailed, GuestError, Interrupted
 from .hypervisors.base import VMState
 
 Log = Callable[[str], None]
 STEPS = ("doctor", "iso", "remaster", "create", "start", "mounts", "summary")
-
-
-class Interrupted(B2dkitError):
-    exit_code = 130
-
-
-class DoctorFailed(B2dkitError):
-    exit_code = 3
 
 
 @dataclass
@@ -69,7 +61,7 @@ def onboard(profile, iso_path=None, dry_run=False, log: Log = print) -> Plan:
                 hint="re-run the same command to continue",
             ) from None
         except B2dkitError as exc:
-            if isinstance(exc, (Interrupted, DoctorFailed)):
+            if isinstance(exc, (Interrupted, ChecksFailed)):
                 raise
             exc.message = f"step {number} ({name}) failed: {exc.message}"
             exc.hint = (exc.hint + "; " if exc.hint else "") + "fix it and re-run: finished steps are kept"
@@ -86,7 +78,7 @@ def _doctor(run: _Run):
         run.log("  " + check.line().replace("\n", "\n  "))
     failed = [c for c in checks if not c.ok]
     if failed and not run.dry_run:
-        raise DoctorFailed(
+        raise ChecksFailed(
             f"{len(failed)} check(s) failed: {', '.join(c.name for c in failed)}",
             hint="install what is listed above, then re-run",
         )

@@ -31,7 +31,8 @@ import yaml
 from . import bootcfg, forwards, paths
 from .errors import InputError, ProfileError
 from .forwards import Forward, ssh_forward
-from .hypervisors.base import PROVIDERS, MachineSpec, default_provider_name
+from .hypervisors import PROVIDERS, default_provider_name
+from .hypervisors.base import CPUS, MEMORY_MB
 
 ENV_PATH = "B2DKIT_PROFILES"
 DEFAULT_PROFILE = "default"
@@ -40,9 +41,7 @@ PROVIDER_CHOICES = PROVIDERS + ("auto",)
 
 # boot2docker runs from RAM; only the disk mounted at /mnt/sda1 survives a reboot.
 PERSISTENT_ROOT = "/mnt/sda1"
-MEMORY_MB = (256, 65536)
 DISK_MB = (1024, 2_000_000)
-CPUS = (1, 64)
 URL_SCHEMES = ("https://", "http://", "file://")
 # Marks a sha256 nobody has verified yet: the profile loads (a local ``iso.path`` works),
 # but downloading by URL refuses until a real digest is pinned.
@@ -161,18 +160,6 @@ class Profile:
     def boot_code_args(self) -> List[str]:
         """``["tz=CST-8", "noembed"]``: what goes on the kernel command line."""
         return [key if value is None else f"{key}={value}" for key, value in self.boot_codes.items()]
-
-    def machine_spec(self, iso: Path, public_key: str = "") -> MachineSpec:
-        """What a provider's ``create`` needs, given the (remastered) ISO to boot."""
-        return MachineSpec(
-            name=self.name,
-            memory_mb=self.memory,
-            cpus=self.cpus,
-            disk_mb=self.disk,
-            iso=Path(iso),
-            forwards=list(self.forwards),
-            public_key=public_key,
-        )
 
     def to_dict(self) -> dict:
         """Plain data in file order; itself a valid profile file (no ``extends``)."""
@@ -760,10 +747,8 @@ def _finish(merged: dict, path: Path, chain: List[Path], provider, name) -> Prof
 
 
 def _auto_provider() -> str:
-    try:
-        return default_provider_name()
-    except ImportError:  # a build without the VirtualBox wrapper (b2dkit.vbox) can only run QEMU
-        return "qemu"
+    """Only ``provider: auto`` looks for VBoxManage (on PATH); a named provider touches no hypervisor."""
+    return default_provider_name()
 
 
 def _join(where: str, key: str) -> str:

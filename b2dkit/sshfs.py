@@ -20,17 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from . import guest
+from . import guest, install
 from .errors import GuestError, MountError, ToolMissing
 
 DEFAULT_USER = "docker"
 PROBE_TIMEOUT = 2.0
 MOUNT_TIMEOUT = 30.0
 
-_INSTALL = {
-    "linux": "`sudo apt-get install sshfs` (Debian/Ubuntu)",
-    "darwin": "`brew install --cask macfuse && brew install gromgit/fuse/sshfs-mac` (macOS)",
-}
 _MAC_FUSE_TYPES = ("macfuse", "osxfuse", "fusefs")
 
 
@@ -49,19 +45,15 @@ class MountInfo:
 # -- tools -----------------------------------------------------------------------------------
 
 
-def _install_hint() -> str:
-    return _INSTALL.get(sys.platform, f"{_INSTALL['linux']} or {_INSTALL['darwin']}")
-
-
 def require_sshfs() -> str:
     """Path of sshfs, or ToolMissing with the install command for this platform."""
     path = shutil.which("sshfs")
     if path is None:
-        raise ToolMissing(f"sshfs is not installed; install it with {_install_hint()}")
+        raise ToolMissing(f"sshfs is not installed; {install.hint('sshfs')}")
     if sys.platform.startswith("linux") and not os.path.exists("/dev/fuse"):
         raise ToolMissing(
             "FUSE is not available (/dev/fuse is missing); load it with `sudo modprobe fuse` "
-            "or install it with `sudo apt-get install fuse3`"
+            f"or {install.hint('fuse')}"
         )
     return path
 
@@ -71,7 +63,7 @@ def _unmount_argv(local_dir: Path, lazy: bool) -> List[str]:
         return ["umount", "-f", str(local_dir)] if lazy else ["umount", str(local_dir)]
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:
-        raise ToolMissing("fusermount is not installed; install it with `sudo apt-get install fuse3`")
+        raise ToolMissing(f"fusermount is not installed; {install.hint('fuse')}")
     return [tool, "-uz" if lazy else "-u", str(local_dir)]
 
 
@@ -209,12 +201,12 @@ def mount(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DE
     if existing is not None:
         if existing.source != source:
             raise MountError(
-                f"{local} is already mounted from {existing.source}; unmount it first with `vm.unmount`"
+                f"{local} is already mounted from {existing.source}; unmount it first with `b2dkit vm.unmount`"
             )
         if existing.alive:
             return "already mounted"
         raise MountError(
-            f"{local} is a stale mount of {source} ({existing.detail}); repair it with `vm.mount --remount`"
+            f"{local} is a stale mount of {source} ({existing.detail}); repair it with `b2dkit vm.mount --remount`"
         )
     if local.exists() and not local.is_dir():
         raise MountError(f"{local} exists and is not a directory; choose another mount point")
@@ -232,7 +224,7 @@ def mount(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DE
         except subprocess.TimeoutExpired:
             _lazy_unmount_quietly(local)
             raise MountError(f"sshfs did not mount {source} on {local} within {MOUNT_TIMEOUT:g} s; "
-                             "check the VM with `vm.status`") from None  # fmt: skip
+                             "check the VM with `b2dkit vm.status`") from None  # fmt: skip
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
     if proc.returncode != 0:
@@ -285,7 +277,7 @@ def remount(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=
     existing = find_mount(local)
     if existing is not None and existing.source != source:
         raise MountError(
-            f"{local} is mounted from {existing.source}, not {source}; unmount it first with `vm.unmount`"
+            f"{local} is mounted from {existing.source}, not {source}; unmount it first with `b2dkit vm.unmount`"
         )
     if existing is not None and existing.alive:
         return "alive"

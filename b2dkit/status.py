@@ -118,7 +118,7 @@ def docker_env(machine: Machine) -> List[str]:
         ]
         if not _certs_ready(machine, provider, certs):
             lines.append("# the VM has no TLS client certificates yet (~docker/.docker/*.pem): start it, make sure")
-            lines.append("# its Docker daemon runs with TLS, then run vm.env again")
+            lines.append("# its Docker daemon runs with TLS, then run `b2dkit vm.env` again")
         lines.append(f"# run this command to configure your shell: eval \"$(b2dkit vm.env --name {machine.name})\"")
         return lines
     if 2375 in rules:

@@ -6,7 +6,9 @@ holds; low disk space is ``shutil.disk_usage`` answering a small number.
 """
 
 import os
+import platform
 import shutil
+import sys
 import socket
 from collections import namedtuple
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from b2dkit import doctor, paths
+from b2dkit.install import COMMANDS as INSTALL_COMMANDS
 from b2dkit import profile as profiles
 from b2dkit.main import make_program
 from fakevbox import install
@@ -82,7 +85,7 @@ def assert_install_lines(check, debian, macos):
         "macOS": macos, "Debian/Ubuntu": debian}
     lines = check.line().splitlines()
     assert lines[0].startswith(f"[MISSING] {check.name}: ")
-    first = "macOS" if doctor.platform.system() == "Darwin" else "Debian/Ubuntu"
+    first = "macOS" if platform.system() == "Darwin" else "Debian/Ubuntu"
     assert lines[1].strip().startswith(f"{first}: ")
     assert {line.strip() for line in lines[1:]} == {f"Debian/Ubuntu: {debian}", f"macOS: {macos}"}
 
@@ -120,7 +123,7 @@ def test_virtualbox_missing_gives_both_install_commands(tmp_path, monkeypatch):
     only_on_path(tmp_path, monkeypatch)
     check = doctor.check_hypervisor("virtualbox")
     assert check.name == "VirtualBox"
-    assert_install_lines(check, doctor.INSTALL["virtualbox"]["Debian/Ubuntu"], "brew install --cask virtualbox")
+    assert_install_lines(check, INSTALL_COMMANDS["virtualbox"]["Debian/Ubuntu"], "brew install --cask virtualbox")
     assert "apt-get install virtualbox" in check.line()
 
 
@@ -146,8 +149,8 @@ def test_sshfs_missing_gives_both_install_commands(tmp_path, monkeypatch):
 def test_sshfs_without_dev_fuse_says_how_to_load_it(tmp_path, monkeypatch):
     only_on_path(tmp_path, monkeypatch, "sshfs")
     real_exists = os.path.exists
-    monkeypatch.setattr(doctor.platform, "system", lambda: "Linux")
-    monkeypatch.setattr(doctor.os.path, "exists", lambda p: False if p == "/dev/fuse" else real_exists(p))
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(os.path, "exists", lambda p: False if p == "/dev/fuse" else real_exists(p))
     check = doctor.check_sshfs()
     assert not check.ok
     assert "/dev/fuse is missing" in check.detail and "modprobe fuse" in check.detail

@@ -202,7 +202,7 @@ def test_failing_download_stops_at_step_2_with_one_line(fast, b2dkit_home, capfd
     prof = Path(fast["profile_path"])
     prof.write_text(prof.read_text().replace("/b2d.iso", "/gone.iso"))
     code, out, err = onboard_task(capfd, fast["profile"], "--yes")
-    assert code == 1
+    assert code == 3  # the mirror failed: the machine's world, not the input
     lines = err.splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("b2dkit: error: step 2 (iso) failed: could not fetch ISO ")
@@ -217,7 +217,7 @@ def test_failing_create_stops_at_step_4_and_the_next_run_continues(fast, b2dkit_
                                                                    stop_before_boot):
     monkeypatch.setenv("FAKEVBOX_FAULTS", "createvm=exit0-error*1")  # VirtualBox fails once
     code, out, err = onboard_task(capfd, fast["profile"], "--yes")
-    assert code == 1
+    assert code == 3  # the hypervisor refused
     lines = err.splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("b2dkit: error: step 4 (create) failed: ")

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from b2dkit import profile
+from b2dkit.hypervisors.base import MachineSpec
 from b2dkit.errors import InputError, ProfileError
 from b2dkit.forwards import Forward
 
@@ -288,7 +289,7 @@ def test_to_dict_is_itself_a_profile_that_resolves_the_same(tmp_path, parent):
 
 def test_machine_spec_carries_size_and_forwards(tmp_path):
     p = profile.load("cst")
-    spec = p.machine_spec(tmp_path / "b2d.iso", public_key="ssh-ed25519 AAAA test")
+    spec = MachineSpec.from_profile(p, tmp_path / "b2d.iso", public_key="ssh-ed25519 AAAA test")
     assert (spec.name, spec.memory_mb, spec.cpus, spec.disk_mb) == (p.name, p.memory, p.cpus, p.disk)
     assert spec.forwards == p.forwards and spec.iso == tmp_path / "b2d.iso"
 

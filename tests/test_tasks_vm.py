@@ -117,7 +117,7 @@ def test_busy_host_port_is_named_and_auto_correct_picks_another(created, capsys)
         holder.listen()
         busy = holder.getsockname()[1]
         code, out = run_failing(capsys, "vm.forward", f"{busy}:80")
-        assert code == 2 and f"127.0.0.1:{busy}/tcp is already in use" in out.err
+        assert code == 3 and f"127.0.0.1:{busy}/tcp is already in use" in out.err  # the machine, not the input
         run("vm.forward", f"{busy}:80", "--auto-correct")
         said = capsys.readouterr().out
         assert f"Fixed port collision for 80 => {busy}. Now on port" in said
@@ -155,7 +155,7 @@ def test_destroy_keeps_the_disk_and_create_reattaches_it(created, iso, small, ca
     run("vm.destroy", "--yes", "--purge")
     assert not disk.exists() and created.machine("dev") is None
     code, out = run_failing(capsys, "vm.status")
-    assert code == 1 and "no active VM" in out.err
+    assert code == 2 and "no active VM" in out.err
 
 
 def test_list_marks_the_active_vm(created, iso, small, capsys):
@@ -169,7 +169,7 @@ def test_list_marks_the_active_vm(created, iso, small, capsys):
 
 def test_vm_tasks_without_any_vm_say_what_to_do(fake, capsys):
     code, out = run_failing(capsys, "vm.forward", "8000")
-    assert code == 1
+    assert code == 2  # naming no VM is the user's input to fix
     assert out.err.strip() == (
         "b2dkit: error: no active VM (create one with `b2dkit vm.create --profile=NAME`, or pass --name)"
     )

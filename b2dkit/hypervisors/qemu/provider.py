@@ -25,7 +25,7 @@ from typing import List, Optional, Tuple
 from ... import atomic, disk, paths
 from ... import forwards as fw
 from ...errors import HypervisorError, InputError, VMNotFound
-from ...forwards import Forward, host_port_free, require_free
+from ...forwards import Forward
 from ...sshkeys import KEY_NAME
 from ..base import ApplyReport, MachineSpec, Provider, VMState
 from . import qemusystem as qemu
@@ -37,19 +37,6 @@ SOCKET = "qmp.sock"
 SERIAL = "serial.log"
 KNOWN_HOSTS = "known_hosts"
 FORMAT = 1
-
-_STATES = {
-    "running": VMState.RUNNING,
-    "paused": VMState.PAUSED,
-    "suspended": VMState.PAUSED,
-    # Halted by an error but the process still holds the disk: not safe to reconfigure,
-    # and stop() ends it; info() shows QEMU's own word for it.
-    "internal-error": VMState.PAUSED,
-    "io-error": VMState.PAUSED,
-    "guest-panicked": VMState.PAUSED,
-    "watchdog": VMState.PAUSED,
-}
-
 
 class QemuProvider(Provider):
     name = "qemu"
@@ -80,7 +67,7 @@ class QemuProvider(Provider):
         except (OSError, ValueError) as exc:
             raise HypervisorError(
                 f"VM definition {self.machine_file} is unreadable ({exc}); "
-                f"fix or delete it and run vm.create again"
+                f"fix or delete it and run `b2dkit vm.create` again"
             ) from None
         data["forwards"] = [Forward(**f) for f in data.get("forwards", [])]
         return data
@@ -88,7 +75,7 @@ class QemuProvider(Provider):
     def _require(self) -> dict:
         data = self._load()
         if data is None:
-            raise VMNotFound(f"no QEMU VM named {self.vm!r}", hint="create it with vm.create")
+            raise VMNotFound(f"no QEMU VM named {self.vm!r}", hint="create it with `b2dkit vm.create`")
         return data
 
     def _save(self, data: dict) -> None:
@@ -133,18 +120,14 @@ class QemuProvider(Provider):
         status = self._status()
         if status is None:
             return VMState.BUSY
-        return _STATES.get(status, VMState.BUSY)
+        return qemu.map_state(status)
 
     # -- lifecycle --------------------------------------------------------------------------
     def create(self, spec: MachineSpec) -> ApplyReport:
-        if spec.name != self.vm:
-            raise InputError(f"spec is for VM {spec.name!r}, not {self.vm!r}")
+        rules = spec.check(self.vm)  # every input error before anything is written
         iso = Path(spec.iso).expanduser().resolve()
-        if not iso.is_file():
-            raise InputError(f"boot ISO {spec.iso} does not exist")
-        for what, value in (("memory", spec.memory_mb), ("cpus", spec.cpus)):
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"invalid {what} {value!r}: expected a positive whole number")
+        old = self._load()
+        rules = fw.with_ssh(rules, [] if old is None else old["forwards"])
         wanted = {
             "format": FORMAT,
             "name": self.vm,
@@ -152,9 +135,8 @@ class QemuProvider(Provider):
             "cpus": spec.cpus,
             "disk_mb": spec.disk_mb,
             "iso": str(iso),
-            "forwards": _dedupe(spec.forwards),
+            "forwards": rules,
         }
-        old = self._load()
         report = ApplyReport(created=old is None)
         if old is not None:
             report.changes = _diff(old, wanted)
@@ -189,10 +171,10 @@ class QemuProvider(Provider):
             raise HypervisorError(f"VM {self.vm!r} is busy (QEMU's monitor does not answer); try again")
         iso, disk_file = Path(data["iso"]), self.dir / DISK
         if not iso.is_file():
-            raise InputError(f"boot ISO {iso} of VM {self.vm!r} is gone; run vm.create again")
+            raise InputError(f"boot ISO {iso} of VM {self.vm!r} is gone; run `b2dkit vm.create` again")
         if not disk_file.is_file():
             raise HypervisorError(
-                f"persistent disk {disk_file} is gone; run vm.create again to make a new one"
+                f"persistent disk {disk_file} is gone; run `b2dkit vm.create` again to make a new one"
             )
         for fwd in data["forwards"]:
             self._require_free(fwd)
@@ -286,18 +268,16 @@ class QemuProvider(Provider):
         return [_named(fwd, data["forwards"]) for fwd in live]
 
     def add_forward(self, fwd: Forward) -> None:
+        (fwd,) = fw.check_rules([fwd])
         data = self._require()
         running = self._pid() is not None
         current = self.forwards() if running else data["forwards"]
         if fwd in current:
             return
         same_name = [f for f in current if f.name == fwd.name]
-        clash = [f for f in current if _slot(f) == _slot(fwd) and f.name != fwd.name]
+        clash = fw.clash(fwd, current)
         if clash:
-            raise InputError(
-                f"host port {fwd.host_ip}:{fwd.host_port}/{fwd.proto} is already forwarded "
-                f"by rule {clash[0].name!r}; remove that rule first"
-            )
+            fw.refuse_clash(fwd, clash, self.vm)
         if running:
             with self._qmp() as mon:
                 for old in same_name:
@@ -332,9 +312,18 @@ class QemuProvider(Provider):
             self._save(data)
 
     def _require_free(self, fwd: Forward) -> None:
-        if host_port_free(fwd.host_port, fwd.host_ip, fwd.proto):
-            return
-        require_free(fwd, owner=_owner(fwd, exclude=self.vm))
+        fw.require_free(fwd, neighbours=self._neighbours)
+
+    def _neighbours(self):
+        """(label, rules) of every other b2dkit QEMU VM whose process runs."""
+        for machine in sorted((paths.data_dir() / "vms").glob(f"*/{MACHINE}")):
+            name = machine.parent.name
+            pidfile = machine.parent / PIDFILE
+            pid = qemu.read_pid(pidfile)
+            if name == self.vm or not (pid and qemu.process_alive(pid, str(pidfile))):
+                continue
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                yield f"QEMU VM {name!r}", [Forward(**f) for f in json.loads(machine.read_text())["forwards"]]
 
     # -- where things are -------------------------------------------------------------------
     def ssh_endpoint(self) -> Tuple[str, int]:
@@ -342,7 +331,7 @@ class QemuProvider(Provider):
         if ssh:
             return fw.connect_address(ssh)
         raise HypervisorError(
-            f"VM {self.vm!r} has no forward to guest port 22", hint="add one: vm.forward 2022:22"
+            f"VM {self.vm!r} has no forward to guest port 22", hint="add one: `b2dkit vm.forward 2022:22`"
         )
 
     def disk_path(self) -> Optional[Path]:
@@ -380,15 +369,6 @@ def _slot(fwd: Forward):
     return (fwd.proto, fwd.host_ip, fwd.host_port)
 
 
-def _dedupe(forwards) -> List[Forward]:
-    """Last rule wins per name, as add_forward would leave it."""
-    by_name = {}
-    for fwd in forwards:
-        by_name.pop(fwd.name, None)
-        by_name[fwd.name] = fwd
-    return list(by_name.values())
-
-
 def _named(live: Forward, persisted: List[Forward]) -> Forward:
     """QEMU does not keep rule names: give a live rule the name machine.json has for it."""
     for fwd in persisted:
@@ -401,39 +381,21 @@ def _named(live: Forward, persisted: List[Forward]) -> Forward:
 def _diff(old: dict, new: dict) -> List[str]:
     changes = []
     if old.get("memory_mb") != new["memory_mb"]:
-        changes.append(f"memory {old.get('memory_mb')} -> {new['memory_mb']} MB")
+        changes.append(f"memory {old.get('memory_mb')} → {new['memory_mb']} MB")
     if old.get("cpus") != new["cpus"]:
-        changes.append(f"cpus {old.get('cpus')} -> {new['cpus']}")
+        changes.append(f"cpus {old.get('cpus')} → {new['cpus']}")
     if old.get("iso") != new["iso"]:
-        changes.append(f"boot ISO {old.get('iso')} -> {new['iso']}")
+        changes.append(f"boot ISO {old.get('iso')} → {new['iso']}")
     before = {f.name: f for f in old["forwards"]}
     after = {f.name: f for f in new["forwards"]}
     for name in sorted(before.keys() - after.keys()):
-        changes.append(f"forward {name} removed")
+        changes.append(f"forward {name}: {fw.describe(before[name])} removed")
     for name in sorted(after.keys() - before.keys()):
-        changes.append(f"forward {name} added")
+        changes.append(f"forward {name}: {fw.describe(after[name])} added")
     for name in sorted(before.keys() & after.keys()):
         if before[name] != after[name]:
-            changes.append(f"forward {name} changed")
+            changes.append(f"forward {name}: {fw.describe(after[name])} (replaced)")
     return changes
-
-
-def _owner(fwd: Forward, exclude: str) -> Optional[str]:
-    """Another b2dkit QEMU VM whose running process has this forward, if any."""
-    root = paths.data_dir() / "vms"
-    for machine in sorted(root.glob(f"*/{MACHINE}")):
-        name = machine.parent.name
-        if name == exclude:
-            continue
-        pidfile = machine.parent / PIDFILE
-        pid = qemu.read_pid(pidfile)
-        if not (pid and qemu.process_alive(pid, str(pidfile))):
-            continue
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            rules = json.loads(machine.read_text())["forwards"]
-            if any(_slot(Forward(**f)) == _slot(fwd) for f in rules):
-                return f"b2dkit VM {name!r}"
-    return None
 
 
 def _accel_from_argv(pid: int) -> Optional[str]:

@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
-from ... import atomic, paths
+from ... import atomic, install, paths
 from ...errors import HypervisorError, InputError, PortInUse, ToolMissing
 from ...forwards import Forward
+from ..base import VMState
 
 QEMU = "qemu-system-x86_64"
 ACCELS = ("kvm", "tcg", "hvf")
@@ -37,13 +38,29 @@ KVM_DEVICE = "/dev/kvm"
 KVM_PVM_MARKERS = (Path("/sys/module/kvm_pvm"), Path("/proc/modules"))  # loaded module dir, module list
 
 
+# QEMU's run states (``query-status``) → b2dkit's.
+STATES = {
+    "running": VMState.RUNNING,
+    "paused": VMState.PAUSED,
+    "suspended": VMState.PAUSED,
+    # Halted by an error but the process still holds the disk: not safe to reconfigure,
+    # and stop() ends it; info() shows QEMU's own word for it.
+    "internal-error": VMState.PAUSED,
+    "io-error": VMState.PAUSED,
+    "guest-panicked": VMState.PAUSED,
+    "watchdog": VMState.PAUSED,
+}
+
+
+def map_state(status: str) -> VMState:
+    """QEMU's run state → b2dkit's; anything else (prelaunch, migrating...) is BUSY."""
+    return STATES.get(status, VMState.BUSY)
+
+
 def find_qemu() -> str:
     path = shutil.which(QEMU)
     if not path:
-        raise ToolMissing(
-            f"{QEMU} not found on PATH: install QEMU "
-            "(sudo apt-get install qemu-system-x86 / brew install qemu)"
-        )
+        raise ToolMissing(f"{QEMU} not found on PATH: {install.hint('qemu')}")
     return path
 
 

@@ -37,7 +37,6 @@ ISO_PORT = 0
 DISK_PORT = 1
 OSTYPE = "Linux26_64"
 NIC_TYPE = "82540EM"  # docker-machine's choice; virtio needs guest drivers older ISOs lack
-SSH_GUEST_PORT = fw.SSH_GUEST_PORT
 DISK_NAME = "disk.vmdk"
 
 # Settings b2dkit owns on every VM, as (showvminfo key, wanted value, modifyvm option).
@@ -98,7 +97,7 @@ class VirtualBoxProvider(Provider):
         if info is None:
             raise VMNotFound(
                 f"there is no VirtualBox VM named {self.vm!r}",
-                hint="create it with `invoke vm.create`",
+                hint="create it with `b2dkit vm.create`",
             )
         return info
 
@@ -145,7 +144,7 @@ class VirtualBoxProvider(Provider):
 
     # -- create / converge -----------------------------------------------------------------
     def create(self, spec: MachineSpec) -> ApplyReport:
-        wanted = self._check_spec(spec)  # every input error before the first VBoxManage call
+        wanted = spec.check(self.vm)  # every input error before the first VBoxManage call
         header = disk.header_tar(spec.public_key)
         total = disk.size_bytes(spec.disk_mb)
         iso = Path(spec.iso).resolve()
@@ -167,7 +166,7 @@ class VirtualBoxProvider(Provider):
             raise HypervisorError(
                 f"VM {self.vm!r} is {info.vbox_state}", hint="wait a moment and run the command again"
             )
-        rules = _with_ssh(wanted, info)
+        rules = fw.with_ssh(wanted, [] if info is None else info.nat_forwards())
         settings, setting_changes = self._settings_plan(info, spec)
         rule_args, rule_changes = self._rules_plan(info, rules)
         storage = self._storage_plan(info, iso)
@@ -177,7 +176,7 @@ class VirtualBoxProvider(Provider):
             raise HypervisorError(
                 f"VM {self.vm!r} is {info.vbox_state}; these changes need it powered off: "
                 f"{'; '.join(offline)}",
-                hint="run `invoke vm.stop`, then run the command again",
+                hint="run `b2dkit vm.stop`, then run the command again",
             )
         if info is not None and info.state is not VMState.STOPPED and rule_args:
             if info.state is VMState.SAVED:
@@ -192,20 +191,6 @@ class VirtualBoxProvider(Provider):
             action(header, total)
             report.changes.append(text)
         return report
-
-    def _check_spec(self, spec: MachineSpec) -> List[Forward]:
-        if spec.name != self.vm:
-            raise InputError(f"machine spec is for {spec.name!r}, not {self.vm!r}")
-        if not isinstance(spec.memory_mb, int) or not 256 <= spec.memory_mb <= 1 << 20:
-            raise InputError(f"invalid memory {spec.memory_mb!r} MB: boot2docker needs at least 256")
-        if not isinstance(spec.cpus, int) or not 1 <= spec.cpus <= 32:
-            raise InputError(f"invalid CPU count {spec.cpus!r}: use 1 to 32")
-        iso = Path(spec.iso)
-        if not iso.is_file():
-            raise InputError(f"boot ISO {iso} does not exist", hint="check the profile's ISO or --iso")
-        if not str(spec.public_key).strip():
-            raise InputError("no SSH public key for the persistent disk")
-        return check_forwards(spec.forwards)
 
     def _settings_plan(self, info: Optional[VMInfo], spec: MachineSpec):
         args, changes = [], []
@@ -235,18 +220,14 @@ class VirtualBoxProvider(Provider):
             have = current.get(fwd.name)
             if have == fwd:
                 continue
-            clash = _clash(fwd, [f for f in current.values() if f.name != fwd.name])
+            clash = fw.clash(fwd, current.values())
             if clash:
-                raise PortInUse(
-                    f"host port {fwd.host_ip}:{fwd.host_port}/{fwd.proto} is already forwarded by rule "
-                    f"{clash.name!r} of VM {self.vm!r}",
-                    hint=f"remove it with `invoke vm.unforward {clash.name}` or pick another host port",
-                )
+                fw.refuse_clash(fwd, clash, self.vm)
             if have is not None:
                 args += ["--natpf1", "delete", fwd.name]
             args += ["--natpf1", natpf_rule(fwd)]
             if info is not None:
-                changes.append(f"forward {describe(fwd)}" + (" (replaced)" if have else " added"))
+                changes.append(f"forward {fwd.name}: {fw.describe(fwd)}" + (" (replaced)" if have else " added"))
         return args, changes
 
     def _apply_rules_live(self, info: VMInfo, rules: List[Forward]):
@@ -255,7 +236,7 @@ class VirtualBoxProvider(Provider):
             have = current.get(fwd.name)
             if have == fwd:
                 continue
-            if have is None or _clash(fwd, [have]) is None:
+            if have is None or not fw.same_socket(fwd, have):
                 self._require_free(fwd)
             self._add_live(info, fwd, replace=have is not None)
 
@@ -285,7 +266,7 @@ class VirtualBoxProvider(Provider):
                 )
             )
         current_iso = None if info is None else info.medium(CONTROLLER, ISO_PORT)
-        if current_iso is None or not _same_file(current_iso, iso):
+        if current_iso is None or not paths.same_file(current_iso, iso):
             plan.append(
                 (
                     f"boot ISO {current_iso} → {iso}" if current_iso else f"boot ISO {iso} attached",
@@ -295,7 +276,7 @@ class VirtualBoxProvider(Provider):
                 )
             )
         current_disk = None if info is None else info.medium(CONTROLLER, DISK_PORT)
-        if current_disk is not None and not _same_file(current_disk, self.disk_file):
+        if current_disk is not None and not paths.same_file(current_disk, self.disk_file):
             raise HypervisorError(
                 f"SATA port {DISK_PORT} of VM {self.vm!r} holds {current_disk}, "
                 f"not b2dkit's disk {self.disk_file}",
@@ -375,7 +356,7 @@ class VirtualBoxProvider(Provider):
             for (ctl, port, dev), medium in sorted(info.storage.items()):
                 if medium in ("none", "emptydrive") or (ctl, port, dev) == iso_slot:
                     continue
-                if purge and _same_file(medium, self.disk_file):
+                if purge and paths.same_file(medium, self.disk_file):
                     continue
                 self.vbox.run(storageattach_argv(self.vm, ctl, port, None, "none", device=dev))
             self.vbox.run(["unregistervm", self.vm, "--delete"])
@@ -386,7 +367,7 @@ class VirtualBoxProvider(Provider):
 
     # -- forwards --------------------------------------------------------------------------
     def add_forward(self, fwd: Forward) -> None:
-        (fwd,) = check_forwards([fwd])
+        (fwd,) = fw.check_rules([fwd])
         info = self._require()
         if info.state is VMState.BUSY:
             raise HypervisorError(f"VM {self.vm!r} is {info.vbox_state}", hint="wait a moment and try again")
@@ -394,15 +375,11 @@ class VirtualBoxProvider(Provider):
         have = current.get(fwd.name)
         if have == fwd:
             return  # deterministic names: re-adding the same rule is a no-op
-        clash = _clash(fwd, [f for f in current.values() if f.name != fwd.name])
+        clash = fw.clash(fwd, current.values())
         if clash:
-            raise PortInUse(
-                f"host port {fwd.host_ip}:{fwd.host_port}/{fwd.proto} is already forwarded by rule "
-                f"{clash.name!r} of VM {self.vm!r}",
-                hint=f"remove it first with `invoke vm.unforward {clash.name}`",
-            )
+            fw.refuse_clash(fwd, clash, self.vm)
         live = info.state in (VMState.RUNNING, VMState.PAUSED)
-        held_by_us = live and have is not None and _clash(fwd, [have]) is not None
+        held_by_us = live and have is not None and fw.same_socket(fwd, have)
         if not held_by_us:
             self._require_free(fwd)
         if live:
@@ -429,13 +406,11 @@ class VirtualBoxProvider(Provider):
 
     # -- port checks -----------------------------------------------------------------------
     def _require_free(self, fwd: Forward):
-        """PortInUse naming the owner when the host cannot bind ``fwd`` now."""
-        if fw.host_port_free(fwd.host_port, fwd.host_ip or "0.0.0.0", fwd.proto):
-            return
-        fw.require_free(fwd, owner=self._owner(fwd) or "another program")
+        """The shared port policy; the neighbours are asked only once a bind has failed (it costs calls)."""
+        fw.require_free(fwd, neighbours=self._neighbours)
 
-    def _owner(self, fwd: Forward) -> Optional[str]:
-        """Which running VM forwards this port (only asked once a bind has failed: it costs calls)."""
+    def _neighbours(self):
+        """(label, rules) of every other running VirtualBox VM, b2dkit's or not."""
         for name, _uuid in self.vbox.list_vms(running=True):
             if name == self.vm:
                 continue
@@ -444,10 +419,7 @@ class VirtualBoxProvider(Provider):
             except VMNotRegistered:
                 continue
             for rules in other.forwards.values():
-                clash = _clash(fwd, rules)
-                if clash:
-                    return f"VirtualBox VM {name!r} (NAT rule {clash.name!r})"
-        return None
+                yield f"VirtualBox VM {name!r}", rules
 
     def _log_of(self, info: VMInfo) -> Path:
         if info.log_folder:
@@ -472,46 +444,11 @@ class VirtualBoxProvider(Provider):
             what = "started, but" if started else "is running, but"
             raise PortInUse(
                 f"VM {self.vm!r} {what} VirtualBox could not forward host port {', '.join(failed)}",
-                hint=f"another program took it; free it, then `invoke vm.stop` + `invoke vm.start` ({log})",
+                hint=f"another program took it; free it, then `b2dkit vm.stop` + `b2dkit vm.start` ({log})",
             )
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def check_forwards(rules) -> List[Forward]:
-    """Validate forwards before any VBoxManage call: ports, protocol, IP, name, duplicates."""
-    out: List[Forward] = []
-    for fwd in rules:
-        if not isinstance(fwd, Forward):
-            raise InputError(f"invalid forward {fwd!r}")
-        fw.parse_port(fwd.host_port, "host port")
-        fw.parse_port(fwd.guest_port, "guest port")
-        if fwd.proto not in fw.PROTOCOLS:
-            raise InputError(f"invalid forward {fwd.name!r}: unknown protocol {fwd.proto!r} (use tcp or udp)")
-        if fwd.host_ip:
-            fw.check_host_ip(fwd.host_ip)
-        natpf_rule(fwd)  # rejects names VirtualBox cannot round-trip
-        for seen in out:
-            if seen.name == fwd.name or _clash(fwd, [seen]):
-                raise InputError(
-                    f"forwards {seen.name!r} and {fwd.name!r} both use host port {fwd.host_port}/{fwd.proto}"
-                )
-        out.append(fwd)
-    return out
-
-
-def _with_ssh(rules: List[Forward], info: Optional[VMInfo]) -> List[Forward]:
-    """Make sure some rule reaches the guest's sshd; keep an existing one so its port stays put."""
-    if any(f.guest_port == SSH_GUEST_PORT for f in rules):
-        return rules
-    if info is not None:
-        for fwd in info.nat_forwards():
-            if fwd.guest_port == SSH_GUEST_PORT:
-                return rules + [fwd]
-    taken = {f.host_port for f in rules}
-    port = fw.pick_free_port(taken=taken)
-    return rules + [Forward(host_port=port, guest_port=SSH_GUEST_PORT)]
 
 
 def _ssh_endpoint(info: VMInfo, vm: str) -> Tuple[str, int]:
@@ -519,36 +456,8 @@ def _ssh_endpoint(info: VMInfo, vm: str) -> Tuple[str, int]:
     if ssh:
         return fw.connect_address(ssh)
     raise HypervisorError(
-        f"VM {vm!r} has no NAT rule to the guest's SSH port 22", hint="run `invoke vm.create` again to add it"
+        f"VM {vm!r} has no NAT rule to the guest's SSH port 22", hint="run `b2dkit vm.create` again to add it"
     )
-
-
-def _overlap(a: str, b: str) -> bool:
-    wildcard = ("", "0.0.0.0")
-    return a == b or a in wildcard or b in wildcard
-
-
-def _clash(fwd: Forward, rules) -> Optional[Forward]:
-    """The rule that would bind the same host socket (Vagrant PR #4616: IP matters)."""
-    for other in rules:
-        if (
-            other.proto == fwd.proto
-            and other.host_port == fwd.host_port
-            and _overlap(other.host_ip, fwd.host_ip)
-        ):
-            return other
-    return None
-
-
-def describe(fwd: Forward) -> str:
-    return f"{fwd.name}: {fwd.host_ip or '*'}:{fwd.host_port} → {fwd.guest_port}/{fwd.proto}"
-
-
-def _same_file(a, b) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(str(a)) == os.path.abspath(str(b))
 
 
 def _str(path) -> Optional[str]:

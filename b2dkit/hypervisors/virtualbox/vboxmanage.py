@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ... import install
 from ...errors import HypervisorError, InputError, ToolMissing, VMNotFound
 from ...forwards import Forward
 from ..base import VMState
@@ -27,8 +28,7 @@ from ..base import VMState
 # --------------------------------------------------------------------------------------------
 
 _INSTALL_HINT = (
-    "install VirtualBox (macOS: brew install --cask virtualbox; Debian/Ubuntu: apt-get install virtualbox; "
-    "others: https://www.virtualbox.org/wiki/Downloads) or put VBoxManage on PATH"
+    install.hint("virtualbox") + " (others: https://www.virtualbox.org/wiki/Downloads), or put VBoxManage on PATH"
 )
 
 
@@ -134,7 +134,7 @@ CATALOGUE: Tuple[KnownError, ...] = (
     KnownError(
         re.compile(r"Could not find a registered machine named '(?P<vm>[^']*)'"),
         VMNotRegistered,
-        "check the name with `VBoxManage list vms`, or create it with `invoke vm.create`",
+        "check the name with `VBoxManage list vms`, or create it with `b2dkit vm.create`",
     ),
     KnownError(
         re.compile(
@@ -148,12 +148,12 @@ CATALOGUE: Tuple[KnownError, ...] = (
     KnownError(
         re.compile(r"A NAT rule (?:of this name|for this host port and this host IP) already exists"),
         RuleExists,
-        "remove the existing rule first (`invoke vm.unforward`)",
+        "remove the existing rule first (`b2dkit vm.unforward`)",
     ),
     KnownError(
         re.compile(r"RemoveRedirect", re.S),
         RuleNotFound,
-        "list the rules with `invoke vm.forwards`",
+        "list the rules with `b2dkit vm.forwards`",
     ),
     KnownError(
         re.compile(r"Failed to create the host-only adapter"),
@@ -176,7 +176,7 @@ CATALOGUE: Tuple[KnownError, ...] = (
     KnownError(
         re.compile(r"Machine settings file .*already exists"),
         SettingsFileExists,
-        "a folder from an earlier VM is in the way: re-run `invoke vm.create` (it re-registers it) "
+        "a folder from an earlier VM is in the way: re-run `b2dkit vm.create` (it re-registers it) "
         "or delete that folder",
     ),
 )
