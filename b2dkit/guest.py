@@ -27,6 +27,7 @@ from typing import List, Optional, Sequence, Union
 import paramiko
 
 from . import atomic, install
+from .boot2docker import DEFAULT_USER, PERSISTENT_ROOT
 from .errors import GuestError, InputError, ToolMissing
 
 # paramiko logs every failed banner read with a traceback from its transport thread; while we
@@ -34,8 +35,6 @@ from .errors import GuestError, InputError, ToolMissing
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
 
-DEFAULT_USER = "docker"
-PERSISTENT_ROOT = "/mnt/sda1"  # boot2docker's data disk; everything else in the guest is RAM
 # Setting the clock lands within a few tenths of a second; closer than this is left alone, so a
 # re-run on a healthy VM changes nothing.
 CLOCK_TOLERANCE = 1.0
@@ -352,20 +351,6 @@ def wait_for_session(
         time.sleep(min(poll, left))
 
 
-def wait_for_ssh(
-    host: str,
-    port: int,
-    key_path,
-    known_hosts_path,
-    timeout: float = 180.0,
-    log_path=None,
-    poll: float = 0.5,
-    user: str = DEFAULT_USER,
-) -> None:
-    """Block until the guest accepts our key over SSH (``wait_for_session``, then close it)."""
-    wait_for_session(host, port, key_path, known_hosts_path, timeout, log_path, poll, user).close()
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, (paramiko.ssh_exception.NoValidConnectionsError, ConnectionRefusedError)):
         return "connection refused"
@@ -499,25 +484,29 @@ def ssh_argv(
     user: str = DEFAULT_USER,
 ) -> List[str]:
     """The OpenSSH client command line for ``vm.ssh``: our key and pins only, no user config."""
-    argv = [
-        "ssh",
-        "-F", "/dev/null",  # the user's ~/.ssh/config must not redirect or re-key this VM
-        "-i", str(key_path),
-        "-p", str(int(port)),
-        "-o", "UserKnownHostsFile=" + _ssh_quote(known_hosts_path),
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", "IdentitiesOnly=yes",
-        "-o", "BatchMode=yes",
-        "-o", "LogLevel=ERROR",
-        f"{user}@{host}",
-    ]  # fmt: skip
+    argv = ["ssh", "-F", "/dev/null", "-i", str(key_path), "-p", str(int(port))]
+    for option in ssh_options(known_hosts_path) + ["LogLevel=ERROR"]:
+        argv += ["-o", option]
+    argv.append(f"{user}@{host}")
     if command is not None:
         argv.append(command if isinstance(command, str) else shlex.join(str(a) for a in command))
     return argv
 
 
-def _ssh_quote(path) -> str:
+def ssh_options(known_hosts_path, quote=None) -> List[str]:
+    """The OpenSSH options of every client b2dkit starts (``vm.ssh`` and sshfs's ssh): the VM's
+    pinned host key only, no agent keys, never a password prompt. (``-F /dev/null`` goes with
+    them: the user's ~/.ssh/config must not redirect or re-key this VM.)"""
+    return [
+        "UserKnownHostsFile=" + (quote or ssh_quote)(known_hosts_path),
+        "GlobalKnownHostsFile=/dev/null",
+        "StrictHostKeyChecking=yes",
+        "IdentitiesOnly=yes",
+        "BatchMode=yes",
+    ]
+
+
+def ssh_quote(path) -> str:
     """ssh splits option values on spaces (macOS's "Application Support"); quote them."""
     text = str(path)
     if '"' in text:

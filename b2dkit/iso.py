@@ -545,9 +545,3 @@ def _display_path(iso, record) -> str:
     except PyCdlibException:
         return iso.full_path_from_dirrecord(record)
 
-
-def cfg_bytes(path) -> bytes:
-    """The isolinux config of an ISO (for tests and ``iso.show``)."""
-    path = _check_source(path)
-    with _opened(path) as iso:
-        return _find_cfg(iso, path).data

@@ -60,7 +60,7 @@ def machine_from_profile(profile) -> Machine:
         name=profile.name,
         provider=profile.provider,
         profile=str(profile.source),
-        mounts=[{"guest": m.guest, "host": str(m.host)} for m in profile.mounts],
+        mounts=list(profile.mounts),
         persistent_dirs=list(profile.persistent_dirs),
         boot_codes=list(profile.boot_code_args()),
     )
@@ -390,21 +390,21 @@ def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False, endpoi
     host, port = endpoint or provider_for(machine).ssh_endpoint()
     live = {str(m.local_dir): m for m in sshfs.list_mounts()}
     for m in machine.mounts:
-        local = Path(m["host"]).expanduser()
+        local = m.host.expanduser()
         current = live.get(str(local))
         try:
             if current and current.alive and not remount:
-                out.kept.append(f"{m['guest']} already mounted on {local}")
+                out.kept.append(f"{m.guest} already mounted on {local}")
                 continue
             if current and (remount or not current.alive):
                 sshfs.remount(host, port, key_path(machine.name), known_hosts_path(machine.name),
-                              m["guest"], local)
-                out.done.append(f"remounted {m['guest']} on {local}")
+                              m.guest, local)
+                out.done.append(f"remounted {m.guest} on {local}")
                 continue
-            sshfs.mount(host, port, key_path(machine.name), known_hosts_path(machine.name), m["guest"], local)
-            out.done.append(f"mounted {m['guest']} on {local}")
+            sshfs.mount(host, port, key_path(machine.name), known_hosts_path(machine.name), m.guest, local)
+            out.done.append(f"mounted {m.guest} on {local}")
         except B2dkitError as exc:
-            out.warnings.append(f"{m['guest']} not mounted on {local}: {exc}")
+            out.warnings.append(f"{m.guest} not mounted on {local}: {exc}")
     for line in out.done:
         log(line)
     return out
@@ -414,7 +414,7 @@ def unmount_all(machine: Machine, log: Log = _quiet) -> Outcome:
     from . import sshfs
 
     out = Outcome()
-    wanted = {str(Path(m["host"]).expanduser()) for m in machine.mounts}
+    wanted = {str(m.host.expanduser()) for m in machine.mounts}
     try:
         live = sshfs.list_mounts()
     except B2dkitError:

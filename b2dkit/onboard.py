@@ -94,10 +94,10 @@ def _iso(run: _Run):
     if getattr(prof.iso, "build", None):
         _build_guest(run)
         return
-    from . import download
+    from . import download, isocache
 
     sha256 = prof.iso.require_sha256()
-    cached = download.cache_path(sha256)
+    cached = isocache.source_path(sha256)
     if cached.is_file():
         run.source = cached
         run.had(f"ISO {cached.name} is in the cache (sha256 verified when stored)")

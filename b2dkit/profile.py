@@ -29,6 +29,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import yaml
 
 from . import bootcfg, forwards, paths
+from .boot2docker import PERSISTENT_ROOT
+from .digests import is_sha256
 from .errors import InputError, ProfileError
 from .forwards import Forward, ssh_forward
 from .hypervisors import PROVIDERS, default_provider_name
@@ -40,14 +42,12 @@ SUFFIXES = (".yaml", ".yml")
 PROVIDER_CHOICES = PROVIDERS + ("auto",)
 
 # boot2docker runs from RAM; only the disk mounted at /mnt/sda1 survives a reboot.
-PERSISTENT_ROOT = "/mnt/sda1"
 DISK_MB = (1024, 2_000_000)
 URL_SCHEMES = ("https://", "http://", "file://")
 # Marks a sha256 nobody has verified yet: the profile loads (a local ``iso.path`` works),
 # but downloading by URL refuses until a real digest is pinned.
 SHA256_PLACEHOLDER = "UNVERIFIED"
 
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 # Guest dirs end up in the guest's shell commands (mkdir, sshfs): keep them boring.
 _GUEST_PATH = re.compile(r"^/[A-Za-z0-9._@+/-]*$")
 
@@ -489,7 +489,7 @@ def _check_iso(check, where, value):
     if "sha256" in data:
         at = _join(where, "sha256")
         sha256 = check.text(at, data["sha256"])
-        if sha256 != SHA256_PLACEHOLDER and not _SHA256.match(sha256):
+        if sha256 != SHA256_PLACEHOLDER and not is_sha256(sha256):
             raise check.error(at, f"{sha256!r} is not a sha256 digest: expected 64 hex characters")
         if sha256 != SHA256_PLACEHOLDER:
             sha256 = sha256.lower()

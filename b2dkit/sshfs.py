@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from . import guest, install
+from .boot2docker import DEFAULT_USER
 from .errors import GuestError, MountError, ToolMissing
 
-DEFAULT_USER = "docker"
 PROBE_TIMEOUT = 2.0
 MOUNT_TIMEOUT = 30.0
 
@@ -72,12 +72,7 @@ def _unmount_argv(local_dir: Path, lazy: bool) -> List[str]:
 
 def _opt(value) -> str:
     """One value inside sshfs ``-o``: FUSE splits on commas, ssh on spaces (macOS paths have them)."""
-    text = str(value)
-    if '"' in text:
-        raise MountError(f"path {text!r} contains a double quote, which ssh options cannot carry")
-    if any(c.isspace() for c in text):
-        text = f'"{text}"'
-    return text.replace("\\", "\\\\").replace(",", "\\,")
+    return guest.ssh_quote(value).replace("\\", "\\\\").replace(",", "\\,")
 
 
 def source_of(host: str, remote_dir: str, user: str = DEFAULT_USER) -> str:
@@ -87,11 +82,7 @@ def source_of(host: str, remote_dir: str, user: str = DEFAULT_USER) -> str:
 def sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DEFAULT_USER) -> List[str]:
     options = [
         f"IdentityFile={_opt(key_path)}",
-        f"UserKnownHostsFile={_opt(known_hosts_path)}",
-        "GlobalKnownHostsFile=/dev/null",
-        "StrictHostKeyChecking=yes",
-        "IdentitiesOnly=yes",
-        "BatchMode=yes",  # never ask for a password
+        *guest.ssh_options(known_hosts_path, quote=_opt),
         "ConnectTimeout=10",
         "reconnect",
         "ServerAliveInterval=15",

@@ -97,10 +97,10 @@ def mounts(machine: Machine) -> List[dict]:
         live = {}
     rows = []
     for m in machine.mounts:
-        local = str(Path(m["host"]).expanduser())
+        local = str(m.host.expanduser())
         cur = live.get(local)
         status = "not mounted" if cur is None else cur.state
-        rows.append({"guest": m["guest"], "host": local, "status": status})
+        rows.append({"guest": m.guest, "host": local, "status": status})
     return rows
 
 

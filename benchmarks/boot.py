@@ -214,8 +214,7 @@ class Probe:
         self._patch(qemu, "launch", mark_after("daemonized"))
         self._patch(qemu_provider.QemuProvider, "start", mark_after("QMP ready"))
         self._patch(guest, "_open", open_try)
-        ready = "wait_for_session" if hasattr(guest, "wait_for_session") else "wait_for_ssh"
-        self._patch(guest, ready, mark_after("SSH ready (auth ok)"))
+        self._patch(guest, "wait_for_session", mark_after("SSH ready (auth ok)"))
         self._patch(guest, "connect", mark_after("set-up session open"))
         self._patch(guest, "setup", mark_after("set-up done"))
         self._patch(guest, "clock_drift", record_drift)

@@ -210,7 +210,7 @@ def test_failing_download_stops_at_step_2_with_one_line(fast, b2dkit_home, capfd
     assert lines[0].endswith("fix it and re-run: finished steps are kept)")
     assert "[3/7]" not in out  # stopped there
     assert fast["fake"].state()["machines"] == {}
-    assert download.list_cache() == [] and part_files(b2dkit_home) == []
+    assert isocache.sources() == [] and part_files(b2dkit_home) == []
 
 
 def test_failing_create_stops_at_step_4_and_the_next_run_continues(fast, b2dkit_home, capfd, monkeypatch,
@@ -224,7 +224,7 @@ def test_failing_create_stops_at_step_4_and_the_next_run_continues(fast, b2dkit_
     assert "VT-x is not available" in lines[0] and "re-run" in lines[0]
     assert "[5/7]" not in out and stop_before_boot == []
     # Steps 2 and 3 are done and kept.
-    cached = download.cache_path(fast["sha256"])
+    cached = isocache.source_path(fast["sha256"])
     assert sha256(cached) == fast["sha256"]
     assert len(fast["mirror"].requests) == 1
     # The next run picks up at step 4: nothing fetched or remastered again, the VM made once.
@@ -268,15 +268,15 @@ def test_ctrl_c_during_the_download_keeps_the_partial_file_and_the_next_run_resu
     code, _, err = onboard_task(capfd, fast["profile"], "--yes")
     assert code == 130
     assert "interrupted during step 2 (iso)" in err
-    part = download.cache_path(fast["sha256"]).with_name(fast["sha256"] + ".iso.part")
+    part = isocache.source_path(fast["sha256"]).with_name(fast["sha256"] + ".iso.part")
     kept = part.stat().st_size
     assert 0 < kept < len(fast["mirror"].payload)
-    assert download.list_cache() == []
+    assert isocache.sources() == []
     monkeypatch.setattr(download, "_body", real_body)
     code, out, _ = onboard_task(capfd, fast["profile"], "--yes")
     assert code == 130 and stop_before_boot == [FAST_VM]  # got to the boot this time
     assert fast["mirror"].requests[-1] == ("/b2d.iso", f"bytes={kept}-")
-    assert sha256(download.cache_path(fast["sha256"])) == fast["sha256"]
+    assert sha256(isocache.source_path(fast["sha256"])) == fast["sha256"]
     assert part_files(b2dkit_home) == []
 
 
@@ -468,7 +468,7 @@ class TestFreshRunThenReRuns:
         code, out, err = onboard_task(capfd, *world.args)
         assert code == 0, out + err
         assert world.mirror.requests == [("/b2d.iso", None)]
-        assert sha256(download.cache_path(world.sha256)) == world.sha256
+        assert sha256(isocache.source_path(world.sha256)) == world.sha256
         # The summary.
         assert f"Your dev VM {world.name} is ready (qemu)." in out
         changed = int(re.search(r"changed this run: (\d+)", out).group(1))
@@ -540,7 +540,7 @@ class TestKilledRuns:
         monkeypatch.setenv("B2DKIT_HOME", str(world.b2dkit_home))
 
     def part(self, world) -> Path:
-        return download.cache_path(world.sha256).with_name(world.sha256 + ".iso.part")
+        return isocache.source_path(world.sha256).with_name(world.sha256 + ".iso.part")
 
     def remastered(self, world):
         return sorted(isocache.remastered_dir().glob("*.iso")) if isocache.remastered_dir().exists() else []
@@ -551,7 +551,7 @@ class TestKilledRuns:
         part = self.part(world)
         world.kill_when(proc, lambda: part.exists() and part.stat().st_size > 0, "the .part file")
         world.mirror.release.set()
-        assert not download.cache_path(world.sha256).exists()
+        assert not isocache.source_path(world.sha256).exists()
         assert 0 < part.stat().st_size <= world.mirror.hold_at
         assert self.remastered(world) == [] and world.vm_list() == [] and qemu_pids(world.root) == []
 
@@ -567,7 +567,7 @@ class TestKilledRuns:
         assert re.fullmatch(r"\.[0-9a-f]{32}\.iso\..+\.part", temp.name) and temp.exists()
         # This run resumed the download where the killed one stopped, and verified it.
         assert world.mirror.requests == [("/b2d.iso", f"bytes={kept}-")]
-        assert sha256(download.cache_path(world.sha256)) == world.sha256
+        assert sha256(isocache.source_path(world.sha256)) == world.sha256
         assert not self.part(world).exists()
         assert self.remastered(world) == [] and world.vm_list() == []
 
@@ -588,10 +588,10 @@ class TestKilledRuns:
         assert world.mirror.requests == []
         assert [(vm["name"], vm["state"]) for vm in world.vm_list()] == [(world.name, "running")]
         assert len(qemu_pids(world.root)) == 1
-        assert sha256(download.cache_path(world.sha256)) == world.sha256
-        assert [p.name for p in download.list_cache()] == [f"{world.sha256}.iso"]
+        assert sha256(isocache.source_path(world.sha256)) == world.sha256
+        assert [p.name for p in isocache.sources()] == [f"{world.sha256}.iso"]
         (boot,) = self.remastered(world)
-        assert boot == isocache.lookup(download.cache_path(world.sha256), ["tz=CST-8"])
+        assert boot == isocache.lookup(isocache.source_path(world.sha256), ["tz=CST-8"])
         assert part_files(world.b2dkit_home) == []  # no leftovers of the killed runs
         assert world.ssh("test -d /mnt/sda1/dev && grep -o 'tz=CST-8' /proc/cmdline").stdout == "tz=CST-8\n"
         assert os.path.ismount(world.mount)
