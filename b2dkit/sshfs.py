@@ -58,6 +58,22 @@ def require_sshfs() -> str:
     return path
 
 
+def _run(argv: List[str], timeout: Optional[float] = None) -> Tuple[int, str, str]:
+    """Every sshfs, fusermount and mount run: (exit status, stdout, stderr).
+
+    Output goes to temp files, not pipes: sshfs's ssh child keeps a pipe open for the
+    mount's whole life, and we would wait for its EOF forever.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=timeout)
+        except FileNotFoundError:
+            raise ToolMissing(f"{argv[0]} is not installed; {install.hint('sshfs')}") from None
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
+
+
 def _unmount_argv(local_dir: Path, lazy: bool) -> List[str]:
     if sys.platform == "darwin":
         return ["umount", "-f", str(local_dir)] if lazy else ["umount", str(local_dir)]
@@ -127,8 +143,7 @@ def parse_macos_mount(text: str) -> List[Tuple[str, Path]]:
 
 def _raw_mounts() -> List[Tuple[str, Path]]:
     if sys.platform == "darwin":
-        out = subprocess.run(["mount"], capture_output=True, text=True, check=False).stdout
-        return parse_macos_mount(out)
+        return parse_macos_mount(_run(["mount"])[1])
     try:
         return parse_proc_mounts(Path("/proc/self/mounts").read_text())
     except OSError:
@@ -207,18 +222,13 @@ def mount(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DE
     if not guest.pinned_keys(known_hosts_path, host, port):
         _diagnose(host, port, key_path, known_hosts_path, user, source, local)  # pins on first contact
     argv = sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, local, user)
-    # stderr to a file, not a pipe: sshfs's ssh child keeps a pipe open for the mount's life
-    with tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                  timeout=MOUNT_TIMEOUT)  # fmt: skip
-        except subprocess.TimeoutExpired:
-            _lazy_unmount_quietly(local)
-            raise MountError(f"sshfs did not mount {source} on {local} within {MOUNT_TIMEOUT:g} s; "
-                             "check the VM with `b2dkit vm.status`") from None  # fmt: skip
-        err.seek(0)
-        stderr = err.read().decode("utf-8", "replace")
-    if proc.returncode != 0:
+    try:
+        returncode, _, stderr = _run(argv, timeout=MOUNT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        _lazy_unmount_quietly(local)
+        raise MountError(f"sshfs did not mount {source} on {local} within {MOUNT_TIMEOUT:g} s; "
+                         "check the VM with `b2dkit vm.status`") from None  # fmt: skip
+    if returncode != 0:
         lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
         if any("No such file or directory" in ln for ln in lines):
             raise MountError(
@@ -244,9 +254,9 @@ def unmount(local_dir, lazy: bool = False) -> bool:
     local = Path(local_dir).expanduser()
     if find_mount(local, check=False) is None:
         return False
-    proc = subprocess.run(_unmount_argv(local, lazy), capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        detail = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+    returncode, _, stderr = _run(_unmount_argv(local, lazy))
+    if returncode != 0:
+        detail = (stderr.strip().splitlines() or ["unknown error"])[-1]
         if "busy" in detail.lower():
             raise MountError(f"{local} is busy (a shell or editor has it open); close it and retry")
         raise MountError(f"cannot unmount {local}: {detail}")
@@ -255,7 +265,7 @@ def unmount(local_dir, lazy: bool = False) -> bool:
 
 def _lazy_unmount_quietly(local: Path):
     try:
-        subprocess.run(_unmount_argv(local, lazy=True), capture_output=True, check=False)
+        _run(_unmount_argv(local, lazy=True))
     except ToolMissing:
         pass
 
@@ -274,7 +284,7 @@ def remount(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=
         return "alive"
     if existing is not None:
         # lazy: a stale FUSE mount cannot answer a normal unmount's checks
-        subprocess.run(_unmount_argv(local, lazy=True), capture_output=True, check=False)
+        _run(_unmount_argv(local, lazy=True))
         if find_mount(local, check=False) is not None:
             raise MountError(f"cannot detach the stale mount at {local}; try `fusermount -uz {local}`")
         mount(host, port, key_path, known_hosts_path, remote_dir, local, user)
