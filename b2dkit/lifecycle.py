@@ -11,7 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from . import forwards as fw
 from . import atomic, machines, paths, sshkeys
@@ -99,34 +99,68 @@ def build_guest(log: Log = _quiet) -> Path:
         raise ToolMissing(f"building the guest ISO failed: {exc}") from None
 
 
-def source_iso(profile, iso_path=None, log: Log = _quiet) -> Path:
-    """The unmodified boot2docker.iso: ``--iso``, the profile's local path, a build, or a verified download."""
+def source_iso_change(profile, iso_path=None) -> Tuple[Optional[Path], str]:
+    """Decide the ISO step: (the source ISO if it is here, and what it is) or (None, what getting it takes).
+
+    Reads only: a local path, the guest build's cache or the download cache.
+    """
     local = iso_path or profile.iso.path
     if local:
         path = Path(local).expanduser()
         if not path.is_file():
             raise InputError(f"ISO {path} does not exist", hint="pass --iso PATH to a boot2docker.iso")
-        return path
+        return path, f"using local ISO {path}"
+    if profile.iso.build == "guest":
+        built = guest_builder().cached()
+        if built:
+            return built, f"guest ISO is built ({built})"
+        return None, "build the boot2docker-compatible guest ISO from Debian packages"
+    from . import isocache
+
+    sha256 = profile.iso.require_sha256()
+    cached = isocache.source_path(sha256)
+    if cached.is_file():
+        return cached, f"ISO {cached.name} is in the cache (sha256 verified when stored)"
+    return None, f"download {profile.iso.urls[0]} and verify sha256 {sha256[:12]}…"
+
+
+def source_iso(profile, iso_path=None, log: Log = _quiet) -> Path:
+    """The unmodified boot2docker.iso: ``--iso``, the profile's local path, a build, or a verified download."""
+    found, change = source_iso_change(profile, iso_path)
+    if found:
+        return found
     if profile.iso.build == "guest":
         return build_guest(log)
     from . import download
 
-    sha256 = profile.iso.require_sha256()
-    log(f"ISO: fetching {profile.iso.urls[0]} (sha256 {sha256[:12]}…)")
-    return download.fetch(list(profile.iso.urls), sha256)
+    log(f"ISO: {change}")
+    return download.fetch(list(profile.iso.urls), profile.iso.require_sha256())
+
+
+def boot_iso_change(profile, source: Optional[Path]) -> Tuple[Optional[Path], str]:
+    """Decide the remaster step: (the boot ISO if it exists, and what it is) or (None, what making it takes)."""
+    codes = " ".join(profile.boot_code_args())
+    if not codes:
+        return source, "no boot codes to add; the VM boots the ISO as it is"
+    if source is not None:
+        from . import isocache
+
+        hit = isocache.lookup(source, profile.boot_code_args())
+        if hit:
+            return hit, f"remastered ISO with {codes} is cached"
+    return None, f"remaster the ISO with {codes}"
 
 
 def boot_iso(profile, source: Path, log: Log = _quiet) -> Path:
     """The ISO the VM boots: the source remastered with the profile's boot codes (cached)."""
     codes = profile.boot_code_args()
-    if not codes:
-        return source
+    hit, _ = boot_iso_change(profile, source)
+    if hit:
+        if codes:
+            log(f"ISO: remaster with {' '.join(codes)} is cached")
+        return hit
     from . import isocache
 
-    hit = isocache.lookup(source, codes)
-    if hit:
-        log(f"ISO: remaster with {' '.join(codes)} is cached")
-        return hit
     folder = paths.ensure_dir(isocache.remastered_dir())
     with atomic.locked_dir(folder):
         hit = isocache.lookup(source, codes)  # another b2dkit made it while we waited
@@ -164,6 +198,29 @@ def install_iso(boot: Path, name: str) -> Path:
 # -- lifecycle ----------------------------------------------------------------------------------
 
 
+def create_changes(profile) -> Optional[List[str]]:
+    """Decide the create step for a dry run: what ``create`` would change on the existing VM
+    (the same lines a real run reports), or None when there is no VM yet."""
+    existing = _existing(profile.name)
+    if existing is None:
+        return None
+    _check_provider(existing, profile)
+    provider = provider_for(machine_from_profile(profile))
+    vm_dir = paths.vm_dir(profile.name)
+    public_key = sshkeys.public_line(vm_dir)
+    if provider.state() == VMState.ABSENT or public_key is None or not (vm_dir / VM_ISO).is_file():
+        return None
+    return provider.changes(MachineSpec.from_profile(profile, vm_dir / VM_ISO, public_key))
+
+
+def _check_provider(existing: Machine, profile) -> None:
+    if existing.provider != profile.provider:
+        raise InputError(
+            f"VM {profile.name!r} already exists on {existing.provider}, not {profile.provider}",
+            hint="destroy it first (`b2dkit vm.destroy`), or pass --name to create another",
+        )
+
+
 def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=True) -> Outcome:
     """``vm.create``: converge the VM to the profile, then (unless told not to) start and set it up.
 
@@ -171,11 +228,8 @@ def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=Tr
     """
     out = Outcome()
     existing = _existing(profile.name)
-    if existing and existing.provider != profile.provider:
-        raise InputError(
-            f"VM {profile.name!r} already exists on {existing.provider}, not {profile.provider}",
-            hint="destroy it first (`b2dkit vm.destroy`), or pass --name to create another",
-        )
+    if existing:
+        _check_provider(existing, profile)
     machine = machine_from_profile(profile)
     provider = provider_for(machine)
     if iso_path and not remaster:

@@ -1,7 +1,9 @@
 """First day: from a bare laptop to a working dev VM in one re-runnable command.
 
-Seven steps in order.  Each first looks at whether its result already exists and skips
-the work if so, so a second run changes nothing and a run that failed (or was
+Seven steps in order, then the summary.  Each step first decides (the lifecycle's
+``*_change``/``create_changes`` read what exists and say what is missing, in words), then
+acts only on what it decided, so ``--dry-run`` prints exactly the lines a real run prints
+as it applies them, a second run changes nothing, and a run that failed (or was
 interrupted) at step N picks up at step N.  Nothing a step finished is ever undone.
 """
 
@@ -10,23 +12,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 from . import doctor, lifecycle, machines, status
 from .errors import B2dkitError, ChecksFailed, GuestError, Interrupted
 from .hypervisors.base import VMState
+from .lifecycle import Outcome
 
 Log = Callable[[str], None]
 STEPS = ("doctor", "iso", "remaster", "create", "start", "mounts", "summary")
-
-
-@dataclass
-class Plan:
-    """One line per step: what was (or would be) done, and what was already in place."""
-
-    done: List[str] = field(default_factory=list)
-    kept: List[str] = field(default_factory=list)
-    warnings: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -35,7 +29,7 @@ class _Run:
     iso_path: Optional[str]
     dry_run: bool
     log: Log
-    plan: Plan = field(default_factory=Plan)
+    plan: Outcome = field(default_factory=Outcome)
     source: Optional[Path] = None
     boot: Optional[Path] = None
 
@@ -48,7 +42,7 @@ class _Run:
         self.log("already: " + text)
 
 
-def onboard(profile, iso_path=None, dry_run=False, log: Log = print) -> Plan:
+def onboard(profile, iso_path=None, dry_run=False, log: Log = print) -> Outcome:
     run = _Run(profile=profile, iso_path=iso_path, dry_run=dry_run, log=log)
     steps = [_doctor, _iso, _remaster, _create, _start, _mounts, _summary]
     for number, (name, step) in enumerate(zip(STEPS, steps), start=1):
@@ -85,66 +79,23 @@ def _doctor(run: _Run):
 
 
 def _iso(run: _Run):
-    prof = run.profile
-    local = run.iso_path or prof.iso.path
-    if local:
-        run.source = lifecycle.source_iso(prof, run.iso_path)
-        run.had(f"using local ISO {run.source}")
+    run.source, text = lifecycle.source_iso_change(run.profile, run.iso_path)
+    if run.source is not None:
+        run.had(text)
         return
-    if getattr(prof.iso, "build", None):
-        _build_guest(run)
-        return
-    from . import download, isocache
-
-    sha256 = prof.iso.require_sha256()
-    cached = isocache.source_path(sha256)
-    if cached.is_file():
-        run.source = cached
-        run.had(f"ISO {cached.name} is in the cache (sha256 verified when stored)")
-        return
-    if run.dry_run:
-        run.did(f"download {prof.iso.urls[0]} and verify sha256 {sha256[:12]}…")
-        return
-    result = download.Downloader().fetch(list(prof.iso.urls), sha256)
-    run.source = result.path
-    run.did(f"downloaded and verified {result.path.name} ({result.bytes_fetched >> 20} MB fetched)")
-
-
-def _build_guest(run: _Run):
-    """The demo profile boots b2dkit's own boot2docker-compatible guest, built from Debian packages."""
-    iso = lifecycle.guest_builder().cached()
-    if iso:
-        run.source = iso
-        run.had(f"guest ISO is built ({iso})")
-        return
-    if run.dry_run:
-        run.did("build the boot2docker-compatible guest ISO from Debian packages")
-        return
-    run.source = lifecycle.build_guest()
-    run.did(f"built the guest ISO {run.source}")
+    if not run.dry_run:
+        run.source = lifecycle.source_iso(run.profile, run.iso_path)
+    run.did(text)
 
 
 def _remaster(run: _Run):
-    codes = run.profile.boot_code_args()
-    if not codes:
-        run.had("no boot codes to add; the VM boots the ISO as it is")
-        run.boot = run.source
+    run.boot, text = lifecycle.boot_iso_change(run.profile, run.source)
+    if run.boot is not None:
+        run.had(text)
         return
-    if run.source is None:  # dry run before the download
-        run.did(f"remaster the ISO with {' '.join(codes)}")
-        return
-    from . import isocache
-
-    hit = isocache.lookup(run.source, codes)
-    if hit:
-        run.boot = hit
-        run.had(f"remastered ISO with {' '.join(codes)} is cached")
-        return
-    if run.dry_run:
-        run.did(f"remaster the ISO with {' '.join(codes)}")
-        return
-    run.boot = lifecycle.boot_iso(run.profile, run.source)
-    run.did(f"remastered the ISO with {' '.join(codes)}")
+    if not run.dry_run:
+        run.boot = lifecycle.boot_iso(run.profile, run.source)
+    run.did(text)
 
 
 def _create(run: _Run):
@@ -152,11 +103,14 @@ def _create(run: _Run):
     machine = _machine_or_none(prof.name)
     state = lifecycle.provider_for(machine).state() if machine else VMState.ABSENT
     if run.dry_run:
-        if state == VMState.ABSENT:
+        changes = lifecycle.create_changes(prof) if state != VMState.ABSENT else None
+        if changes is None:
             run.did(f"create VM {prof.name} on {prof.provider} ({prof.memory} MB, {prof.cpus} CPU, "
                     f"{prof.disk} MB persistent disk)")
-        else:
-            run.had(f"VM {prof.name} exists ({state}); settings would be converged to the profile")
+            return
+        run.had(f"VM {prof.name} exists ({state})")
+        for line in changes:
+            run.did(line)
         return
     out = lifecycle.create(prof, iso_path=run.boot, start_vm=False, log=lambda _m: None, remaster=False)
     for line in out.done:

@@ -595,3 +595,52 @@ class TestKilledRuns:
         assert part_files(world.b2dkit_home) == []  # no leftovers of the killed runs
         assert world.ssh("test -d /mnt/sda1/dev && grep -o 'tz=CST-8' /proc/cmdline").stdout == "tz=CST-8\n"
         assert os.path.ismount(world.mount)
+
+
+def _step_lines(out: str, step: str, prefix: str):
+    """The ``prefix`` lines printed under ``[n/7] step``."""
+    lines, inside = [], False
+    for line in out.splitlines():
+        if line.startswith("["):
+            inside = line.endswith(f"] {step}")
+        elif inside and line.startswith(prefix):
+            lines.append(line[len(prefix):])
+    return lines
+
+
+@pytest.mark.parametrize("provider", ["virtualbox", "qemu"])
+def test_dry_run_on_an_existing_vm_shows_exactly_the_changes_a_run_then_applies(
+        fast, b2dkit_home, capfd, stop_before_boot, tmp_path, provider):
+    """Decide, then act: memory changed and a forward added in the profile -> those two lines, twice."""
+    prof, ssh_port, app_port, web = fast["profile_path"], free_port(), free_port(), free_port()
+    common = dict(extends="cst", name=FAST_VM, provider=provider, disk=1024, ssh_port=ssh_port,
+                  app_port=app_port, iso_lines=["iso:", f"  urls: [{fast['mirror'].iso_url}]",
+                                                f"  sha256: {fast['sha256']}"])
+    write_profile(prof, **common)
+    code, out, err = onboard_task(capfd, fast["profile"], "--yes")  # steps 1-4 for real, then Ctrl-C
+    assert code == 130 and stop_before_boot == [FAST_VM], err
+    write_profile(prof, **common, extra=[f"  - {{host: {web}, guest: 80}}"])  # a forward added...
+    prof.write_text(prof.read_text().replace("memory: 512", "memory: 768"))  # ...and more memory
+    expected = ["memory 512 → 768 MB", f"forward tcp-{web}: 127.0.0.1:{web} → 80/tcp added"]
+
+    before = tree(b2dkit_home)
+    code, out, err = onboard_task(capfd, fast["profile"], "--dry-run")
+    assert code == 0, err
+    assert _step_lines(out, "create", "would: ") == expected
+    assert [line for line in out.splitlines() if line.startswith("would: ")][:1] == [f"would: {expected[0]}"]
+    assert tree(b2dkit_home) == before  # a dry run decides only
+
+    code, out, err = onboard_task(capfd, fast["profile"], "--yes")
+    assert code == 130, err
+    assert _step_lines(out, "create", "done: ") == expected
+    if provider == "virtualbox":
+        vm = fast["fake"].machine(FAST_VM)
+        assert vm["memory"] == 768 and f"tcp-{web}" in vm["nics"]["1"]["rules"]
+    else:
+        data = json.loads((paths.vm_dir(FAST_VM) / "machine.json").read_text())
+        assert data["memory_mb"] == 768 and {"host_port": web, "guest_port": 80} == {
+            k: v for f in data["forwards"] if f["host_port"] == web for k, v in f.items()
+            if k in ("host_port", "guest_port")}
+    # Applied exactly: a third look finds nothing left to change.
+    code, out, err = onboard_task(capfd, fast["profile"], "--dry-run")
+    assert code == 0 and _step_lines(out, "create", "would: ") == [], err

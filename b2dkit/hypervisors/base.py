@@ -109,6 +109,11 @@ class Provider(ABC):
         """Ask the hypervisor now."""
 
     @abstractmethod
+    def changes(self, spec: MachineSpec) -> List[str]:
+        """Decide only: what ``create(spec)`` would change on the existing VM, in the lines its
+        report will use (``memory 1024 → 2048 MB``); [] when it matches. Reads, never writes."""
+
+    @abstractmethod
     def create(self, spec: MachineSpec) -> ApplyReport:
         """Create the VM, or converge an existing one to ``spec`` (only while stopped).
 

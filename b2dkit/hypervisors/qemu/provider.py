@@ -123,11 +123,30 @@ class QemuProvider(Provider):
         return qemu.map_state(status)
 
     # -- lifecycle --------------------------------------------------------------------------
+    def changes(self, spec: MachineSpec) -> List[str]:
+        """What ``create(spec)`` would change, in the words its report uses; reads, never writes."""
+        old, _wanted, changes = self._decide(spec)
+        return [] if old is None else changes
+
     def create(self, spec: MachineSpec) -> ApplyReport:
-        rules = spec.check(self.vm)  # every input error before anything is written
+        """Decide (``_decide``: every input error before anything is written), then act."""
+        old, wanted, changes = self._decide(spec)
+        report = ApplyReport(created=old is None, changes=[] if old is None else changes)
+        paths.ensure_dir(self.dir)
+        disk_file = self.dir / DISK
+        if not disk_file.exists():
+            disk.create_raw(disk_file, disk.header_tar(spec.public_key), disk.size_bytes(spec.disk_mb))
+        if report.created or report.changes:
+            self._save(wanted)
+        return report
+
+    def _decide(self, spec: MachineSpec):
+        """(old definition, wanted definition, change lines): machine.json against ``spec``."""
+        rules = spec.check(self.vm)
+        disk.header_tar(spec.public_key)
+        disk.size_bytes(spec.disk_mb)
         iso = Path(spec.iso).expanduser().resolve()
         old = self._load()
-        rules = fw.with_ssh(rules, [] if old is None else old["forwards"])
         wanted = {
             "format": FORMAT,
             "name": self.vm,
@@ -135,28 +154,20 @@ class QemuProvider(Provider):
             "cpus": spec.cpus,
             "disk_mb": spec.disk_mb,
             "iso": str(iso),
-            "forwards": rules,
+            "forwards": fw.with_ssh(rules, [] if old is None else old["forwards"]),
         }
-        report = ApplyReport(created=old is None)
-        if old is not None:
-            report.changes = _diff(old, wanted)
-            if report.changes and self.state() != VMState.STOPPED:
-                raise HypervisorError(
-                    f"VM {self.vm!r} is {self.state()}; stop it first to change " + "; ".join(report.changes)
-                )
-        paths.ensure_dir(self.dir)
+        changes = [] if old is None else _diff(old, wanted)
+        if changes and self.state() != VMState.STOPPED:
+            raise HypervisorError(f"VM {self.vm!r} is {self.state()}; stop it first to change " + "; ".join(changes))
         disk_file = self.dir / DISK
         if not disk_file.exists():
-            disk.create_raw(disk_file, disk.header_tar(spec.public_key), disk.size_bytes(spec.disk_mb))
-            if not report.created:
-                report.changes.append(f"new persistent disk {disk_file}")
-        # A kept disk keeps its size (we never rewrite a persistent disk): record what it is.
-        wanted["disk_mb"] = disk_file.stat().st_size >> 20
-        if old is not None and old.get("disk_mb") != wanted["disk_mb"]:
-            report.changes.append(f"disk size recorded as {wanted['disk_mb']} MB")
-        if report.created or report.changes:
-            self._save(wanted)
-        return report
+            changes.append(f"new persistent disk {disk_file}")
+        else:
+            # A kept disk keeps its size (we never rewrite a persistent disk): record what it is.
+            wanted["disk_mb"] = disk_file.stat().st_size >> 20
+            if old is not None and old.get("disk_mb") != wanted["disk_mb"]:
+                changes.append(f"disk size recorded as {wanted['disk_mb']} MB")
+        return old, wanted, changes
 
     def start(self) -> None:
         data = self._require()

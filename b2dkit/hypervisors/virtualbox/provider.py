@@ -14,6 +14,7 @@ calls, forward ≤ 2, status 1).
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
@@ -143,25 +144,52 @@ class VirtualBoxProvider(Provider):
         return _ssh_endpoint(self._require(), self.vm)
 
     # -- create / converge -----------------------------------------------------------------
+    def changes(self, spec: MachineSpec) -> List[str]:
+        """What ``create(spec)`` would change, in the words its report uses; reads, never writes."""
+        decision = self._decide(spec)
+        if decision.fresh == "register":
+            return [f"re-register the VM left in {self.machine_dir}"]
+        return [text for text, _ in decision.storage] if decision.fresh else decision.texts()
+
     def create(self, spec: MachineSpec) -> ApplyReport:
-        wanted = spec.check(self.vm)  # every input error before the first VBoxManage call
-        header = disk.header_tar(spec.public_key)
-        total = disk.size_bytes(spec.disk_mb)
-        iso = Path(spec.iso).resolve()
+        """Decide (``_decide``: every input error before the first VBoxManage call), then act."""
+        decision = self._decide(spec)
         report = ApplyReport()
-        info = self._info()
-        if info is None:
+        if decision.fresh:
             paths.ensure_dir(self.dir)
-            leftover = self.machine_dir / f"{self.vm}.vbox"
-            if leftover.exists():
-                # An unregistered VM of ours (crash, manual unregister): createvm would fail
-                # with "Machine settings file already exists", so take it back instead.
-                self.vbox.registervm(leftover)
-                info = self._require()
-                report.changes.append(f"re-registered the VM left in {self.machine_dir}")
+        if decision.fresh == "register":
+            # An unregistered VM of ours (crash, manual unregister): createvm would fail
+            # with "Machine settings file already exists", so take it back instead.
+            self.vbox.registervm(self.machine_dir / f"{self.vm}.vbox")
+            report.changes.append(f"re-registered the VM left in {self.machine_dir}")
+            decision = self._decide(spec)  # converge what the old definition holds
+        elif decision.fresh == "create":
+            self.vbox.createvm(self.vm, basefolder=self.dir, ostype=OSTYPE)
+            report.created = True
+        info, rule_args = decision.info, decision.rule_args
+        if info is not None and info.state is not VMState.STOPPED and rule_args:
+            if info.state is VMState.SAVED:
+                self.vbox.run(["modifyvm", self.vm, *rule_args])
             else:
-                self.vbox.createvm(self.vm, basefolder=self.dir, ostype=OSTYPE)
-                report.created = True
+                self._apply_rules_live(info, decision.rules)
+        elif decision.settings or rule_args:
+            self.vbox.run(["modifyvm", self.vm, *decision.settings, *rule_args])
+        report.changes += [] if report.created else decision.setting_changes
+        report.changes += decision.rule_changes
+        for text, action in decision.storage:
+            action(decision.header, decision.total)
+            report.changes.append(text)
+        return report
+
+    def _decide(self, spec: MachineSpec) -> "_Decision":
+        """Compare the VM as showvminfo has it with ``spec``: the calls to make, and their texts."""
+        wanted = spec.check(self.vm)
+        header, total = disk.header_tar(spec.public_key), disk.size_bytes(spec.disk_mb)
+        iso = Path(spec.iso).resolve()
+        info = self._info()
+        fresh = None
+        if info is None:
+            fresh = "register" if (self.machine_dir / f"{self.vm}.vbox").exists() else "create"
         if info is not None and info.state is VMState.BUSY:
             raise HypervisorError(
                 f"VM {self.vm!r} is {info.vbox_state}", hint="wait a moment and run the command again"
@@ -178,19 +206,8 @@ class VirtualBoxProvider(Provider):
                 f"{'; '.join(offline)}",
                 hint="run `b2dkit vm.stop`, then run the command again",
             )
-        if info is not None and info.state is not VMState.STOPPED and rule_args:
-            if info.state is VMState.SAVED:
-                self.vbox.run(["modifyvm", self.vm, *rule_args])
-            else:
-                self._apply_rules_live(info, rules)
-        elif settings or rule_args:
-            self.vbox.run(["modifyvm", self.vm, *settings, *rule_args])
-        report.changes += [] if report.created else setting_changes
-        report.changes += rule_changes
-        for text, action in storage:
-            action(header, total)
-            report.changes.append(text)
-        return report
+        return _Decision(info, fresh, rules, settings, setting_changes, rule_args, rule_changes, storage,
+                         header, total)
 
     def _settings_plan(self, info: Optional[VMInfo], spec: MachineSpec):
         args, changes = [], []
@@ -449,6 +466,25 @@ class VirtualBoxProvider(Provider):
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Decision:
+    """What create will do to one VM: VBoxManage arguments and the user-readable line of each."""
+
+    info: Optional[VMInfo]
+    fresh: Optional[str]  # "create" | "register" when VirtualBox has no such VM yet
+    rules: List[Forward]
+    settings: List[str]
+    setting_changes: List[str]
+    rule_args: List[str]
+    rule_changes: List[str]
+    storage: list  # [(text, action(header, total))]
+    header: bytes  # the persistent disk's format-me header, should a disk be made
+    total: int
+
+    def texts(self) -> List[str]:
+        return self.setting_changes + self.rule_changes + [text for text, _ in self.storage]
 
 
 def _ssh_endpoint(info: VMInfo, vm: str) -> Tuple[str, int]:
