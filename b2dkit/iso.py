@@ -25,7 +25,7 @@ from pycdlib import eltorito
 from pycdlib.pycdlibexception import PyCdlibException
 
 from . import bootcfg, isoprobe
-from .atomic import atomic_path
+from .atomic import atomic_path, check_output
 from .errors import InputError, InternalError, IsoError
 
 # boot2docker >= v18.09 (files/make-b2d-iso.sh), then <= v18.06 (rootfs/make_iso.sh).
@@ -171,9 +171,11 @@ def remaster(
     """
     set_codes, remove = bootcfg.normalize_codes(set_codes, remove)
     src, out = _check_source(src), Path(out)
-    if out.exists() and (out.is_dir() or os.path.samefile(src, out)):
-        what = "the source ISO" if not out.is_dir() else "a directory"
-        raise InputError(f"output {out} is {what}; give a new file name for the remastered ISO")
+    if out.is_dir():
+        raise InputError(f"output {out} is a directory; give a new file name for the remastered ISO")
+    out = check_output(out)  # never a device or FIFO: the rename would replace it
+    if out.exists() and os.path.samefile(src, out):
+        raise InputError(f"output {out} is the source ISO; give a new file name for the remastered ISO")
     if out.resolve() == src.resolve():
         raise InputError(f"output {out} is the source ISO; give a new file name for the remastered ISO")
 

@@ -7,6 +7,7 @@ this module knows the order of things and what to tell the user.
 """
 
 import contextlib
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -315,8 +316,53 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     return out
 
 
-def stop(machine: Machine, log: Log = _quiet, timeout: float = 30.0) -> Outcome:
-    """``vm.stop``: unmount b2dkit's sshfs mounts first (a dead server wedges them), then power off."""
+STOP_TIMEOUT = 30.0
+
+
+def stop_timeout(value) -> float:
+    """``--timeout`` as seconds > 0: zero or less would skip the guest's own shutdown and lose writes."""
+    if value is None:
+        return STOP_TIMEOUT
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"--timeout must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InputError(
+            f"--timeout must be more than 0 seconds, got {value!r}: the guest needs time to shut down"
+            " without losing files"
+        )
+    return seconds
+
+
+def flush_guest(machine: Machine, provider: Provider, log: Log = _quiet) -> bool:
+    """``sync`` in the guest over SSH, so a power-off that may follow loses nothing already saved.
+
+    False (and a warning) when the guest cannot be reached: the caller then depends on ACPI alone.
+    """
+    from . import guest
+
+    try:
+        host, port = provider.ssh_endpoint()
+        with guest.connect(host, port, key_path(machine.name), known_hosts_path(machine.name)) as session:
+            session.run(["sync"], timeout=60.0)
+        return True
+    except B2dkitError as exc:
+        log(f"warning: could not flush the guest's disks before stopping it ({exc.message})")
+        return False
+
+
+def _powered_off(machine: Machine, timeout: float, synced: bool) -> str:
+    why = f"VM {machine.name} did not shut down within {timeout:g} s, so it was powered off"
+    if synced:
+        return why + "; its disks were synced first, so files saved before the stop are kept"
+    return why + ("; its disks could not be synced first, so files saved in its last seconds may be lost"
+                  " (next time give it longer: `b2dkit vm.stop --timeout=120`)")
+
+
+def stop(machine: Machine, log: Log = _quiet, timeout=STOP_TIMEOUT) -> Outcome:
+    """``vm.stop``: unmount b2dkit's sshfs mounts first (a dead server wedges them), flush, then shut down."""
+    seconds = stop_timeout(timeout)  # bad input fails before anything is touched
     out = Outcome()
     out.done += unmount_all(machine, log=log).done
     provider = provider_for(machine)
@@ -325,8 +371,12 @@ def stop(machine: Machine, log: Log = _quiet, timeout: float = 30.0) -> Outcome:
         out.kept.append(f"VM {machine.name} is already stopped")
         return out
     log(f"stopping {machine.name}…")
-    provider.stop(timeout=timeout)
-    out.done.append(f"stopped VM {machine.name}")
+    synced = flush_guest(machine, provider, log) if state == VMState.RUNNING else False
+    if provider.stop(timeout=seconds):
+        out.done.append(f"stopped VM {machine.name}")
+    else:
+        out.done.append(f"stopped VM {machine.name} (powered off)")
+        out.warnings.append(_powered_off(machine, seconds, synced))
     return out
 
 
@@ -338,6 +388,8 @@ def destroy(machine: Machine, purge: bool = False, log: Log = _quiet) -> Outcome
     unmount_all(machine, log=log)
     provider = provider_for(machine)
     disk = provider.disk_path()
+    if not purge and provider.state() == VMState.RUNNING:
+        flush_guest(machine, provider, log)  # the kept disk must hold what was saved before the power-off
     provider.destroy(purge=purge)
     host_port = _ssh_port_or_none(machine)
     if host_port:

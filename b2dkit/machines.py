@@ -88,9 +88,15 @@ def active_name() -> Optional[str]:
 
 
 def resolve(name: Optional[str] = None) -> Machine:
-    """The VM a ``vm.*`` task acts on: ``--name`` if given, else the active one."""
-    if name:
-        return load(paths.check_vm_name(name))
+    """The VM a ``vm.*`` task acts on: ``--name`` if given, else the active one.
+
+    An empty ``--name=`` is an error, never "the active VM": ``vm.destroy --name= --purge`` must not
+    delete a VM the user did not name.
+    """
+    if name is not None:
+        if not str(name).strip():
+            raise InputError("--name is empty: give the VM's name (see `b2dkit vm.list`) or leave --name out")
+        return load(paths.check_vm_name(str(name)))
     active = active_name()
     if not active:
         raise VMNotFound(

@@ -286,12 +286,20 @@ class _Layer:
         self.values = values
 
 
+MAX_EXTENDS = 32  # a chain longer than this is a mistake, and Python's stack would give out first
+
+
 def _load_chain(path: Path, seen: List[Path]) -> List[_Layer]:
     """Layers base first; ``seen`` is the chain walked so far, for the cycle message."""
     key = path.resolve()
     if key in seen:
         loop = " -> ".join(display_path(p) for p in seen + [key])
         raise ProfileError(f"profile cycle: {loop} (extends must not loop back)")
+    if len(seen) >= MAX_EXTENDS:
+        raise ProfileError(
+            f"{display_path(seen[0])}: extends chain is deeper than {MAX_EXTENDS} profiles (at {display_path(path)});"
+            " a team needs a few layers, not hundreds"
+        )
     layer = _check_layer(path, _read(path))
     parent = layer.values.pop("extends", None)
     if parent is None:
@@ -334,6 +342,10 @@ def _read(path: Path) -> dict:
         raise ProfileError(f"{where}: invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ProfileError(f"{display_path(path)}: invalid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:  # PyYAML descends once per nesting level
+        raise ProfileError(
+            f"{display_path(path)}: invalid YAML: nested too deeply to be a profile"
+        ) from None
     if data is None:
         raise ProfileError(f"{display_path(path)}: the file is empty; a profile needs at least one setting")
     if not isinstance(data, dict):

@@ -203,6 +203,18 @@ def test_only_mnt_sda1_survives_a_restart(world, capfd):
     assert os.path.ismount(world["mount"])  # vm.start mounts again
 
 
+def test_a_stop_that_powers_off_keeps_a_file_just_saved_in_the_mount(world, capfd):
+    # The user saves a file in the mounted folder and stops at once; the guest is given far less
+    # than its shutdown takes, so b2dkit powers it off -- after syncing the guest's disks.
+    (world["mount"] / "just-saved.txt").write_text("saved a moment ago\n")
+    capfd.readouterr()
+    run("vm.stop", "--timeout=0.05")  # far less than the guest's own shutdown takes, even on KVM
+    said = capfd.readouterr().out
+    assert "powered off" in said and "synced first" in said, said
+    run("vm.start")
+    assert guest(capfd, "cat /mnt/sda1/dev/just-saved.txt") == "saved a moment ago"
+
+
 def test_destroy_keeps_the_disk_and_a_new_create_finds_the_file(world, capfd):
     disk = paths.vm_dir(VM) / "disk.img"
     run("vm.destroy", "--yes")

@@ -275,6 +275,16 @@ def test_out_is_src_even_through_another_spelling(src):
         iso.remaster(src, link, ["tz=CST-8"])
 
 
+def test_output_that_is_a_fifo_or_directory_is_refused_before_any_copy(src, tmp_path):
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        iso.remaster(src, fifo, ["tz=CST-8"])
+    with pytest.raises(InputError, match="is a directory"):
+        iso.remaster(src, tmp_path, ["tz=CST-8"])
+    assert os.path.exists(fifo) and not list(tmp_path.glob(".*.part"))
+
+
 def test_output_dir_missing_or_not_writable(src, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         iso.remaster(src, tmp_path / "nowhere" / "o.iso", ["tz=CST-8"])

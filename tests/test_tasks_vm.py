@@ -194,3 +194,37 @@ def test_env_prints_the_docker_host_for_the_forwarded_daemon(created, capsys):
 def _forwards(capsys):
     run("vm.forwards", "--json")
     return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("timeout", ["0", "-5", "abc", "nan", "inf", ""])
+def test_stop_refuses_a_timeout_that_would_skip_the_guest_shutdown(created, capsys, timeout):
+    code, out = run_failing(capsys, "vm.stop", f"--timeout={timeout}")
+    err = out.err.strip()
+    assert code == 2 and err.startswith("b2dkit: error: --timeout must be") and "\n" not in err
+    assert "Traceback" not in out.err and created.calls() == []
+
+
+@pytest.mark.parametrize("name", ["", " ", "\t"])
+def test_an_empty_name_is_an_error_never_the_active_vm(created, capsys, name):
+    disk = machines.paths.vm_dir("dev") / "disk.vmdk"
+    for argv in (["vm.destroy", f"--name={name}", "--purge", "--yes"], ["vm.stop", f"--name={name}"],
+                 ["vm.status", f"--name={name}"], ["vm.forward", "8000", f"--name={name}"]):
+        code, out = run_failing(capsys, *argv)
+        assert code == 2 and "--name is empty" in out.err, argv
+    assert created.machine("dev") is not None and disk.exists() and machines.active_name() == "dev"
+    assert created.calls() == []
+
+
+def test_a_stop_that_must_power_off_says_so(created, monkeypatch):
+    from b2dkit import lifecycle
+
+    machine = machines.resolve("dev")
+    lifecycle.provider_for(machine).start()
+    monkeypatch.setenv("FAKEVBOX_ACPI_IGNORE", "1")
+    said = []
+    out = lifecycle.stop(machine, log=said.append, timeout=0.5)
+    assert out.done == ["stopped VM dev (powered off)"]
+    # No guest answers SSH here: the flush is tried, and the user is told what that means.
+    assert any(line.startswith("warning: could not flush the guest's disks") for line in said)
+    assert len(out.warnings) == 1 and "powered off" in out.warnings[0] and "may be lost" in out.warnings[0]
+    assert ["controlvm", "dev", "poweroff"] in [c[:3] for c in created.calls()]

@@ -125,8 +125,12 @@ class Provider(ABC):
         """Boot headless; return once the hypervisor reports running (not SSH-ready)."""
 
     @abstractmethod
-    def stop(self, timeout: float = 30.0) -> None:
-        """ACPI power button, then hard power-off after ``timeout`` seconds."""
+    def stop(self, timeout: float = 30.0) -> bool:
+        """ACPI power button, then hard power-off after ``timeout`` seconds.
+
+        True when the guest shut itself down; False when it had to be powered off (the caller
+        says so: a power-off loses whatever the guest had not written yet).
+        """
 
     @abstractmethod
     def destroy(self, purge: bool = False) -> None:

@@ -222,18 +222,22 @@ class QemuProvider(Provider):
                 )
             time.sleep(0.1)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0) -> bool:
         self._require()
         pid = self._pid()
         if pid is None:
-            return
+            return True
         marker = str(self.pidfile)
+        asked = False
         with contextlib.suppress(HypervisorError):
             with self._qmp() as mon:
                 if mon.status() != "running":
                     mon.execute("cont")  # a paused guest cannot see the power button
                 mon.execute("system_powerdown")
-        if not qemu.wait_exit(pid, timeout, marker):
+                asked = True
+        # Without the monitor the guest never saw the button: waiting would only delay the power-off.
+        clean = asked and qemu.wait_exit(pid, timeout, marker)
+        if not clean:
             try:
                 with self._qmp() as mon:
                     mon.execute("quit")
@@ -246,6 +250,7 @@ class QemuProvider(Provider):
                         f"QEMU (pid {pid}) of VM {self.vm!r} would not exit, even on SIGKILL"
                     )
         self._clean_runtime()
+        return clean
 
     def destroy(self, purge: bool = False) -> None:
         exists = self.machine_file.exists()

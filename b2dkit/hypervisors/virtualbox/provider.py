@@ -342,10 +342,10 @@ class VirtualBoxProvider(Provider):
         self.vbox.run(["startvm", self.vm, "--type", "headless"])
         self._raise_nat_failures(self._log_of(info), 0, info.nat_forwards(), started=True)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0) -> bool:
         info = self._require()
         if info.state in (VMState.STOPPED, VMState.SAVED):
-            return
+            return True
         if info.state is VMState.PAUSED:
             self.vbox.run(["controlvm", self.vm, "resume"])  # a paused guest cannot see the button
         if info.state is not VMState.BUSY:
@@ -353,8 +353,9 @@ class VirtualBoxProvider(Provider):
         for _ in range(max(1, math.ceil(timeout / self.poll_interval))):
             self.sleep(self.poll_interval)
             if self.state() in (VMState.STOPPED, VMState.ABSENT):
-                return
+                return True
         self._poweroff()
+        return False
 
     def _poweroff(self):
         try:
