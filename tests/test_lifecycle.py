@@ -4,7 +4,7 @@ import pytest
 
 from b2dkit import guest, lifecycle, machines
 from b2dkit.errors import GuestError
-from b2dkit.providers import VMState
+from b2dkit.hypervisors.base import VMState
 
 
 class _Provider:

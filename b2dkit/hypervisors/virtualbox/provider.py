@@ -1,4 +1,4 @@
-"""The VirtualBox provider: one boot2docker VM driven through ``b2dkit.vbox``.
+"""The VirtualBox provider: one boot2docker VM driven through ``vboxmanage`` (its VBoxManage wrapper).
 
 Layout (like docker-machine's store): ``<vm_dir>/`` holds the SSH keys and the persistent
 disk ``disk.vmdk``; VirtualBox's own machine folder is ``<vm_dir>/<vm>/`` (``createvm
