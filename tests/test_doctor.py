@@ -18,7 +18,7 @@ import pytest
 from b2dkit import doctor, paths
 from b2dkit.install import COMMANDS as INSTALL_COMMANDS
 from b2dkit import profile as profiles
-from b2dkit.main import make_program
+import cli
 from fakevbox import install
 
 QEMU = "qemu-system-x86_64"
@@ -253,13 +253,7 @@ def test_run_checks_sshfs_only_when_the_profile_mounts(tmp_path, qemu_profile):
 
 def run_doctor(capsys, *argv):
     """``b2dkit doctor …`` as typed: (exit code, captured output); success does not raise."""
-    capsys.readouterr()
-    try:
-        make_program().run(["b2dkit", "doctor", *argv], exit=True)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr()
+    return cli.task(capsys, "doctor", *argv)
 
 
 def test_doctor_task_exits_3_and_lists_install_commands(tmp_path, monkeypatch, qemu_profile, capsys):

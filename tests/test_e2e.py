@@ -20,6 +20,8 @@ import pytest
 
 from b2dkit import paths
 from b2dkit.main import make_program
+import qemuclean
+from cli import run, run_failing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -72,8 +74,9 @@ forwards:
     mp.setenv("B2DKIT_HOME", str(b2dkit_home))
     try:
         make_program().run(["b2dkit", "vm.destroy", f"--name={VM}", "--yes", "--purge"], exit=False)
-    except BaseException:
+    except BaseException:  # noqa: B036 - teardown must go on to kill QEMU whatever happened
         pass
+    qemuclean.kill_all(root)
     mp.undo()
 
 
@@ -83,20 +86,6 @@ def _same_home(world, monkeypatch):
     monkeypatch.setenv("B2DKIT_HOME", str(world["b2dkit_home"]))
 
 
-def run(*argv):
-    """Run a task; a non-zero exit fails the test with the task's own error line."""
-    try:
-        make_program().run(["b2dkit", *argv], exit=True)
-    except SystemExit as exc:
-        if exc.code:
-            raise AssertionError(f"b2dkit {' '.join(argv)} exited {exc.code}") from None
-
-
-def run_failing(capfd, *argv):
-    capfd.readouterr()
-    with pytest.raises(SystemExit) as excinfo:
-        make_program().run(["b2dkit", *argv], exit=True)
-    return excinfo.value.code, capfd.readouterr()
 
 
 def guest(capfd, command):

@@ -25,6 +25,8 @@ from b2dkit import download, isocache, lifecycle, machines, paths
 from b2dkit import onboard as flow
 from b2dkit import profile as profiles
 from b2dkit.main import make_program
+import cli
+import qemuclean
 from fakevbox import install
 from httpmirror import Mirror, Route
 from isofixtures import build_iso, tools_available
@@ -76,13 +78,7 @@ def sha256(path) -> str:
 
 def onboard_task(capfd, *argv):
     """``b2dkit onboard …`` in this process: (exit code, stdout, stderr)."""
-    capfd.readouterr()
-    try:
-        make_program().run(["b2dkit", "onboard", *argv], exit=True)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capfd.readouterr()
+    code, out = cli.task(capfd, "onboard", *argv)
     return code, out.out, out.err
 
 
@@ -291,21 +287,6 @@ def test_plan_lists_what_was_done_and_what_was_kept(fast, monkeypatch, stop_befo
 # == e2e: the real guest under QEMU ============================================================
 
 
-def qemu_pids(root: Path):
-    """PIDs of QEMU processes whose command line mentions ``root`` (ours, not other tests')."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and b"qemu-system" in argv[0] and any((str(root) + "/").encode() in a for a in argv):
-            found.append(int(entry.name))
-    return found
-
-
 @pytest.fixture(scope="session")
 def guest_iso():
     proc = subprocess.run([sys.executable, str(REPO / "guest" / "build.py")], capture_output=True, text=True)
@@ -405,8 +386,7 @@ class World:
             make_program().run(["b2dkit", "vm.destroy", f"--name={self.name}", "--yes", "--purge"], exit=False)
         except BaseException:  # noqa: B036 - teardown must go on to kill QEMU whatever happened
             pass
-        for pid in qemu_pids(self.root):
-            os.kill(pid, signal.SIGKILL)
+        qemuclean.kill_all(self.root)
         if os.path.ismount(self.mount):
             subprocess.run(["fusermount3", "-uz", str(self.mount)], check=False)
         self.mirror.close()
@@ -504,12 +484,12 @@ class TestFreshRunThenReRuns:
         plan = flow.onboard(profiles.load(str(world.profile)), log=lambda _line: None)
         assert [line for line in plan.done if not line.startswith(CLOCK)] == [] and plan.kept
         assert world.mirror.requests == []
-        assert len(qemu_pids(world.root)) == 1
+        assert len(qemuclean.qemu_pids(world.root)) == 1
 
     def test_run_killed_while_the_vm_boots_loses_no_data(self, world, capfd):
         assert world.ssh("echo precious > /mnt/sda1/dev/precious.txt && sync").returncode == 0
         make_program().run(["b2dkit", "vm.stop", f"--name={world.name}"], exit=False)
-        assert qemu_pids(world.root) == [] and not os.path.ismount(world.mount)
+        assert qemuclean.qemu_pids(world.root) == [] and not os.path.ismount(world.mount)
         proc = world.spawn()
         pidfile, serial = world.vm_dir / "qemu.pid", world.vm_dir / "serial.log"
         world.kill_when(proc, lambda: pidfile.exists() and serial.exists() and serial.stat().st_size > 0,
@@ -520,7 +500,7 @@ class TestFreshRunThenReRuns:
         assert code == 0, out + err
         assert f"Your dev VM {world.name} is ready" in out
         assert [vm["name"] for vm in world.vm_list()] == [world.name]
-        assert len(qemu_pids(world.root)) == 1
+        assert len(qemuclean.qemu_pids(world.root)) == 1
         assert world.ssh("cat /mnt/sda1/dev/precious.txt").stdout == "precious\n"
         assert (world.mount / "from-host.txt").read_text() == "hello\n"
         assert world.mirror.requests == []
@@ -553,7 +533,7 @@ class TestKilledRuns:
         world.mirror.release.set()
         assert not isocache.source_path(world.sha256).exists()
         assert 0 < part.stat().st_size <= world.mirror.hold_at
-        assert self.remastered(world) == [] and world.vm_list() == [] and qemu_pids(world.root) == []
+        assert self.remastered(world) == [] and world.vm_list() == [] and qemuclean.qemu_pids(world.root) == []
 
     def test_killed_during_the_remaster(self, world):
         kept = self.part(world).stat().st_size
@@ -578,7 +558,7 @@ class TestKilledRuns:
         marker.unlink()
         assert (world.vm_dir / "disk.img").exists() and not (world.vm_dir / "machine.json").exists()
         assert len(self.remastered(world)) == 1
-        assert qemu_pids(world.root) == []
+        assert qemuclean.qemu_pids(world.root) == []
 
     def test_next_run_completes_with_one_vm_and_a_clean_cache(self, world, capfd):
         world.mirror.requests.clear()
@@ -587,7 +567,7 @@ class TestKilledRuns:
         assert f"Your dev VM {world.name} is ready (qemu)." in out
         assert world.mirror.requests == []
         assert [(vm["name"], vm["state"]) for vm in world.vm_list()] == [(world.name, "running")]
-        assert len(qemu_pids(world.root)) == 1
+        assert len(qemuclean.qemu_pids(world.root)) == 1
         assert sha256(isocache.source_path(world.sha256)) == world.sha256
         assert [p.name for p in isocache.sources()] == [f"{world.sha256}.iso"]
         (boot,) = self.remastered(world)

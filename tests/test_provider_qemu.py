@@ -23,6 +23,7 @@ from b2dkit.hypervisors import get_provider
 from b2dkit.hypervisors.base import MachineSpec, VMState
 from b2dkit.hypervisors.qemu.provider import QemuProvider
 from b2dkit.sshkeys import KEY_NAME, ensure_keypair
+import qemuclean
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyForTestsOnly b2dkit-test"
 ISOLINUX = "/usr/lib/ISOLINUX/isolinux.bin"
@@ -221,10 +222,7 @@ def running(tiny_iso, tcg, b2dkit_home, monkeypatch):
     vm.create(_spec(tiny_iso, forwards=[Forward(ssh, 22), Forward(ssh, 53, proto="udp")]))
     vm.start()
     yield vm, ssh
-    pid = qemu.read_pid(vm.pidfile)
-    if pid and qemu.process_alive(pid, str(vm.pidfile)):
-        qemu.kill(pid)
-        qemu.wait_exit(pid, 5)
+    qemuclean.stop_qemu(vm.pidfile)
 
 
 @pytest.mark.slow

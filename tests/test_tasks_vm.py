@@ -10,19 +10,10 @@ import socket
 import pytest
 
 from b2dkit import machines
-from b2dkit.main import make_program
+from cli import run, run_failing
 from fakevbox import install
 
 
-def run(*argv):
-    make_program().run(["b2dkit", *argv], exit=False)
-
-
-def run_failing(capsys, *argv):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as excinfo:
-        make_program().run(["b2dkit", *argv], exit=True)
-    return excinfo.value.code, capsys.readouterr()
 
 
 @pytest.fixture
@@ -158,8 +149,11 @@ def test_destroy_keeps_the_disk_and_create_reattaches_it(created, iso, small, ca
     assert code == 2 and "no active VM" in out.err
 
 
-def test_list_marks_the_active_vm(created, iso, small, capsys):
-    run("vm.create", small, "--provider=virtualbox", "--name=second", f"--iso={iso}", "--no-start")
+def test_list_marks_the_active_vm(created, iso, tmp_path, capsys):
+    other = tmp_path / "other.yaml"  # its own host ports: two VMs may not claim one (the run must succeed)
+    other.write_text(f"extends: default\ndisk: 1024\nforwards:\n  - {{host: 2022, remove: true}}\n"
+                     f"  - {{host: {_free_port()}, guest: 22}}\n")
+    run("vm.create", f"--profile={other}", "--provider=virtualbox", "--name=second", f"--iso={iso}", "--no-start")
     capsys.readouterr()
     run("vm.list", "--json")
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
