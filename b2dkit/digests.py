@@ -1,6 +1,7 @@
 """sha256 digests: the one pattern for a pinned digest and the one way a file is hashed."""
 
 import hashlib
+import os
 import re
 
 from .errors import InputError
@@ -21,7 +22,7 @@ def check_sha256(sha256: str) -> str:
     return value
 
 
-def file_sha256(path) -> str:
+def file_sha256(path: "os.PathLike[str] | str") -> str:
     """Read the whole file; the one expensive step a cache hit must skip."""
     digest = hashlib.sha256()
     with open(path, "rb") as fp:

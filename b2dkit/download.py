@@ -288,7 +288,7 @@ def _to_stderr(line: str):
     print(f"b2dkit: {line}", file=sys.stderr, flush=True)
 
 
-def _chain(exc: BaseException):
+def _chain(exc: Optional[BaseException]):
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

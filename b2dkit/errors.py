@@ -12,18 +12,20 @@ Subsystems subclass one of them (``VBoxError(HypervisorError)``, ``QMPError``...
 class tells the task layer the exit code and the user whose move it is.
 """
 
+from typing import Optional
+
 
 class B2dkitError(Exception):
     """Base class; never raised itself."""
 
     exit_code = 1
 
-    def __init__(self, message, hint=None):
+    def __init__(self, message: str, hint: Optional[str] = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
 
-    def __str__(self):
+    def __str__(self) -> str:
         if self.hint:
             return f"{self.message} ({self.hint})"
         return self.message

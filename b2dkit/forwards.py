@@ -39,15 +39,15 @@ class Forward:
     guest_ip: str = ""
     name: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.name:
             object.__setattr__(self, "name", rule_name(self.proto, self.host_port))
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         return asdict(self)
 
 
-def ssh_forward(rules) -> Optional["Forward"]:
+def ssh_forward(rules: Iterable["Forward"]) -> Optional["Forward"]:
     """The rule that reaches the guest's sshd, if any (b2dkit always makes one)."""
     return next((f for f in rules if f.guest_port == SSH_GUEST_PORT and f.proto == "tcp"), None)
 
@@ -63,7 +63,7 @@ def rule_name(proto: str, host_port: int) -> str:
     return f"{proto}-{host_port}"
 
 
-def parse_port(value, what="port") -> int:
+def parse_port(value: object, what: str = "port") -> int:
     text = str(value).strip()
     if not text.isdigit():
         raise InputError(f"invalid {what} {value!r}: expected a number from 1 to 65535")
@@ -73,7 +73,7 @@ def parse_port(value, what="port") -> int:
     return port
 
 
-def parse_spec(spec, host_ip=LOOPBACK) -> Forward:
+def parse_spec(spec: object, host_ip: str = LOOPBACK) -> Forward:
     """``8000`` | ``8080:80`` | ``5353:53/udp`` → Forward (host port first, as in ``docker -p``)."""
     text = str(spec).strip()
     match = _SPEC.match(text)
@@ -88,7 +88,7 @@ def parse_spec(spec, host_ip=LOOPBACK) -> Forward:
     return Forward(host_port=host, guest_port=guest, proto=proto, host_ip=check_host_ip(host_ip))
 
 
-def check_host_ip(host_ip) -> str:
+def check_host_ip(host_ip: Optional[str]) -> str:
     text = str(host_ip or LOOPBACK).strip()
     try:
         socket.inet_aton(text)
@@ -99,7 +99,7 @@ def check_host_ip(host_ip) -> str:
     return text
 
 
-def check_exposure(fwd: Forward, force=False):
+def check_exposure(fwd: Forward, force: bool = False) -> None:
     """Refuse to publish the Docker daemon beyond loopback unless forced: it is root on the VM."""
     if fwd.guest_port in DOCKER_PORTS and not fwd.host_ip.startswith("127.") and not force:
         raise InputError(
@@ -171,7 +171,7 @@ def refuse_clash(fwd: Forward, other: Forward, vm: str) -> None:
     )
 
 
-def with_ssh(rules: List[Forward], current: Sequence[Forward] = (), taken=()) -> List[Forward]:
+def with_ssh(rules: List[Forward], current: Sequence[Forward] = (), taken: Iterable[int] = ()) -> List[Forward]:
     """``rules`` plus a forward to the guest's sshd when none is there (an existing one keeps its port)."""
     if ssh_forward(rules):
         return list(rules)
@@ -230,7 +230,7 @@ def probe(port: int, host_ip: str = LOOPBACK, proto: str = "tcp") -> str:
         return FREE
 
 
-def host_port_free(port: int, host_ip=LOOPBACK, proto="tcp") -> bool:
+def host_port_free(port: int, host_ip: str = LOOPBACK, proto: str = "tcp") -> bool:
     return probe(port, host_ip, proto) == FREE
 
 
@@ -278,7 +278,8 @@ def require_free(fwd: Forward, neighbours: Optional[Neighbours] = None) -> None:
     )
 
 
-def pick_free_port(host_ip=LOOPBACK, proto="tcp", start=2200, end=2250, taken=()):
+def pick_free_port(host_ip: str = LOOPBACK, proto: str = "tcp", start: int = 2200, end: int = 2250,
+                   taken: Iterable[int] = ()) -> int:
     """First free port in a bounded range (Vagrant's usable_port_range), else PortInUse."""
     for port in range(start, end + 1):
         if port not in taken and host_port_free(port, host_ip, proto):

@@ -212,8 +212,9 @@ def remaster(
         else:
             fast_copy(src, tmp)
             if method == "in-place":
+                assert spot is not None  # in-place is only chosen with a located cfg
                 _patch_in_place(tmp, spot, new_cfg)
-        _verify(tmp, before, cfg_name, new_cfg, moved=(method == "rewrite"))
+        _verify(tmp, before, str(cfg_name), new_cfg, moved=(method == "rewrite"))
 
     parsed = bootcfg.parse(new_cfg)
     return RemasterResult(

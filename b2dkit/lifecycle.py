@@ -83,6 +83,8 @@ def guest_builder():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("b2dkit_guest_build", GUEST_BUILD)
+    if spec is None or spec.loader is None:
+        raise InputError(f"cannot load {GUEST_BUILD}", hint="run from a clone of the b2dkit repository")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -26,7 +26,7 @@ class Machine:
     persistent_dirs: List[str] = field(default_factory=list)
     boot_codes: List[str] = field(default_factory=list)
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         return {**asdict(self), "mounts": [m.to_dict() for m in self.mounts]}
 
 

@@ -18,6 +18,7 @@ from . import doctor, lifecycle, machines, status
 from .errors import B2dkitError, ChecksFailed, GuestError, Interrupted
 from .hypervisors.base import VMState
 from .lifecycle import Outcome
+from .profile import Profile
 
 Log = Callable[[str], None]
 STEPS = ("doctor", "iso", "remaster", "create", "start", "mounts", "summary")
@@ -25,7 +26,7 @@ STEPS = ("doctor", "iso", "remaster", "create", "start", "mounts", "summary")
 
 @dataclass
 class _Run:
-    profile: object
+    profile: Profile
     iso_path: Optional[str]
     dry_run: bool
     log: Log
@@ -94,6 +95,7 @@ def _remaster(run: _Run):
         run.had(text)
         return
     if not run.dry_run:
+        assert run.source is not None  # a real run has the source from the ISO step
         run.boot = lifecycle.boot_iso(run.profile, run.source)
     run.did(text)
 

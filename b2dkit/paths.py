@@ -7,6 +7,7 @@ touches the real home directory).
 import os
 import re
 from pathlib import Path
+from typing import Optional, Union
 
 import platformdirs
 
@@ -16,7 +17,7 @@ _APP = "b2dkit"
 _VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
-def _home():
+def _home() -> Optional[Path]:
     value = os.environ.get("B2DKIT_HOME")
     return Path(value).expanduser() if value else None
 
@@ -51,7 +52,7 @@ def ensure_dir(path: Path, mode: int = 0o700) -> Path:
     return path
 
 
-def same_file(a, b) -> bool:
+def same_file(a: Union[str, Path], b: Union[str, Path]) -> bool:
     """The same file on disk (or, when one is missing, the same absolute path): is it attached already?"""
     try:
         return os.path.samefile(a, b)

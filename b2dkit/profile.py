@@ -97,10 +97,10 @@ class IsoSource:
                 hint="put the sha256 from the boot2docker release notes in the profile, or set iso.path "
                 "to a local boot2docker.iso",
             )
-        return self.sha256
+        return str(self.sha256)
 
     def to_dict(self) -> dict:
-        data = {}
+        data: Dict[str, object] = {}
         if self.urls:
             data["urls"] = list(self.urls)
         if self.sha256:
@@ -163,7 +163,7 @@ class Profile:
 
     def to_dict(self) -> dict:
         """Plain data in file order; itself a valid profile file (no ``extends``)."""
-        data = {}
+        data: Dict[str, object] = {}
         if self.description:
             data["description"] = self.description
         data.update(
@@ -214,7 +214,7 @@ def search_dirs() -> List[Path]:
 
 def available() -> List[Tuple[str, Path]]:
     """(name, path) of every profile on the search path; the first of a name wins."""
-    found = {}
+    found: Dict[str, Path] = {}
     for directory in search_dirs():
         if not directory.is_dir():
             continue
@@ -272,7 +272,7 @@ def check_file(path) -> Profile:
 
 def _resolve(path: Path, provider=None, name=None) -> Profile:
     layers = _load_chain(path, [])
-    merged = {}
+    merged: dict = {}
     for layer in layers:
         _merge(merged, layer)
     return _finish(merged, path, [layer.path for layer in reversed(layers)], provider, name)
@@ -484,19 +484,19 @@ def _check_disk(check, where, value):
 def _check_iso(check, where, value):
     data = check.mapping(where, value)
     check.keys(where, data, ISO_KEYS)
-    urls = ()
+    urls: Tuple[str, ...] = ()
     if "urls" in data:
         items = check.items(_join(where, "urls"), data["urls"])
         if not items:
             raise check.error(_join(where, "urls"), "the list is empty: give at least one URL")
-        urls = []
+        found: List[str] = []
         for index, item in enumerate(items):
             at = f"{where}.urls[{index}]"
             url = check.text(at, item)
             if not url.startswith(URL_SCHEMES) or any(ch.isspace() for ch in url):
                 raise check.error(at, f"{url!r} is not a URL: use https://..., http://... or file://...")
-            urls.append(url)
-        urls = tuple(urls)
+            found.append(url)
+        urls = tuple(found)
     sha256 = None
     if "sha256" in data:
         at = _join(where, "sha256")
@@ -730,7 +730,7 @@ def _finish(merged: dict, path: Path, chain: List[Path], provider, name) -> Prof
             hint="add e.g. {host: 2022, guest: 22}",
         )
     mounts = list(merged.get("mounts", {}).values())
-    hosts = {}
+    hosts: Dict[Path, str] = {}
     for mount in mounts:
         if mount.host in hosts:
             raise ProfileError(

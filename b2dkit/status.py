@@ -6,7 +6,7 @@ Everything is read live (hypervisor, guest clock, mount table); nothing here is 
 from pathlib import Path
 from typing import List
 
-from . import lifecycle, machines
+from . import lifecycle, machines, paths
 from .errors import B2dkitError
 from .forwards import DOCKER_PORTS, connect_address, ssh_forward
 from .machines import Machine
@@ -25,7 +25,7 @@ def collect(machine: Machine, drift: bool = True) -> dict:
         "state": str(snap.state),
         "forwards": [f.to_dict() for f in sorted(snap.forwards)],
         "disk": str(disk) if disk else None,
-        "iso": str(lifecycle.paths.vm_dir(machine.name) / lifecycle.VM_ISO),
+        "iso": str(paths.vm_dir(machine.name) / lifecycle.VM_ISO),
         "boot_codes": machine.boot_codes,
         "persistent_dirs": machine.persistent_dirs,
         "log": str(provider.log_path() or ""),
@@ -110,7 +110,7 @@ def docker_env(machine: Machine) -> List[str]:
     rules = {f.guest_port: f for f in provider.forwards() if f.proto == "tcp"}
     if 2376 in rules:
         f = rules[2376]
-        certs = lifecycle.paths.vm_dir(machine.name) / "certs"
+        certs = paths.vm_dir(machine.name) / "certs"
         lines = [
             f"export DOCKER_HOST=tcp://{f.host_ip}:{f.host_port}",
             "export DOCKER_TLS_VERIFY=1",

@@ -6,7 +6,12 @@ provider side by side (``virtualbox/{vboxmanage,provider}.py``, ``qemu/{qemusyst
 Importing this package imports no hypervisor module: they load when a provider is asked for.
 """
 
+from typing import TYPE_CHECKING
+
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from .base import Provider
 
 PROVIDERS = ("virtualbox", "qemu")
 
@@ -23,7 +28,7 @@ def default_provider_name() -> str:
         return "qemu"
 
 
-def get_provider(name: str, vm: str):
+def get_provider(name: str, vm: str) -> "Provider":
     """The provider for VM ``vm`` on hypervisor ``name`` (its module is imported only now)."""
     if name == "virtualbox":
         from .virtualbox.provider import VirtualBoxProvider

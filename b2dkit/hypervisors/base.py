@@ -10,7 +10,7 @@ import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from .. import forwards as fw
 from .. import paths
@@ -31,7 +31,7 @@ class VMState(str, enum.Enum):
     SAVED = "saved"
     BUSY = "busy"  # starting, stopping, saving...: wait and ask again
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.value
 
 
@@ -66,7 +66,7 @@ class MachineSpec:
         return fw.check_rules(self.forwards)
 
     @classmethod
-    def from_profile(cls, profile, iso: Path, public_key: str) -> "MachineSpec":
+    def from_profile(cls, profile: Any, iso: Path, public_key: str) -> "MachineSpec":
         """The one way a spec is built: from a resolved profile and the VM's own boot ISO."""
         return cls(
             name=profile.name,

@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from ... import atomic, disk, paths
 from ... import forwards as fw
@@ -140,7 +140,7 @@ class QemuProvider(Provider):
             self._save(wanted)
         return report
 
-    def _decide(self, spec: MachineSpec):
+    def _decide(self, spec: MachineSpec) -> Tuple[Optional[dict], dict, List[str]]:
         """(old definition, wanted definition, change lines): machine.json against ``spec``."""
         rules = spec.check(self.vm)
         disk.header_tar(spec.public_key)
@@ -330,7 +330,7 @@ class QemuProvider(Provider):
     def _require_free(self, fwd: Forward) -> None:
         fw.require_free(fwd, neighbours=self._neighbours)
 
-    def _neighbours(self):
+    def _neighbours(self) -> Iterator[Tuple[str, List[Forward]]]:
         """(label, rules) of every other b2dkit QEMU VM whose process runs."""
         for machine in sorted((paths.data_dir() / "vms").glob(f"*/{MACHINE}")):
             name = machine.parent.name
@@ -380,7 +380,7 @@ class QemuProvider(Provider):
         return facts
 
 
-def _slot(fwd: Forward):
+def _slot(fwd: Forward) -> Tuple[str, str, int]:
     """What the host can bind once: (protocol, address, port)."""
     return (fwd.proto, fwd.host_ip, fwd.host_port)
 

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ... import atomic, install, paths
 from ...errors import HypervisorError, InputError, PortInUse, ToolMissing
@@ -401,7 +401,7 @@ class QMP:
 
     def execute(self, command: str, arguments: Optional[dict] = None):
         """Send one command; return its ``return`` value, raise QMPError on ``error``."""
-        message = {"execute": command}
+        message: Dict[str, Any] = {"execute": command}
         if arguments:
             message["arguments"] = arguments
         self._file.write(json.dumps(message).encode() + b"\n")
@@ -462,7 +462,8 @@ def parse_usernet(text: str) -> dict:
     QEMU prints 0.0.0.0 as ``*``; a rule to the default guest address reads back with an
     empty ``guest_ip``, as the rule was written.
     """
-    result, netdev = {}, None
+    result: Dict[str, List[Forward]] = {}
+    netdev = None
     for line in text.splitlines():
         hub = _HUB.match(line.strip())
         if hub:

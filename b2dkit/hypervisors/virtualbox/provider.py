@@ -200,7 +200,7 @@ class VirtualBoxProvider(Provider):
         storage = self._storage_plan(info, iso)
         live = info is not None and info.state in (VMState.RUNNING, VMState.PAUSED, VMState.SAVED)
         offline = setting_changes + [text for text, _ in storage]
-        if live and offline:
+        if info is not None and live and offline:
             raise HypervisorError(
                 f"VM {self.vm!r} is {info.vbox_state}; these changes need it powered off: "
                 f"{'; '.join(offline)}",

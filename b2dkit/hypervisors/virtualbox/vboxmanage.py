@@ -319,6 +319,7 @@ class VBoxManage:
         # writing gigabytes to its stdin must never block on a full pipe (deadlock).
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err, env=self._env())
+            assert proc.stdin is not None  # stdin=PIPE
             try:
                 try:
                     stdin_writer(proc.stdin)
@@ -653,7 +654,8 @@ def parse_version(text: str) -> Tuple[int, int, int]:
     for line in text.splitlines():
         m = _VERSION.match(line)
         if m:
-            return tuple(int(g) for g in m.groups())
+            major, minor, patch = (int(g) for g in m.groups())
+            return major, minor, patch
     raise HypervisorError(f"cannot read the VirtualBox version from {text.strip()[:60]!r}")
 
 
