@@ -19,7 +19,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
-from .errors import InputError, PortDenied, PortInUse
+from .errors import HypervisorError, InputError, PortDenied, PortInUse
 
 PROTOCOLS = ("tcp", "udp")
 LOOPBACK = "127.0.0.1"
@@ -56,6 +56,16 @@ def connect_address(fwd: "Forward") -> Tuple[str, int]:
     """Where the host connects for ``fwd``: a wildcard bind is reached on loopback."""
     host = fwd.host_ip if fwd.host_ip not in ("", "0.0.0.0") else LOOPBACK
     return host, fwd.host_port
+
+
+def ssh_endpoint(rules: Iterable["Forward"], vm: str) -> Tuple[str, int]:
+    """Where the host reaches VM ``vm``'s sshd, or the one error both providers give without a rule."""
+    ssh = ssh_forward(rules)
+    if ssh:
+        return connect_address(ssh)
+    raise HypervisorError(
+        f"VM {vm!r} has no forward to the guest's SSH port 22", hint="run `b2dkit vm.create` again to add it"
+    )
 
 
 def rule_name(proto: str, host_port: int) -> str:

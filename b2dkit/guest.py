@@ -514,14 +514,8 @@ def ssh_quote(path) -> str:
     return f'"{text}"' if any(c.isspace() for c in text) else text
 
 
-def interactive_shell(
-    host: str,
-    port: int,
-    key_path,
-    known_hosts_path,
-    command: Optional[Command] = None,
-    user: str = DEFAULT_USER,
-) -> int:
+def interactive_shell(host: str, port: int, key_path, known_hosts_path,
+                      command: Optional[Command] = None, user: str = DEFAULT_USER) -> int:
     """Run ``ssh`` in the foreground (a real TTY) and return its exit code.
 
     Without an OpenSSH client, a command still runs through paramiko; a shell cannot.

@@ -79,25 +79,29 @@ def _doctor(run: _Run):
         )
 
 
-def _iso(run: _Run):
-    run.source, text = lifecycle.source_iso_change(run.profile, run.iso_path)
-    if run.source is not None:
+def _decided(run: _Run, found: Optional[Path], text: str, act: Callable[[], Path]) -> Optional[Path]:
+    """One decided step: what is there is kept; what is missing is made (unless a dry run), same line."""
+    if found is not None:
         run.had(text)
-        return
-    if not run.dry_run:
-        run.source = lifecycle.source_iso(run.profile, run.iso_path)
+        return found
+    made = None if run.dry_run else act()
     run.did(text)
+    return made
+
+
+def _iso(run: _Run):
+    found, text = lifecycle.source_iso_change(run.profile, run.iso_path)
+    run.source = _decided(run, found, text, lambda: lifecycle.source_iso(run.profile, run.iso_path))
 
 
 def _remaster(run: _Run):
-    run.boot, text = lifecycle.boot_iso_change(run.profile, run.source)
-    if run.boot is not None:
-        run.had(text)
-        return
-    if not run.dry_run:
-        assert run.source is not None  # a real run has the source from the ISO step
-        run.boot = lifecycle.boot_iso(run.profile, run.source)
-    run.did(text)
+    found, text = lifecycle.boot_iso_change(run.profile, run.source)
+    run.boot = _decided(run, found, text, lambda: _remastered(run))
+
+
+def _remastered(run: _Run) -> Path:
+    assert run.source is not None  # a real run has the source from the ISO step
+    return lifecycle.boot_iso(run.profile, run.source)
 
 
 def _create(run: _Run):

@@ -343,12 +343,7 @@ class QemuProvider(Provider):
 
     # -- where things are -------------------------------------------------------------------
     def ssh_endpoint(self) -> Tuple[str, int]:
-        ssh = fw.ssh_forward(self.forwards())
-        if ssh:
-            return fw.connect_address(ssh)
-        raise HypervisorError(
-            f"VM {self.vm!r} has no forward to guest port 22", hint="add one: `b2dkit vm.forward 2022:22`"
-        )
+        return fw.ssh_endpoint(self.forwards(), self.vm)
 
     def disk_path(self) -> Optional[Path]:
         path = self.dir / DISK

@@ -39,17 +39,10 @@ KVM_PVM_MARKERS = (Path("/sys/module/kvm_pvm"), Path("/proc/modules"))  # loaded
 
 
 # QEMU's run states (``query-status``) → b2dkit's.
-STATES = {
-    "running": VMState.RUNNING,
-    "paused": VMState.PAUSED,
-    "suspended": VMState.PAUSED,
-    # Halted by an error but the process still holds the disk: not safe to reconfigure,
-    # and stop() ends it; info() shows QEMU's own word for it.
-    "internal-error": VMState.PAUSED,
-    "io-error": VMState.PAUSED,
-    "guest-panicked": VMState.PAUSED,
-    "watchdog": VMState.PAUSED,
-}
+# The error states halt the guest but the process still holds the disk: not safe to
+# reconfigure, and stop() ends it; info() shows QEMU's own word for it.
+_PAUSED = ("paused", "suspended", "internal-error", "io-error", "guest-panicked", "watchdog")
+STATES = {"running": VMState.RUNNING, **dict.fromkeys(_PAUSED, VMState.PAUSED)}
 
 
 def map_state(status: str) -> VMState:

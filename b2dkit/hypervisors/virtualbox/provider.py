@@ -141,7 +141,7 @@ class VirtualBoxProvider(Provider):
         }
 
     def ssh_endpoint(self) -> Tuple[str, int]:
-        return _ssh_endpoint(self._require(), self.vm)
+        return fw.ssh_endpoint(self._require().nat_forwards(), self.vm)
 
     # -- create / converge -----------------------------------------------------------------
     def changes(self, spec: MachineSpec) -> List[str]:
@@ -486,15 +486,6 @@ class _Decision:
 
     def texts(self) -> List[str]:
         return self.setting_changes + self.rule_changes + [text for text, _ in self.storage]
-
-
-def _ssh_endpoint(info: VMInfo, vm: str) -> Tuple[str, int]:
-    ssh = fw.ssh_forward(info.nat_forwards())
-    if ssh:
-        return fw.connect_address(ssh)
-    raise HypervisorError(
-        f"VM {vm!r} has no NAT rule to the guest's SSH port 22", hint="run `b2dkit vm.create` again to add it"
-    )
 
 
 def _str(path) -> Optional[str]:
