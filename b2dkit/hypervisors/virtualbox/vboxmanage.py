@@ -493,24 +493,6 @@ def _read_quoted(text: str, i: int, multiline: bool):
     return None, None
 
 
-def parse_machinereadable(text: str) -> Dict[str, str]:
-    """``showvminfo --machinereadable`` as a dict.
-
-    ``Forwarding(i)`` restarts at 0 for every NIC and the NIC is only known from the
-    preceding ``nicN=`` line, so those keys are stored as ``nic<N>.Forwarding(<i>)``.
-    """
-    data: Dict[str, str] = {}
-    nic = "1"  # a fragment that starts after nic1= still holds NIC 1's rules
-    for key, value in parse_pairs(text):
-        m = _NIC_KEY.match(key)
-        if m:
-            nic = m.group(1)
-        elif _FORWARDING_KEY.match(key):
-            key = f"nic{nic}.{key}"
-        data[key] = value
-    return data
-
-
 def parse_forward(value: str) -> Forward:
     """``ssh,tcp,127.0.0.1,2222,,22`` → Forward (the rule name is field 0)."""
     parts = value.split(",")
