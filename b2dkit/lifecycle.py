@@ -90,15 +90,25 @@ def guest_builder():
     return module
 
 
-def build_guest(log: Log = _quiet) -> Path:
+def built_guest() -> Optional[Path]:
+    """The guest ISO if it is built for the current inputs; a missing build package (sudo,
+    busybox...) is this machine's to fix, so it is ToolMissing, never a traceback."""
     builder = guest_builder()
-    iso = builder.cached()
+    try:
+        return builder.cached()
+    except (builder.BuildError, OSError) as exc:
+        raise ToolMissing(f"cannot build the guest ISO: {exc}") from None
+
+
+def build_guest(log: Log = _quiet) -> Path:
+    iso = built_guest()
     if iso:
         return iso
+    builder = guest_builder()
     log("ISO: building the boot2docker-compatible guest from Debian packages…")
     try:
         return builder.build(quiet=True)
-    except builder.BuildError as exc:
+    except (builder.BuildError, OSError) as exc:
         raise ToolMissing(f"building the guest ISO failed: {exc}") from None
 
 
@@ -114,7 +124,7 @@ def source_iso_change(profile, iso_path=None) -> Tuple[Optional[Path], str]:
             raise InputError(f"ISO {path} does not exist", hint="pass --iso PATH to a boot2docker.iso")
         return path, f"using local ISO {path}"
     if profile.iso.build == "guest":
-        built = guest_builder().cached()
+        built = built_guest()
         if built:
             return built, f"guest ISO is built ({built})"
         return None, "build the boot2docker-compatible guest ISO from Debian packages"

@@ -86,3 +86,15 @@ def test_a_timeout_that_skips_the_shutdown_is_refused_before_anything_happens(st
     with pytest.raises(lifecycle.InputError, match="--timeout must be"):
         lifecycle.stop(machines.Machine(name="dev", provider="qemu"), timeout=bad)
     assert events == []
+
+
+def test_a_missing_build_tool_for_the_demo_guest_is_tool_missing_not_a_traceback(tmp_path, monkeypatch):
+    """The demo profile builds its guest: without dpkg-query/sudo that is this machine's to fix."""
+    from b2dkit import profile
+    from b2dkit.errors import ToolMissing
+
+    demo = profile.load("demo")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ToolMissing, match="guest ISO"):
+        lifecycle.source_iso_change(demo)
