@@ -22,9 +22,9 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from . import __version__, atomic, download, isocache, paths, profileedit
+from . import __version__, atomic, digests, isocache, paths, profileedit
 from . import profile as profiles
 from .errors import InputError
 
@@ -83,7 +83,7 @@ def create(profile_ref, out, iso_path=None, log: Log = print) -> str:
     if prof.iso.pinned and not iso_path and digest != prof.iso.sha256:
         raise InputError(f"ISO {source} has sha256 {digest}, not the {prof.iso.sha256} the profile pins")
     files = {f"profiles/{name}": data for name, data in _bundled_profiles(prof).items()}
-    manifest = {
+    manifest: Dict[str, Any] = {
         "format": FORMAT,
         "b2dkit": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -103,7 +103,7 @@ def create(profile_ref, out, iso_path=None, log: Log = print) -> str:
             info.size, info.mode, info.mtime = source.stat().st_size, 0o644, int(time.time())
             with open(source, "rb") as fp:
                 tar.addfile(info, fp)
-        whole = isocache.file_sha256(tmp)
+        whole = digests.file_sha256(tmp)
     log(f"wrote {out} (sha256 {whole}); onboard with it: b2dkit onboard --from-bundle {out.name}")
     return whole
 
@@ -129,11 +129,11 @@ def unpack(path, log: Log = print) -> Unpacked:
         folder = paths.ensure_dir(paths.cache_dir() / "bundles" / bundle_id, mode=0o755)
         iso_member = manifest["iso"]["member"]
         digest = manifest["iso"]["sha256"]
-        iso_target = download.cache_path(digest)
+        iso_target = isocache.source_path(digest)
         for name, expected in sorted(manifest["members"].items()):
             member = tar.getmember(name)
             dest = iso_target if name == iso_member else folder / name
-            if name == iso_member and dest.is_file() and isocache.file_sha256(dest) == digest:
+            if name == iso_member and dest.is_file() and digests.file_sha256(dest) == digest:
                 continue  # already in the cache
             paths.ensure_dir(dest.parent, mode=0o755)
             _extract_checked(tar, member, dest, expected, path)
@@ -151,7 +151,10 @@ def _manifest(tar: tarfile.TarFile, path: Path) -> dict:
     bad = InputError(f"--from-bundle: {path} is not a b2dkit bundle (no valid {MANIFEST})")
     try:
         member = tar.getmember(MANIFEST)
-        data = json.loads(tar.extractfile(member).read(1 << 20))
+        fp = tar.extractfile(member)
+        if fp is None:  # a directory or link named like the manifest
+            raise bad
+        data = json.loads(fp.read(1 << 20))
     except (KeyError, AttributeError, ValueError, tarfile.TarError):
         raise bad from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from . import atomic, download, isocache, paths, profileedit
+from . import atomic, digests, download, isocache, paths, profileedit
 from . import iso as isolib
 from . import profile as profiles
 from .errors import InputError, ProfileError
@@ -92,10 +92,12 @@ def plan(profile_ref=profiles.DEFAULT_PROFILE, url: Optional[str] = None, from_p
     fetched = (downloader or download.Downloader()).fetch_unpinned(
         urls, accept=lambda part, source: isolib.check_boot2docker(part, name=source)
     )
+    assert fetched.url and fetched.sha256, fetched  # set on success
     info = isolib.show(fetched.path)
     candidate = Candidate(fetched.url, fetched.sha256, info["size"], info, cached=fetched.path)
     if prof.iso.pinned and prof.iso.sha256 != fetched.sha256 and not url:
-        log(f"warning: {fetched.url} now serves a different file than the pinned sha256 {prof.iso.sha256[:12]}…")
+        pinned = (prof.iso.sha256 or "")[:12]
+        log(f"warning: {fetched.url} now serves a different file than the pinned sha256 {pinned}…")
     edit = profileedit.iso_edit(target, urls=urls if url else None, sha256=fetched.sha256)
     return Pin(candidate, edit)
 
@@ -104,11 +106,11 @@ def _plan_local(prof, target: Path, path: Path, url: Optional[str]) -> Pin:
     if not path.is_file():
         raise InputError(f"--from: {path} is not a file")
     info = isolib.check_boot2docker(path)
-    digest = isocache.file_sha256(path)
+    digest = digests.file_sha256(path)
     downloads = bool(url) or bool(_layer_iso(target).get("urls"))
-    cached = download.cache_path(digest) if downloads else None
+    cached = isocache.source_path(digest) if downloads else None
     candidate = Candidate(str(path), digest, info["size"], info, cached=cached)
-    if downloads:
+    if cached is not None:
         edit = profileedit.iso_edit(target, urls=[url] if url else None, sha256=digest)
         seed = path if not cached.is_file() else None
         return Pin(candidate, edit, seed=seed)
@@ -118,11 +120,11 @@ def _plan_local(prof, target: Path, path: Path, url: Optional[str]) -> Pin:
 
 def apply(pin: Pin) -> None:
     """Seed the cache (``--from``), then write the profile (temp file + rename)."""
-    if pin.seed is not None:
+    if pin.seed is not None and pin.candidate.cached is not None:
         folder = paths.ensure_dir(pin.candidate.cached.parent, mode=0o755)
         with atomic.locked_dir(folder), atomic.atomic_path(pin.candidate.cached) as tmp:
             isolib.fast_copy(pin.seed, tmp)
-            if isocache.file_sha256(tmp) != pin.candidate.sha256:
+            if digests.file_sha256(tmp) != pin.candidate.sha256:
                 raise InputError(f"--from: {pin.seed} changed while it was being pinned; run iso.pin again")
     pin.edit.apply()
 

@@ -62,7 +62,7 @@ class Ref:
 
     @property
     def name(self) -> str:
-        return posixpath.basename(urlparse(self.url).path if self.kind == "http" else self.path)
+        return posixpath.basename(urlparse(self.url).path if self.kind == "http" else self.path or "")
 
     @property
     def pinned(self) -> bool:
@@ -142,7 +142,7 @@ def fetch(reference, notify: Notify = _to_stderr, downloader=None) -> Path:
         )
     origin = {"ref": ref.text(pin=None), "sha256": digest, "kind": ref.kind, "url": ref.url}
     if commit:
-        origin.update(commit=commit, path=ref.path)
+        origin.update(commit=commit, path=ref.path or "")
     paths.ensure_dir(entry, mode=0o755)
     with atomic.locked_dir(entry):
         if not target.is_file() or target.read_bytes() != data:
@@ -169,6 +169,7 @@ def _download(ref: Ref, downloader):
         return (downloader or download.Downloader()).get_small(ref.url), None
     from . import git
 
+    assert ref.ref and ref.path, ref  # parse() gives a git Ref both
     repo = root() / "git" / (hashlib.sha256(ref.url.encode()).hexdigest()[:24] + ".git")
     paths.ensure_dir(repo.parent, mode=0o755)
     with atomic.locked_dir(repo.parent):
@@ -183,7 +184,7 @@ def _download(ref: Ref, downloader):
 
 
 def _is_commit(ref: Optional[str]) -> bool:
-    return bool(ref) and bool(re.match(r"^[0-9a-f]{40}$", ref))
+    return bool(re.match(r"^[0-9a-f]{40}$", ref or ""))
 
 
 # -- where a cached file came from -----------------------------------------------------------
@@ -232,7 +233,7 @@ def resolve_extends(parent: str, child: Path, notify: Notify = _to_stderr) -> Op
     pin = f"#{fragment}" if fragment else ""
     if base.kind == "http":
         return fetch(urljoin(base.url, rel) + pin, notify)
-    path = posixpath.normpath(posixpath.join(posixpath.dirname(base.path), rel))
+    path = posixpath.normpath(posixpath.join(posixpath.dirname(base.path or ""), rel))
     if path.startswith(".."):
         raise ProfileError(f"extends {parent!r} points outside the repository of {base.text()}")
     return fetch(f"git+{base.url}@{base.ref}:{path}{pin}", notify)

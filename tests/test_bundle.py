@@ -13,7 +13,7 @@ import pytest
 from httpmirror import Mirror, Route
 from isofixtures import build_iso, sha256, tools_available
 
-from b2dkit import bundle, download, lifecycle
+from b2dkit import bundle, isocache, lifecycle
 from b2dkit import profile as profiles
 from b2dkit.main import make_program
 from fakevbox import install
@@ -79,7 +79,7 @@ def test_a_new_hire_onboards_from_the_bundle_with_no_network(made, tmp_path, mon
     code, out, err = b2dkit(capfd, "onboard", f"--from-bundle={made['tar']}", "--provider=virtualbox", "--dry-run")
     assert code == 0, err
     assert f"already: ISO {made['sha256']}.iso is in the cache" in out
-    assert sha256(download.cache_path(made["sha256"])) == made["sha256"]
+    assert sha256(isocache.source_path(made["sha256"])) == made["sha256"]
 
     def interrupted(machine, **kwargs):
         raise KeyboardInterrupt  # the boot needs a real guest (test_onboard.py's QEMU half)
@@ -116,7 +116,7 @@ def test_a_tampered_iso_is_refused_and_nothing_is_installed(made, tmp_path, monk
     code, _, err = b2dkit(capfd, "onboard", f"--from-bundle={bad}", "--dry-run")
     assert code == 2 and len(err.splitlines()) == 1
     assert f"iso/{made['sha256']}.iso has sha256 " in err and "not the " in err
-    assert download.list_cache() == [] and not list(download.iso_cache_dir().glob("*.part"))
+    assert isocache.sources() == [] and not list(isocache.sources_dir().glob("*.part"))
 
 
 def test_members_outside_the_bundle_and_non_archives_are_refused(made, tmp_path, capfd):

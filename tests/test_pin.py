@@ -12,7 +12,7 @@ import pytest
 from httpmirror import Mirror, Route
 from isofixtures import build_iso, sha256, tools_available
 
-from b2dkit import download, lifecycle, pin, profileedit
+from b2dkit import download, isocache, lifecycle, pin, profileedit
 from b2dkit import profile as profiles
 from b2dkit.errors import IsoError, ProfileError
 from b2dkit.main import make_program
@@ -80,7 +80,7 @@ def comments(text: str):
 
 
 def cache_files():
-    folder = download.iso_cache_dir()
+    folder = isocache.sources_dir()
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
@@ -154,7 +154,7 @@ def test_what_is_not_a_boot2docker_iso_is_refused_and_leaves_nothing(team, mirro
     before = (team / "default.yaml").read_text()
     url = mirror.url(route)
     code, out, err = b2dkit(capfd, "iso.pin", f"--url={url}")
-    assert code == 1
+    assert code == 2
     assert err.splitlines() == [err.strip()] and err.startswith(f"b2dkit: error: {url} ")
     assert why in err and "Traceback" not in err
     assert (team / "default.yaml").read_text() == before
@@ -214,7 +214,7 @@ def test_from_a_local_file_keeps_the_urls_and_seeds_the_cache(team, isos, capfd)
     digest = sha256(isos["good"])
     assert changed_lines(before, target.read_text()) == (["  sha256: UNVERIFIED"], [f"  sha256: {digest}"])
     assert profiles.load("default").iso.urls == (UPSTREAM,)
-    assert sha256(download.cache_path(digest)) == digest  # onboarding here needs no download
+    assert sha256(isocache.source_path(digest)) == digest  # onboarding here needs no download
     assert "so this machine needs no download" in out
     assert sha256(isos["good"]) == digest  # the source is only read
 
@@ -244,7 +244,7 @@ def test_from_something_that_is_not_an_iso_is_refused(team, tmp_path, capfd):
     junk.write_text("not an image\n")
     before = (team / "default.yaml").read_text()
     code, _, err = b2dkit(capfd, "iso.pin", f"--from={junk}")
-    assert code == 1 and "is not an ISO 9660 image" in err
+    assert code == 2 and "is not an ISO 9660 image" in err
     assert (team / "default.yaml").read_text() == before and cache_files() == []
 
 
@@ -327,11 +327,11 @@ def test_a_new_hire_creates_the_vm_from_the_pinned_profile_and_the_iso_is_verifi
     code, out, err = b2dkit(capfd, "vm.create", "--profile=small", "--provider=virtualbox", "--no-start")
     assert code == 0, err
     assert len(mirror.requests) == requests + 1  # downloaded once more, on this laptop
-    assert sha256(download.cache_path(digest)) == digest
+    assert sha256(isocache.source_path(digest)) == digest
     assert "pinned-vm created (not started)" in out
     # A mirror that now serves other bytes is caught by the pin.
     mirror.routes["/good.iso"] = Route(payload=isos["other"].read_bytes())
     monkeypatch.setenv("B2DKIT_HOME", str(tmp_path / "laptop3"))
     code, _, err = b2dkit(capfd, "vm.create", "--profile=small", "--provider=virtualbox", "--no-start",
                           "--name=third")
-    assert code == 1 and "checksum mismatch" in err and f"expected sha256 {digest}" in err
+    assert code == 3 and "checksum mismatch" in err and f"expected sha256 {digest}" in err

@@ -214,7 +214,7 @@ def test_a_missing_file_or_tag_in_git_is_one_line(repo, capfd):
     commit = git(repo, "rev-parse", "v1")
     assert code == 2 and err.strip().endswith(f"vms/nope.yaml does not exist at commit {commit[:12]}")
     code, _, err = b2dkit(capfd, "profile.show", f"--profile=git+file://{repo}@v9:vms/team.yaml")
-    assert code == 1 and len(err.splitlines()) == 1 and "cannot fetch 'v9'" in err
+    assert code == 3 and len(err.splitlines()) == 1 and "cannot fetch 'v9'" in err
 
 
 def test_profile_show_names_the_chain_by_reference_and_iso_pin_refuses_a_fetched_file(web, capfd):

@@ -6,7 +6,7 @@ from .. import doctor as checks
 from .. import jsonout
 from .. import onboard as flow
 from .. import profile as profiles
-from ..errors import InputError
+from ..errors import ChecksFailed, InputError
 from ._base import print_json, say, task
 
 PROFILE_HELP = "profile name in profiles/ or a path to a YAML file"
@@ -65,6 +65,6 @@ def doctor(c, profile="default", provider=None, name=None, json=False):
         say(check.line())
     failed = [r.name for r in results if not r.ok]
     if failed:
-        raise flow.DoctorFailed(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+        raise ChecksFailed(f"{len(failed)} check(s) failed: {', '.join(failed)}")
     if not json:
         say("all good")
