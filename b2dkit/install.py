@@ -1,28 +1,85 @@
-"""How to install each external program b2dkit runs: the one table doctor and every error use."""
+"""How to install each external program b2dkit runs: the one table doctor, onboarding and every error use.
+
+A tool maps to its package names per package manager (apt, dnf, brew; brew casks apart,
+since they need ``--cask``); the human-readable commands are made from the same names, so
+what an error suggests is what ``onboard --yes`` would run.
+"""
 
 import platform
-from typing import Dict
+import shutil
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
 
-COMMANDS: Dict[str, Dict[str, str]] = {
-    "virtualbox": {"macOS": "brew install --cask virtualbox",
-                   "Debian/Ubuntu": "sudo apt-get install virtualbox  (or the package from virtualbox.org)"},
-    "qemu": {"macOS": "brew install qemu", "Debian/Ubuntu": "sudo apt-get install qemu-system-x86 qemu-utils"},
-    "sshfs": {"macOS": "brew install --cask macfuse && brew install gromgit/fuse/sshfs-mac",
-              "Debian/Ubuntu": "sudo apt-get install sshfs fuse3"},
-    "fuse": {"macOS": "brew install --cask macfuse", "Debian/Ubuntu": "sudo apt-get install fuse3"},
-    "ssh": {"macOS": "ssh ships with macOS", "Debian/Ubuntu": "sudo apt-get install openssh-client"},
+MANAGERS = ("apt", "dnf", "brew")
+SYSTEMS = {"apt": "Debian/Ubuntu", "dnf": "Fedora", "brew": "macOS"}
+
+
+@dataclass(frozen=True)
+class Packages:
+    """The packages that provide a tool, per package manager; ``note`` says what a name cannot."""
+
+    apt: Tuple[str, ...] = ()
+    dnf: Tuple[str, ...] = ()
+    brew: Tuple[str, ...] = ()
+    cask: Tuple[str, ...] = ()  # brew install --cask
+    note: Dict[str, str] = field(default_factory=dict)
+
+    def names(self, manager: str) -> List[str]:
+        """What ``manager`` installs (casks as ``--cask NAME``, which is how pkgmanager passes them)."""
+        if manager == "brew":
+            return [f"--cask {c}" for c in self.cask] + list(self.brew)
+        return list(getattr(self, manager))
+
+
+TABLE: Dict[str, Packages] = {
+    "virtualbox": Packages(apt=("virtualbox",), dnf=("VirtualBox",), cask=("virtualbox",),
+                           note={"apt": "or the package from virtualbox.org",
+                                 "dnf": "from RPM Fusion or virtualbox.org"}),
+    "qemu": Packages(apt=("qemu-system-x86", "qemu-utils"), dnf=("qemu-system-x86", "qemu-img"), brew=("qemu",)),
+    "sshfs": Packages(apt=("sshfs", "fuse3"), dnf=("fuse-sshfs", "fuse3"), brew=("gromgit/fuse/sshfs-mac",),
+                      cask=("macfuse",)),
+    "fuse": Packages(apt=("fuse3",), dnf=("fuse3",), cask=("macfuse",)),
+    "ssh": Packages(apt=("openssh-client",), dnf=("openssh-clients",), note={"brew": "ssh ships with macOS"}),
+    "docker": Packages(apt=("docker.io",), dnf=("moby-engine",), brew=("docker",)),
 }  # fmt: skip
 
 
+def host_manager() -> str:
+    """The package manager this host's commands are shown for first (brew on macOS)."""
+    if platform.system() == "Darwin":
+        return "brew"
+    return "dnf" if shutil.which("dnf") and not shutil.which("apt-get") else "apt"
+
+
 def host_system() -> str:
-    return "macOS" if platform.system() == "Darwin" else "Debian/Ubuntu"
+    return SYSTEMS[host_manager()]
+
+
+def command_text(manager: str, packages: List[str]) -> str:
+    """What a person types: ``sudo apt-get install a b`` (brew: casks first, never sudo)."""
+    if manager == "brew":
+        casks = [p.split(" ", 1)[1] for p in packages if p.startswith("--cask ")]
+        formulae = [p for p in packages if not p.startswith("--cask ")]
+        parts = (["brew install --cask " + " ".join(casks)] if casks else []) + (
+            ["brew install " + " ".join(formulae)] if formulae else [])
+        return " && ".join(parts)
+    binary = {"apt": "apt-get", "dnf": "dnf"}[manager]
+    return f"sudo {binary} install " + " ".join(packages)
 
 
 def commands(tool: str) -> Dict[str, str]:
-    """The install commands for ``tool``, this host's system first."""
-    cmds = COMMANDS[tool]
-    first = host_system()
-    return {first: cmds[first], **{k: v for k, v in cmds.items() if k != first}}
+    """The install command for ``tool`` per system, this host's first."""
+    entry = TABLE[tool]
+    first = host_manager()
+    out = {}
+    for manager in (first, *[m for m in MANAGERS if m != first]):
+        names = entry.names(manager)
+        note = entry.note.get(manager)
+        if names:
+            out[SYSTEMS[manager]] = command_text(manager, names) + (f"  ({note})" if note else "")
+        elif note:
+            out[SYSTEMS[manager]] = note
+    return out
 
 
 def hint(tool: str) -> str:

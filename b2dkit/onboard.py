@@ -30,6 +30,7 @@ class _Run:
     iso_path: Optional[str]
     dry_run: bool
     log: Log
+    confirm: doctor.Confirm
     plan: Outcome = field(default_factory=Outcome)
     source: Optional[Path] = None
     boot: Optional[Path] = None
@@ -43,8 +44,13 @@ class _Run:
         self.log("already: " + text)
 
 
-def onboard(profile, iso_path=None, dry_run=False, log: Log = print) -> Outcome:
-    run = _Run(profile=profile, iso_path=iso_path, dry_run=dry_run, log=log)
+def _no(command: str) -> bool:
+    return False
+
+
+def onboard(profile, iso_path=None, dry_run=False, log: Log = print, confirm: doctor.Confirm = _no) -> Outcome:
+    """``confirm(command)``: may the missing packages be installed with this command? (--yes, or asked)."""
+    run = _Run(profile=profile, iso_path=iso_path, dry_run=dry_run, log=log, confirm=confirm)
     steps = [_doctor, _iso, _remaster, _create, _start, _mounts, _summary]
     for number, (name, step) in enumerate(zip(STEPS, steps), start=1):
         log(f"[{number}/{len(STEPS)}] {name}")
@@ -68,9 +74,13 @@ def onboard(profile, iso_path=None, dry_run=False, log: Log = print) -> Outcome:
 
 
 def _doctor(run: _Run):
-    checks = doctor.run(run.profile)
+    checks = doctor.run(run.profile, iso_path=run.iso_path)
     for check in checks:
         run.log("  " + check.line().replace("\n", "\n  "))
+    for line in doctor.install_lines(checks):
+        run.log("  " + line)
+    checks = doctor.fix(run.profile, checks, run.confirm, log=lambda line: run.log("  " + line),
+                        iso_path=run.iso_path, dry_run=run.dry_run)
     failed = [c for c in checks if not c.ok]
     if failed and not run.dry_run:
         raise ChecksFailed(

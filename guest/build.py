@@ -120,6 +120,16 @@ def kernel_version() -> str:
     return match.group(1)
 
 
+def missing_packages() -> list[str]:
+    """The PACKAGES dpkg does not list as installed: what ``apt-get install`` must add (doctor asks)."""
+    if shutil.which("dpkg-query") is None:
+        return list(PACKAGES)
+    proc = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\\n", *PACKAGES],
+                          capture_output=True, text=True)
+    installed = {line.split()[0] for line in proc.stdout.splitlines() if line.endswith(" installed")}
+    return [name for name in PACKAGES if name not in installed]
+
+
 def package_versions() -> str:
     proc = subprocess.run(["dpkg-query", "-W", "-f", "${Package}=${Version}\\n", *PACKAGES],
                           capture_output=True, text=True)

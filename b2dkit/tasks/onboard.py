@@ -12,6 +12,20 @@ from ._base import print_json, say, task
 PROFILE_HELP = "profile name in profiles/ or a path to a YAML file"
 
 
+def install_consent(yes: bool):
+    """The answer to "install the missing packages with COMMAND?": --yes, else ask on a terminal, else no."""
+
+    def confirm(command: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            return False
+        answer = input(f"Install what this profile needs?\n  {command}\n[Y/n] ").strip().lower()
+        return answer in ("", "y", "yes")
+
+    return confirm
+
+
 @task(
     help={
         "profile": PROFILE_HELP,
@@ -19,7 +33,7 @@ PROFILE_HELP = "profile name in profiles/ or a path to a YAML file"
         "name": "override the profile's VM name",
         "iso": "use this local boot2docker.iso instead of downloading the profile's",
         "dry_run": "print what would be done and what is already in place; change nothing",
-        "yes": "do not ask before creating the VM",
+        "yes": "do not ask before creating the VM or installing the packages the profile needs",
         "bundle": "write OUT.tar with the profile chain and its ISO for an offline onboarding; no VM is made",
         "from_bundle": "onboard from IN.tar (made with --bundle): checked by digest, no network needed",
     },
@@ -47,22 +61,30 @@ def onboard(c, profile="default", provider=None, name=None, iso=None, dry_run=Fa
         ).strip().lower()
         if answer not in ("", "y", "yes"):
             raise InputError("onboarding cancelled; nothing was changed")
-    flow.onboard(prof, iso_path=iso, dry_run=dry_run, log=say)
+    flow.onboard(prof, iso_path=iso, dry_run=dry_run, log=say, confirm=install_consent(yes))
 
 
 @task(
     help={"profile": PROFILE_HELP, "provider": "check for this hypervisor instead of the profile's",
-          "name": "override the profile's VM name", "json": "machine-readable output (the exit code is the same)"},
+          "name": "override the profile's VM name", "json": "machine-readable output (the exit code is the same)",
+          "fix": "offer to install what is missing (shows the command, asks [Y/n]), then check again",
+          "yes": "with --fix: install without asking"},
     auto_shortflags=False,
 )
-def doctor(c, profile="default", provider=None, name=None, json=False):
+def doctor(c, profile="default", provider=None, name=None, json=False, fix=False, yes=False):
     """Check this machine for what the profile needs, with the install command for each missing piece."""
+    if json and fix:
+        raise InputError("--json and --fix do not go together: --fix talks to you")
     prof = profiles.load(profile, provider=provider, name=name)
     results = checks.run(prof)
     if json:
         print_json(jsonout.doctor(prof, results))
     for check in results if not json else ():
         say(check.line())
+    for line in checks.install_lines(results) if not (json or fix) else ():
+        say(line)
+    if fix:
+        results = checks.fix(prof, results, install_consent(yes), log=say)
     failed = [r.name for r in results if not r.ok]
     if failed:
         raise ChecksFailed(f"{len(failed)} check(s) failed: {', '.join(failed)}")
