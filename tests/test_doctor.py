@@ -5,6 +5,7 @@ the programs the test wants (symlinks to the real ones).  A busy port is a socke
 holds; low disk space is ``shutil.disk_usage`` answering a small number.
 """
 
+import io
 import os
 import platform
 import shutil
@@ -122,7 +123,8 @@ def test_virtualbox_missing_gives_both_install_commands(tmp_path, monkeypatch):
     only_on_path(tmp_path, monkeypatch)
     check = doctor.check_hypervisor("virtualbox")
     assert check.name == "VirtualBox"
-    assert_install_lines(check, "sudo apt-get install virtualbox  (or the package from virtualbox.org)", "brew install --cask virtualbox")
+    assert_install_lines(check, "sudo apt-get install virtualbox  (or the package from virtualbox.org)",
+                         "brew install --cask virtualbox")
     assert "apt-get install virtualbox" in check.line()
 
 
@@ -292,3 +294,115 @@ def test_doctor_task_provider_flag_checks_that_hypervisor(tmp_path, monkeypatch,
     assert code == 3
     assert "[MISSING] VirtualBox" in out.out and "QEMU" not in out.out
     assert out.err.strip() == "b2dkit: error: 1 check(s) failed: VirtualBox"
+
+
+# -- what the profile needs, installed with consent (doctor --fix) ------------------------------
+
+QEMU_PACKAGES = {"qemu-system-x86": [QEMU], "qemu-utils": ["qemu-img"], "openssh-client": ["ssh"],
+                 "sshfs": ["sshfs"], "fuse3": ["fusermount3"]}
+
+
+@pytest.fixture
+def bare(tmp_path, monkeypatch):
+    """A machine with apt-get (fake) and nothing b2dkit needs; root, with apt's lists present."""
+    from fakepkg import FakePackages, bare_path
+
+    from b2dkit import pkgmanager
+
+    fake = FakePackages(tmp_path / "pkg", provides=QEMU_PACKAGES)
+    bare_path(monkeypatch, fake)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "x_Packages").write_text("")
+    monkeypatch.setattr(pkgmanager, "APT_LISTS", lists)
+    monkeypatch.setattr(pkgmanager, "_as_root", lambda: True)
+    monkeypatch.setenv("B2DKIT_QEMU_ACCEL", "tcg")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no terminal unless a test says so
+    return fake
+
+
+@pytest.fixture
+def plain_profile(tmp_path):
+    """QEMU, a local ISO, no mounts: it needs QEMU and ssh, not sshfs."""
+    port = free_port()
+    path = write_profile(tmp_path, "provider: qemu", "iso: {path: /x.iso}", "forwards:",
+                         "  - {host: 2022, remove: true}", f"  - {{host: {port}, guest: 22}}", name="plain")
+    return path
+
+
+def test_doctor_ends_with_one_install_command_per_package_manager(bare, plain_profile, capsys):
+    code, out = run_doctor(capsys, f"--profile={plain_profile}")
+    assert code == 3
+    footer = out.out[out.out.index("to install what is missing:"):].splitlines()
+    assert [line.strip() for line in footer[1:]] == [
+        "Debian/Ubuntu: sudo apt-get install qemu-system-x86 qemu-utils openssh-client",
+        "Fedora: sudo dnf install qemu-system-x86 qemu-img openssh-clients",
+        "macOS: brew install qemu",
+    ]
+    assert bare.calls() == []  # doctor alone installs nothing
+
+
+def test_fix_with_yes_installs_only_what_the_profile_needs_then_checks_again(bare, plain_profile, capsys):
+    code, out = run_doctor(capsys, f"--profile={plain_profile}", "--fix", "--yes")
+    assert code == 0, out.err
+    # sshfs is missing too, but this profile mounts nothing: it is not installed.
+    assert bare.calls() == [["apt-get", "install", "-y", "qemu-system-x86", "qemu-utils", "openssh-client"]]
+    assert "running: apt-get install -y qemu-system-x86 qemu-utils openssh-client" in out.out
+    after = out.out[out.out.index("re-checked after installing:"):]
+    assert f"[ok ] QEMU: {bare.bin / QEMU}" in after and "[ok ] ssh client" in after
+    assert out.out.rstrip().endswith("all good")
+
+
+def test_fix_without_a_terminal_or_yes_installs_nothing_and_names_the_command(bare, plain_profile, capsys):
+    code, out = run_doctor(capsys, f"--profile={plain_profile}", "--fix")
+    assert code == 3 and bare.calls() == []
+    err = out.err.strip()
+    assert "\n" not in err and "Traceback" not in out.err
+    assert err.endswith("nothing was installed: run `apt-get install -y qemu-system-x86 qemu-utils "
+                        "openssh-client`, or re-run with --yes")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("answer, installs", [("", True), ("y", True), ("n", False)])
+def test_fix_on_a_terminal_shows_the_command_and_asks(bare, plain_profile, capsys, monkeypatch, answer, installs):
+    asked = []
+    monkeypatch.setattr(sys, "stdin", _Terminal(""))
+    monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or answer)
+    code, _ = run_doctor(capsys, f"--profile={plain_profile}", "--fix")
+    assert asked == ["Install what this profile needs?\n  apt-get install -y qemu-system-x86 qemu-utils "
+                     "openssh-client\n[Y/n] "]
+    assert (code, len(bare.calls())) == ((0, 1) if installs else (3, 0))
+
+
+def test_a_profile_that_builds_the_guest_needs_the_builders_packages(bare, tmp_path, capsys):
+    from b2dkit import lifecycle
+
+    if os.geteuid() != 0 or not shutil.which("dpkg-query", path="/usr/bin:/bin"):
+        pytest.skip("reading the real kernel needs root on a Debian host")
+    builder = lifecycle.guest_builder()
+    port = free_port()
+    path = write_profile(tmp_path, "provider: qemu", "iso: {build: guest}", "forwards:",
+                         "  - {host: 2022, remove: true}", f"  - {{host: {port}, guest: 22}}", name="built")
+    prof = profiles.load(str(path))
+    check = by_name(doctor.run(prof))["guest build"]
+    assert not check.ok and check.packages == {"apt": list(builder.PACKAGES)}  # guest/build.py's own list
+    assert check.line().splitlines()[1].strip() == "Debian/Ubuntu: sudo apt-get install " + " ".join(builder.PACKAGES)
+    bare.mark_installed(*[p for p in QEMU_PACKAGES])  # what else this profile needs is "there"...
+    for program in (QEMU, "ssh"):
+        (bare.bin / program).write_text("#!/bin/sh\n")
+        (bare.bin / program).chmod(0o755)
+    again = doctor.fix(prof, doctor.run(prof), confirm=lambda command: True, log=lambda line: None)
+    assert bare.calls() == [["apt-get", "install", "-y", *builder.PACKAGES]]  # ...so only the build's
+    assert by_name(again)["guest build"].ok and "readable" in by_name(again)["guest build"].detail
+
+
+def test_the_docker_cli_is_checked_only_when_the_guest_runs_docker(bare, plain_profile):
+    prof = profiles.load(str(plain_profile))
+    assert "Docker CLI" not in by_name(doctor.run(prof))
+    prof.docker = True  # what a docker setting (or iso.build: guest-docker) turns on
+    check = by_name(doctor.run(prof))["Docker CLI"]
+    assert not check.ok and check.packages["apt"] == ["docker.io"]
