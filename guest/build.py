@@ -108,7 +108,7 @@ def _run(args, **kwargs) -> str:
 
 
 def _apt_hint(program: str) -> str:
-    return {"xorriso": "xorriso", "depmod": "kmod", "modprobe": "kmod"}.get(program, program)
+    return {"xorriso": "xorriso", "depmod": "kmod", "modprobe": "kmod", "ldd": "libc-bin"}.get(program, program)
 
 
 def kernel_version() -> str:

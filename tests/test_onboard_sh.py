@@ -121,3 +121,71 @@ def test_missing_python_is_a_clear_message(tmp_path, checkout):
         "(macOS: brew install python; Debian: sudo apt-get install python3 python3-venv)"
     ]
     assert not (tmp_path / "venv").exists()
+
+
+# -- a bare machine: the guest build's packages (and QEMU, sshfs, ssh) are missing ----------------
+
+# What the fake apt-get "installs" as programs; the guest build's packages are only marked
+# installed (the fake dpkg-query reports them), which is what doctor checks.
+BARE_PROVIDES = {"qemu-system-x86": ["qemu-system-x86_64"], "qemu-utils": ["qemu-img"],
+                 "openssh-client": ["ssh"], "sshfs": ["sshfs"], "fuse3": ["fusermount3"]}
+
+
+@pytest.fixture
+def bare_machine(tmp_path, laptop):
+    """PATH = fake apt-get + dpkg-query and only bash, python3, dirname, touch (onboard.sh's own needs)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from fakepkg import FakePackages
+
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse") or not shutil.which("dpkg-query"):
+        pytest.skip("needs root (the guest build reads the kernel), /dev/fuse and a Debian host")
+    fake = FakePackages(tmp_path / "pkg", provides=BARE_PROVIDES, real=("bash", "python3", "dirname", "touch"))
+    env = dict(laptop["env"], PATH=fake.env_path())
+    return fake, env
+
+
+def _guest_packages():
+    sys_path = str(REPO / "guest")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("guest_build_for_test", f"{sys_path}/build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.PACKAGES)
+
+
+def test_bare_machine_without_yes_and_without_a_terminal_installs_nothing(checkout, laptop, bare_machine):
+    fake, env = bare_machine
+    proc = subprocess.run(["./onboard.sh", "--profile=demo"], cwd=checkout, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("b2dkit:")]
+    assert len(errors) == 1 and "nothing was installed: run `apt-get install -y " in errors[0]
+    assert errors[0].endswith("`, or re-run with --yes")
+    assert all(name in errors[0] for name in _guest_packages()) and "sshfs" in errors[0]
+    assert fake.calls() == [] and fake.installed() == []
+    assert "[2/7]" not in proc.stdout
+
+
+def test_bare_machine_with_yes_installs_what_demo_needs_and_goes_on(checkout, laptop, bare_machine):
+    fake, env = bare_machine
+    proc = subprocess.run(["./onboard.sh", "--profile=demo", "--yes"], cwd=checkout, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
+    out = proc.stdout
+    assert "Traceback" not in proc.stderr + out
+    calls = fake.calls()
+    assert calls[:-1] in ([], [["apt-get", "update"]])  # update only where apt has no lists yet
+    install = calls[-1]
+    assert install[:3] == ["apt-get", "install", "-y"]
+    wanted = set(_guest_packages()) | {"qemu-system-x86", "qemu-utils", "openssh-client", "sshfs", "fuse3"}
+    assert set(install[3:]) == wanted and len(install[3:]) == len(wanted)  # each once, nothing else
+    assert f"running: {' '.join(install)}" in out
+    rechecked = out[out.index("re-checked after installing:"):out.index("[2/7]")]
+    assert "[ok ] guest build" in rechecked and "MISSING" not in rechecked and "FAIL" not in rechecked
+    # It went on in the same run. The fake packages hold no real programs, so the guest build
+    # itself stops here with one line; with the real packages it builds (the e2e tests do).
+    assert "[2/7] iso" in out
+    assert proc.returncode in (0, 3), proc.stderr
