@@ -406,3 +406,19 @@ def test_the_docker_cli_is_checked_only_when_the_guest_runs_docker(bare, plain_p
     prof.docker = True  # what a docker setting (or iso.build: guest-docker) turns on
     check = by_name(doctor.run(prof))["Docker CLI"]
     assert not check.ok and check.packages["apt"] == ["docker.io"]
+
+
+def test_a_dry_run_says_what_it_would_install_and_installs_nothing(bare, plain_profile):
+    prof = profiles.load(str(plain_profile))
+    said = []
+    checks = doctor.run(prof)
+    assert doctor.fix(prof, checks, confirm=lambda command: True, log=said.append, dry_run=True) == checks
+    assert said == ["would: install qemu-system-x86 qemu-utils openssh-client: "
+                    "apt-get install -y qemu-system-x86 qemu-utils openssh-client"]
+    assert bare.calls() == []
+
+
+def test_nothing_to_install_asks_nothing(bare, plain_profile):
+    prof = profiles.load(str(plain_profile))
+    bare_checks = [doctor.Check("host ports", False, "in use: 127.0.0.1:2022/tcp")]  # no package fixes it
+    assert doctor.fix(prof, bare_checks, confirm=lambda command: pytest.fail("asked"), log=print) == bare_checks
