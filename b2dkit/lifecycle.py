@@ -133,7 +133,10 @@ def source_iso_change(profile, iso_path=None) -> Tuple[Optional[Path], str]:
                 )
         return path, f"using local ISO {path}"
     if profile.iso.build == "guest":
-        built = built_guest()
+        try:
+            built = built_guest()
+        except ToolMissing:  # nothing to build with yet (a dry run on a bare machine): the build says why
+            built = None
         if built:
             return built, f"guest ISO is built ({built})"
         return None, "build the boot2docker-compatible guest ISO from Debian packages"

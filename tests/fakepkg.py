@@ -30,7 +30,11 @@ provides = json.loads((root / "provides.json").read_text())
 for name in [a for a in args[1:] if not a.startswith("-")]:
     (root / "state" / name.replace("/", "_")).write_text("installed\n")
     for program in provides.get(name, []):
+        program, _, real = program.partition("=")
         path = root / "bin" / program
+        if real:  # "installed" as the machine's real program (the e2e test boots with it)
+            path.symlink_to(real)
+            continue
         path.write_text("#!/bin/sh\nexit 0\n")
         path.chmod(0o755)
 '''
@@ -48,7 +52,7 @@ for name in names:
         print(f"dpkg-query: no packages found matching {{name}}", file=sys.stderr)
         status = 1
         continue
-    if fmt == "${{Depends}}":
+    if fmt == "${{Depends}}" or {delegate!r}:
         sys.stdout.write(subprocess.run([{real!r}, "-W", "-f", fmt, name], capture_output=True, text=True).stdout)
         continue
     out = fmt.replace("${{Package}}", name).replace("${{Version}}", "1.0-fake")
@@ -67,11 +71,16 @@ os.execvp(sys.argv[1], sys.argv[1:])
 '''
 
 
+def _interpreter() -> str:
+    return str(Path(getattr(sys, "_base_executable", sys.executable)).resolve())
+
+
 class FakePackages:
     """A directory with fake package managers; ``bin`` goes on PATH."""
 
     def __init__(self, root: Path, provides: Optional[Dict[str, List[str]]] = None,
-                 managers=("apt-get",), real=()):
+                 managers=("apt-get",), real=(), delegate=False):
+        """``delegate``: an installed package is reported by the real dpkg-query (real versions)."""
         self.root = Path(root)
         self.bin = self.root / "bin"
         for sub in (self.bin, self.root / "state"):
@@ -80,9 +89,11 @@ class FakePackages:
         (self.root / "log").write_text("")
         for name in managers:
             self._script(name, _MANAGER)
-        self._script("dpkg-query", _DPKG_QUERY, real=shutil.which("dpkg-query") or "/usr/bin/dpkg-query")
+        self._script("dpkg-query", _DPKG_QUERY, real=shutil.which("dpkg-query") or "/usr/bin/dpkg-query",
+                     delegate=delegate)
         for name in real:  # the real programs a bare machine still has (python3, bash...)
-            found = shutil.which(name)
+            # python3: the interpreter itself, not a shim (pyenv's needs a full PATH).
+            found = _interpreter() if name == "python3" else shutil.which(name)
             assert found, f"{name} must be installed on the test machine"
             (self.bin / name).symlink_to(found)
 
