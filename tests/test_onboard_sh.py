@@ -227,10 +227,9 @@ def test_bare_machine_with_yes_ends_with_a_working_vm_in_the_same_run(checkout, 
         assert date.returncode == 0 and date.stdout.strip() == "CST", date.stderr
         assert os.path.ismount(Path(env["HOME"]) / "workspace" / "dev")
     finally:
-        if not Path(b2dkit[0]).exists():
-            return
-        subprocess.run([*b2dkit, "vm.destroy", "--name=b2dkit-demo", "--purge", "--yes"], env=env,
-                       capture_output=True, timeout=300)
+        if Path(b2dkit[0]).exists():
+            subprocess.run([*b2dkit, "vm.destroy", "--name=b2dkit-demo", "--purge", "--yes"], env=env,
+                           capture_output=True, timeout=300)
         qemuclean.kill_all(laptop["root"])
         mount = Path(env["HOME"]) / "workspace" / "dev"
         if os.path.ismount(mount):
