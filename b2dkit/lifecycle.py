@@ -278,14 +278,40 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
         out.done += sub.done
         out.kept += sub.kept
         out.warnings += sub.warnings
+    _start_watcher(machine, out)
     for line in out.warnings:
         log(f"warning: {line}")
     return out
 
 
+def _start_watcher(machine: Machine, out: Outcome) -> None:
+    """The watcher repairs clock and mounts after a sleep (watcher.py); its failure is a warning."""
+    from . import watcher
+
+    before = watcher.running_pid(machine.name)
+    try:
+        pid = watcher.start(machine.name)
+    except B2dkitError as exc:
+        out.warnings.append(str(exc))
+        return
+    if pid and pid == before:
+        out.kept.append(f"watcher already running (pid {pid})")
+    elif pid:
+        out.done.append(f"started the watcher (pid {pid}, log {paths.vm_dir(machine.name) / watcher.LOGFILE})")
+
+
+def _stop_watcher(machine: Machine, out: Outcome) -> None:
+    """First, so it does not remount what we are about to unmount."""
+    from . import watcher
+
+    if watcher.stop(machine.name):
+        out.done.append("stopped the watcher")
+
+
 def stop(machine: Machine, log: Log = _quiet, timeout: float = 30.0) -> Outcome:
     """``vm.stop``: unmount b2dkit's sshfs mounts first (a dead server wedges them), then power off."""
     out = Outcome()
+    _stop_watcher(machine, out)
     out.done += unmount_all(machine, log=log).done
     provider = provider_for(machine)
     state = provider.state()
@@ -303,6 +329,7 @@ def destroy(machine: Machine, purge: bool = False, log: Log = _quiet) -> Outcome
     from . import guest
 
     out = Outcome()
+    _stop_watcher(machine, Outcome())
     unmount_all(machine, log=log)
     provider = provider_for(machine)
     disk = provider.disk_path()
