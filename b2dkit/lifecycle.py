@@ -355,6 +355,36 @@ def _ssh_port_or_none(machine: Machine) -> Optional[int]:
         return None
 
 
+# -- talking to a running VM ------------------------------------------------------------------
+
+
+def connect(machine: Machine, endpoint=None, by: str = "command", log: Log = _quiet):
+    """The one way b2dkit commands open a session to a running VM: it repairs as it connects.
+
+    Whatever a sleep broke (clock off by more than a second, stale sshfs mounts) is fixed
+    here, so the watcher only makes that happen sooner. Returns the open ``GuestSession``.
+    """
+    from . import guest, repair
+
+    host, port = endpoint or provider_for(machine).ssh_endpoint()
+    session = guest.connect(host, port, key_path(machine.name), known_hosts_path(machine.name))
+    try:
+        repair.repair(machine, session, (host, port), by=by, reason="a command connected", log=log)
+    except TimeoutError as exc:  # the watcher is mid-repair; the command still gets its session
+        log(f"warning: {exc}")
+    return session
+
+
+def shell(machine: Machine, command=None) -> int:
+    """``vm.ssh``: repair what a sleep broke (``connect``), then OpenSSH in the foreground."""
+    from . import guest
+
+    endpoint = provider_for(machine).ssh_endpoint()
+    connect(machine, endpoint=endpoint, by="vm.ssh").close()  # also pins the host key for ssh
+    return guest.interactive_shell(*endpoint, key_path(machine.name), known_hosts_path(machine.name),
+                                   command=command)  # fmt: skip
+
+
 # -- forwards -----------------------------------------------------------------------------------
 
 
@@ -402,12 +432,21 @@ def forward(machine: Machine, rule: Forward, auto_correct: bool = False, force: 
         rule = Forward(host_port=port, guest_port=rule.guest_port, proto=rule.proto, host_ip=rule.host_ip)
     provider.add_forward(rule)
     log(f"forwarding {rule.host_ip}:{rule.host_port} -> guest {rule.guest_port}/{rule.proto}")
+    _poke_watcher(machine)
     return rule
+
+
+def _poke_watcher(machine: Machine) -> None:
+    """The watcher's [::1] relays follow the forwards: tell it to look now, not in 3 s."""
+    from . import watcher
+
+    watcher.poke(machine.name)
 
 
 def unforward(machine: Machine, name: str, log: Log = _quiet) -> str:
     """``vm.unforward 8000``: remove the rule (named by ``unforward_name``)."""
     provider_for(machine).remove_forward(name)
+    _poke_watcher(machine)
     log(f"removed forward {name}")
     return name
 
