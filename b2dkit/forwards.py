@@ -80,12 +80,19 @@ def parse_spec(spec, host_ip=LOOPBACK) -> Forward:
     return Forward(host_port=host, guest_port=guest, proto=proto, host_ip=check_host_ip(host_ip))
 
 
+IPV6_LOOPBACK = ("::1", "[::1]")
+
+
 def check_host_ip(host_ip) -> str:
+    """An IPv4 address; ``::1`` means loopback, as each TCP forward on 127.0.0.1 is also
+    served on [::1] by the watcher's relay (QEMU's and VirtualBox's NAT bind IPv4 only)."""
     text = str(host_ip or LOOPBACK).strip()
+    if text in IPV6_LOOPBACK:
+        return LOOPBACK
     try:
         socket.inet_aton(text)
     except OSError:
-        raise InputError(f"invalid host IP {host_ip!r}: expected an IPv4 address such as 127.0.0.1") from None
+        raise InputError(f"invalid host IP {host_ip!r}: expected an IPv4 address such as 127.0.0.1, or ::1") from None
     if text.count(".") != 3:
         raise InputError(f"invalid host IP {host_ip!r}: expected an IPv4 address such as 127.0.0.1")
     return text

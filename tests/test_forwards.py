@@ -3,7 +3,10 @@
 import socket
 import time
 
+import pytest
+
 from b2dkit import forwards
+from b2dkit.errors import InputError
 
 
 def test_a_listening_port_is_busy():
@@ -40,3 +43,15 @@ def test_time_wait_left_by_a_stopped_vm_does_not_make_its_port_busy():
         again.bind(("127.0.0.1", port))
         again.listen()
         assert not forwards.host_port_free(port)
+
+
+@pytest.mark.parametrize("text", ["::1", "[::1]", " ::1 "])
+def test_ipv6_loopback_is_accepted_as_loopback_served_on_both_families(text):
+    # The hypervisor binds 127.0.0.1; the watcher's relay adds [::1] (relay.py).
+    assert forwards.check_host_ip(text) == "127.0.0.1"
+    assert forwards.parse_spec("8000", host_ip=text).host_ip == "127.0.0.1"
+
+
+def test_other_ipv6_addresses_are_still_refused_in_one_line():
+    with pytest.raises(InputError, match="or ::1"):
+        forwards.check_host_ip("::")
