@@ -128,9 +128,10 @@ def repair(
             if state == "alive":
                 continue
             t0 = time.monotonic()
+            user = current.source.split("@", 1)[0] or sshfs.DEFAULT_USER  # remount it as it was
             try:
                 sshfs.remount(host, port, lifecycle.key_path(machine.name),
-                              lifecycle.known_hosts_path(machine.name), m["guest"], local)
+                              lifecycle.known_hosts_path(machine.name), m["guest"], local, user=user)
                 result.steps.append(Step(f"remounted {local} ({detail})", time.monotonic() - t0))
             except B2dkitError as exc:
                 result.steps.append(Step(f"could not remount {local}: {exc}", time.monotonic() - t0, ok=False))
