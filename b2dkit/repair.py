@@ -78,7 +78,7 @@ def _locked(vm_dir: Path, timeout: float = LOCK_TIMEOUT):
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"another repair of {vm_dir.name} held its lock for {timeout:g} s")
+                    raise TimeoutError(f"another repair of {vm_dir.name} held its lock for {timeout:g} s") from None
                 time.sleep(0.05)
         yield
     finally:

@@ -61,8 +61,11 @@ def _files(name: str):
     return d / PIDFILE, d / LOGFILE, d / LOCKFILE
 
 
+MODULE = "b2dkit.watcher"  # in its argv: tells our watcher from a process that reused its pid
+
+
 def _argv(name: str):
-    return [sys.executable, "-m", "b2dkit.watcher", name]
+    return [sys.executable, "-m", MODULE, name]
 
 
 # -- control from b2dkit commands -------------------------------------------------------------
@@ -85,7 +88,7 @@ def running_pid(name: str) -> Optional[int]:
         os.close(fd)
     with contextlib.suppress(OSError, ValueError):
         return int(pidfile.read_text().strip())
-    return None
+    return None  # exiting: the pidfile is gone, the lock not yet
 
 
 def start(name: str) -> Optional[int]:
@@ -116,15 +119,12 @@ def stop(name: str, timeout: float = 10.0) -> bool:
     pid = running_pid(name)
     if not pid:
         return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while running_pid(name):
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
+    from . import qemu  # its process helpers are generic: alive (not a zombie), wait, kill
+
+    qemu.kill(pid, signal.SIGTERM)
+    if not qemu.wait_exit(pid, timeout, MODULE):
+        qemu.kill(pid, signal.SIGKILL)
+        qemu.wait_exit(pid, 5.0, MODULE)
     return True
 
 
@@ -199,10 +199,14 @@ def main(argv=None) -> int:
     tmp = pidfile.with_name(f".{PIDFILE}.{os.getpid()}")
     tmp.write_text(f"{os.getpid()}\n")
     os.replace(tmp, pidfile)
-    os.write(notify, f"ready {os.getpid()}\n".encode())
-    os.close(notify)
     try:
-        Watcher(name).run()
+        try:
+            watch = Watcher(name)
+            _log(f"watching VM {name} (pid {os.getpid()})")
+        finally:
+            os.write(notify, f"ready {os.getpid()}\n".encode())  # or, on error, EOF: see the log
+            os.close(notify)
+        watch.run()
     except Exception as exc:  # the log is its only voice
         _log(f"watcher stopped by an error: {type(exc).__name__}: {exc}")
         return 1
@@ -231,13 +235,13 @@ class Watcher:
         self.stalled_logged = False
         self.stop_requested = False
         self.reread_forwards = True
-
-    # -- loop -------------------------------------------------------------------------------
-    def run(self) -> None:
+        # before "ready": a vm.stop right after vm.start must find the handlers in place
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, self._on_hup)
-        _log(f"watching VM {self.name} (pid {os.getpid()})")
+
+    # -- loop -------------------------------------------------------------------------------
+    def run(self) -> None:
         last_wall, last_mono = time.time(), time.monotonic()
         next_probe = next_state = next_forwards = next_mounts = 0.0
         try:
