@@ -405,6 +405,7 @@ def test_not_utf8_is_a_clear_error(tmp_path):
 
 def test_host_ip_ipv6_loopback_is_accepted(tmp_path):
     # QEMU and VirtualBox NAT bind IPv4 only; the watcher's relay serves the forward on [::1] too.
-    path = write(tmp_path, "v6.yaml", CORE + 'forwards:\n  - {host: 2022, guest: 22}\n  - {host: 8000, guest: 8000, host_ip: "::1"}\n')
+    forwards = 'forwards:\n  - {host: 2022, guest: 22}\n  - {host: 8000, guest: 8000, host_ip: "::1"}\n'
+    path = write(tmp_path, "v6.yaml", CORE + forwards)
     p = profile.load(str(path))
     assert [(f.host_ip, f.host_port) for f in p.forwards] == [("127.0.0.1", 2022), ("127.0.0.1", 8000)]
