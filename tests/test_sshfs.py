@@ -199,3 +199,32 @@ def test_missing_guest_dir_is_explained(live):
     live["remote_dir"] = live["remote_dir"] + "/nope"
     with pytest.raises(MountError, match="guest dir does not exist"):
         _mount(live)
+
+
+def _seen_within(check, limit):
+    """Seconds until ``check()`` is true, polled; fails past ``limit`` (the caches' promise)."""
+    t0 = time.monotonic()
+    while not check():
+        if time.monotonic() - t0 > limit:
+            raise AssertionError(f"not seen within {limit:g} s")
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def test_a_change_on_either_side_is_seen_on_the_other_within_a_second(live):
+    """The caching options may speed up stat walks only as far as this stays true."""
+    local, remote = live["local_dir"], Path(live["remote_dir"])
+    _mount(live)
+    (remote / "old.txt").write_text("v1\n")
+    # Warm every cache first, as an editor or `git status` would have it.
+    assert "old.txt" in os.listdir(local) and (local / "old.txt").read_text() == "v1\n"
+    os.stat(local / "old.txt")
+    (remote / "new.txt").write_text("from the guest\n")  # the guest creates a file ...
+    _seen_within(lambda: "new.txt" in os.listdir(local), 1.0)
+    assert (local / "new.txt").read_text() == "from the guest\n"
+    (remote / "old.txt").write_text("v2, longer\n")  # ... and changes one the host has read
+    _seen_within(lambda: (local / "old.txt").read_text() == "v2, longer\n", 1.0)
+    (remote / "new.txt").unlink()  # ... and deletes one
+    _seen_within(lambda: not (local / "new.txt").exists(), 1.0)
+    (local / "host.txt").write_text("from the host\n")  # the host's writes are there at close
+    assert (remote / "host.txt").read_text() == "from the host\n"
