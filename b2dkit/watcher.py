@@ -15,7 +15,7 @@ What it watches, cheaply:
 - each sshfs mount: a FUSE ``statvfs`` (instant ENOTCONN once sshfs died).
 Any of these triggers ``repair.repair`` (clock, stale mounts), then each forward is
 re-checked.  It also runs the [::1] relays of the VM's loopback forwards (``relay.py``),
-re-reading the forwards every few seconds or at once on SIGHUP (``vm.forward`` sends it).
+re-reading the forwards at once on SIGHUP (``vm.forward`` sends it) and every 30 s.
 
 ``B2DKIT_WATCHER=0`` turns it off (the fast tests do, as they fake the hypervisor).
 """
@@ -45,8 +45,8 @@ MOUNTS_EVERY = 1.0  # FUSE statvfs of each mount: instant when sshfs died, one S
 PROBE_SLOW = 1.5  # an answer slower than this means the guest was not running meanwhile
 JUMP = 2.0  # wall minus monotonic step (seconds) that means the host slept
 LAG = 0.5  # guest uptime behind host monotonic by this much since the last sync: re-check the clock
-STATE_EVERY = 5.0  # ask the hypervisor whether the VM still runs
-FORWARDS_EVERY = 3.0
+STATE_EVERY = 10.0  # ask the hypervisor whether the VM still runs (VBoxManage costs ~0.1 s of CPU)
+FORWARDS_EVERY = 30.0  # a fallback: vm.forward and vm.unforward poke the watcher (SIGHUP)
 RECONNECT_AFTER = 10.0  # no answer for this long while the hypervisor says running: new connection
 START_TIMEOUT = 15.0
 UPTIME_PROBE = b"read u _ </proc/uptime; echo $u\n"  # builtins only: nothing is forked in the guest

@@ -158,12 +158,18 @@ class SeedMount(Mount):
 
 
 class B2dkitMount(Mount):
-    def __init__(self, env):
-        super().__init__(env, "b2dkit")
+    """b2dkit's options (sshfs.sshfs_argv); ``extra`` tries more options on top (--try)."""
+
+    def __init__(self, env, label="b2dkit", extra=""):
+        super().__init__(env, label)
+        self.extra = extra
 
     def argv(self):
-        return sshfs.sshfs_argv("127.0.0.1", self.env.ssh_port, self.env.key, self.env.known_hosts,
+        argv = sshfs.sshfs_argv("127.0.0.1", self.env.ssh_port, self.env.key, self.env.known_hosts,
                                 "/mnt/sda1/dev", self.local)
+        if self.extra:
+            argv[-1] += "," + self.extra
+        return argv
 
 
 def make_tree(env: Env, files: int) -> None:
@@ -262,16 +268,20 @@ def bench_mount(env: Env, args) -> None:
           f"{args.rounds} ABBA rounds, accel {env.accel}")
     make_tree(env, files)
     seed, ours = SeedMount(env), B2dkitMount(env)
+    tries = [B2dkitMount(env, label, extra) for label, _, extra in (t.partition("=") for t in args.try_)]
     print("seed:   " + " ".join(seed.argv()[:6]) + " -o IdentityFile=…,UserKnownHostsFile=…")
     print("b2dkit: -o " + ours.argv()[-1])
-    results = {m.label: {} for m in (seed, ours)}
+    for t in tries:
+        print(f"{t.label}: b2dkit + {t.extra}")
+    variants = [seed, ours, *tries]
+    results = {m.label: {} for m in variants}
 
     def record(m, what, seconds):
         results[m.label].setdefault(what, []).append(seconds)
 
     order = []
     for r in range(args.rounds):
-        order += [seed, ours] if r % 2 == 0 else [ours, seed]
+        order += variants if r % 2 == 0 else variants[::-1]
     for m in order:
         tree = m.local / "tree"
         m.fresh()
@@ -287,11 +297,16 @@ def bench_mount(env: Env, args) -> None:
         with contextlib.suppress(OSError):
             (m.local / "big.bin").unlink()
     env.ssh("rm -rf /mnt/sda1/dev/small-*")
-    print(f"{'operation':<22} {'seed s (median)':>16} {'b2dkit s (median)':>18} {'seed/b2dkit':>12}")
+    head = f"{'operation (median s)':<22} {'seed':>8}" + "".join(f" {m.label:>10} {'ratio':>6}" for m in variants[1:])
+    print(head + "   (ratio = seed / variant: > 1 is faster than the seed)")
     for what in results["seed"]:
-        a, b = statistics.median(results["seed"][what]), statistics.median(results["b2dkit"][what])
-        print(f"{what:<22} {a:>16.3f} {b:>18.3f} {a / b:>11.2f}x")
-    for m in (seed, ours):
+        a = statistics.median(results["seed"][what])
+        row = f"{what:<22} {a:>8.3f}"
+        for m in variants[1:]:
+            b = statistics.median(results[m.label][what])
+            row += f" {b:>10.3f} {a / b:>5.2f}x"
+        print(row)
+    for m in variants:
         m.fresh()
         check = seen_within(env, m)
         shown = ", ".join(f"{k} {v:.2f} s" if isinstance(v, float) else f"{k} {v}" for k, v in check.items())
@@ -415,6 +430,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--only", default="mount,forward,clock")
     parser.add_argument("--pause", type=float, default=20.0, help="seconds the VM is paused in the clock part")
+    parser.add_argument("--try", dest="try_", action="append", default=[], metavar="LABEL=OPTS",
+                        help="also measure b2dkit's options plus OPTS (e.g. aes=Ciphers=aes128-ctr)")
     parser.add_argument("--memory", type=int, default=1024)
     parser.add_argument("--cpus", type=int, default=1)
     args = parser.parse_args()
