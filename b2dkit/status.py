@@ -48,6 +48,11 @@ def _watcher(machine: Machine) -> dict:
 def render_watcher(w: dict) -> List[str]:
     state = f"running (pid {w['pid']})" if w.get("running") else "not running"
     lines = [f"watcher:    {state}, log {w['log']}"]
+    relays = w.get("ipv6_relays") or {}
+    if relays.get("active"):
+        lines.append("  also on [::1]: " + ", ".join(str(p) for p in relays["active"]))
+    for port, why in sorted((relays.get("failed") or {}).items()):
+        lines.append(f"  not on [::1]:{port}: {why}")
     last = w.get("last_repair")
     if last:
         steps = "; ".join(f"{s['what']} in {s['seconds']:.2f} s" + ("" if s.get("ok", True) else " (failed)")

@@ -23,6 +23,7 @@ re-reading the forwards at once on SIGHUP (``vm.forward`` sends it) and every 30
 import contextlib
 import datetime
 import fcntl
+import json
 import os
 import select
 import signal
@@ -32,10 +33,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from . import paths
+from . import atomic, paths
 from .errors import B2dkitError, GuestError
 
 PIDFILE = "watcher.pid"
+RELAYS = "relays.json"  # the [::1] relays running now, for vm.status
 LOGFILE = "watcher.log"
 LOCKFILE = "watcher.lock"
 ENV_SWITCH = "B2DKIT_WATCHER"
@@ -141,10 +143,15 @@ def status(name: str) -> dict:
 
     pidfile, logfile, _ = _files(name)
     pid = running_pid(name)
+    relays = {"active": [], "failed": {}}
+    if pid:
+        with contextlib.suppress(OSError, ValueError):
+            relays = json.loads((paths.vm_dir(name) / RELAYS).read_text())
     return {
         "running": bool(pid),
         "pid": pid,
         "log": str(logfile),
+        "ipv6_relays": relays,
         "last_repair": repair.last(paths.vm_dir(name)),
     }
 
@@ -318,7 +325,12 @@ class Watcher:
         except B2dkitError as exc:
             _log(f"cannot read the forwards: {exc}")
             return
+        before = (sorted(self.relays.active), dict(self.relays.failed))
         self.relays.reconcile(rules)
+        now = (sorted(self.relays.active), dict(self.relays.failed))
+        if now != before or not (paths.vm_dir(self.name) / RELAYS).exists():
+            data = {"active": now[0], "failed": {str(k): v for k, v in now[1].items()}}
+            atomic.write_bytes(paths.vm_dir(self.name) / RELAYS, (json.dumps(data) + "\n").encode())
 
     # -- the guest --------------------------------------------------------------------------
     def _connect(self) -> bool:

@@ -130,9 +130,11 @@ def test_status_renders_the_watcher_and_its_last_repair(tmp_path):
     repair.record(vm_dir, result)
     from b2dkit import status
 
-    info = {"running": True, "pid": 4242, "log": "/x/watcher.log", "last_repair": repair.last(vm_dir)}
+    info = {"running": True, "pid": 4242, "log": "/x/watcher.log", "last_repair": repair.last(vm_dir),
+            "ipv6_relays": {"active": [2022, 8000], "failed": {"9000": "Address already in use"}}}
     text = "\n".join(status.render_watcher(info))
     assert "watcher:    running (pid 4242)" in text
+    assert "also on [::1]: 2022, 8000" in text and "not on [::1]:9000: Address already in use" in text
     assert "by watcher (the guest did not answer for 60.2 s (paused or asleep))" in text
     assert "set the guest clock (-60.20 s -> +0.10 s) in 1.23 s" in text
     assert (vm_dir / repair.LOG).read_text().count("\n") == 1
@@ -227,6 +229,9 @@ class TestADay:
         run("vm.status", "--json")
         info = json.loads(capfd.readouterr().out)
         assert info["watcher"]["running"] and info["watcher"]["pid"] == pid
+        ports = on_day["ports"]
+        wanted = sorted([ports["ssh"], ports["http"]])  # the TCP loopback forwards, not the UDP one
+        wait_for(lambda: watcher.status(VM)["ipv6_relays"]["active"] == wanted, 10, "relays for the TCP forwards")
 
     def test_loopback_forward_answers_on_ipv6_with_curl(self, on_day):
         if shutil.which("curl") is None:
@@ -303,7 +308,9 @@ class TestADay:
         local = on_day["mount"]
         assert mount_answers(local, timeout=5)
         old = sshfs_pids(local)
-        assert old, "no sshfs process serves the mount"
+        assert old, ("no sshfs process serves the mount", [
+            (p.name, (p / "cmdline").read_bytes()) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and b"sshfs" in (p / "cmdline").read_bytes()])
         for pid in old:
             os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
