@@ -195,8 +195,12 @@ def guest_session():
 
 
 def mount_answers(local: Path, timeout: float = 0.5) -> bool:
-    """statvfs through the mount (answered by the guest's sftp-server), in a thread that may hang."""
-    state, _ = __import__("b2dkit.sshfs", fromlist=["probe"]).probe(local, timeout=timeout)
+    """Mounted, and statvfs through it answered by the guest's sftp-server (in a thread that may hang)."""
+    from b2dkit import sshfs
+
+    if sshfs.find_mount(local, check=False) is None:
+        return False  # the bare host dir would answer statvfs too
+    state, _ = sshfs.probe(local, timeout=timeout)
     return state == "alive"
 
 
