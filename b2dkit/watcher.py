@@ -329,7 +329,8 @@ class Watcher:
         self.relays.reconcile(rules)
         now = (sorted(self.relays.active), dict(self.relays.failed))
         if now != before or not (paths.vm_dir(self.name) / RELAYS).exists():
-            data = {"active": now[0], "failed": {str(k): v for k, v in now[1].items()}}
+            data = {"active": [f"{port}/{proto}" for proto, port in now[0]],
+                    "failed": {f"{port}/{proto}": why for (proto, port), why in now[1].items()}}
             atomic.write_bytes(paths.vm_dir(self.name) / RELAYS, (json.dumps(data) + "\n").encode())
 
     # -- the guest --------------------------------------------------------------------------

@@ -51,9 +51,10 @@ def _ask(port, payload=b"hello\n"):
             out += chunk
 
 
-def test_only_tcp_loopback_forwards_get_a_relay():
+def test_only_loopback_forwards_get_a_relay():
     rules = [Forward(8000, 8000), Forward(5353, 53, "udp"), Forward(9000, 80, host_ip="0.0.0.0"),
              Forward(2022, 22)]  # fmt: skip
+    assert relay.wanted(rules) == [("tcp", 2022), ("tcp", 8000), ("udp", 5353)]
     assert relay.wanted_ports(rules) == [2022, 8000]
 
 
@@ -83,11 +84,56 @@ def test_a_busy_ipv6_port_is_reported_once_not_raised(echo_server):
     try:
         relays.reconcile([Forward(echo_server, 80)])
         relays.reconcile([Forward(echo_server, 80)])
-        assert echo_server in relays.failed and echo_server not in relays.active
+        assert ("tcp", echo_server) in relays.failed and ("tcp", echo_server) not in relays.active
         assert len([line for line in logs if "not started" in line]) == 1
         holder.close()
         relays.reconcile([Forward(echo_server, 80)])  # freed: the next look binds it
         assert _ask(echo_server) == b"echo:hello\n"
     finally:
         holder.close()
+        relays.close()
+
+
+@pytest.fixture
+def udp_echo():
+    """A UDP echo on 127.0.0.1 (replies to whoever sent)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                data, addr = server.recvfrom(65535)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            server.sendto(b"echo:" + data, addr)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1]
+    stop.set()
+    server.close()
+
+
+def test_udp_relay_answers_each_ipv6_client_and_stops_with_its_forward(udp_echo):
+    relays = relay.Relays()
+    try:
+        relays.reconcile([Forward(udp_echo, 53, "udp")])
+        clients = [socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) for _ in range(2)]
+        for i, client in enumerate(clients):  # two clients at once: each gets its own reply
+            client.settimeout(5)
+            client.sendto(b"ping%d" % i, ("::1", udp_echo))
+        for i, client in enumerate(clients):
+            data, addr = client.recvfrom(2048)
+            assert data == b"echo:ping%d" % i and addr[1] == udp_echo
+            client.close()
+        relays.reconcile([])
+        assert relays.active == {}
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        probe.bind(("::1", udp_echo))  # the port is free again
+        probe.close()
+    finally:
         relays.close()

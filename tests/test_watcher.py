@@ -131,10 +131,10 @@ def test_status_renders_the_watcher_and_its_last_repair(tmp_path):
     from b2dkit import status
 
     info = {"running": True, "pid": 4242, "log": "/x/watcher.log", "last_repair": repair.last(vm_dir),
-            "ipv6_relays": {"active": [2022, 8000], "failed": {"9000": "Address already in use"}}}
+            "ipv6_relays": {"active": ["2022/tcp", "8000/tcp"], "failed": {"9000/tcp": "Address already in use"}}}
     text = "\n".join(status.render_watcher(info))
     assert "watcher:    running (pid 4242)" in text
-    assert "also on [::1]: 2022, 8000" in text and "not on [::1]:9000: Address already in use" in text
+    assert "also on [::1]: 2022/tcp, 8000/tcp" in text and "not on [::1]:9000/tcp: Address already in use" in text
     assert "by watcher (the guest did not answer for 60.2 s (paused or asleep))" in text
     assert "set the guest clock (-60.20 s -> +0.10 s) in 1.23 s" in text
     assert (vm_dir / repair.LOG).read_text().count("\n") == 1
@@ -234,7 +234,7 @@ class TestADay:
         info = json.loads(capfd.readouterr().out)
         assert info["watcher"]["running"] and info["watcher"]["pid"] == pid
         ports = on_day["ports"]
-        wanted = sorted([ports["ssh"], ports["http"]])  # the TCP loopback forwards, not the UDP one
+        wanted = [f"{p}/tcp" for p in sorted([ports["ssh"], ports["http"]])] + [f"{ports['udp']}/udp"]
         wait_for(lambda: watcher.status(VM)["ipv6_relays"]["active"] == wanted, 10, "relays for the TCP forwards")
 
     def test_loopback_forward_answers_on_ipv6_with_curl(self, on_day):
@@ -274,6 +274,18 @@ class TestADay:
                     break
                 except socket.timeout:
                     assert time.monotonic() < deadline, "no UDP echo through the forward"
+        assert data == payload
+        # and through the [::1] relay, as a client that resolved localhost to ::1 sends it
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.5)
+            deadline = time.monotonic() + 30
+            while True:
+                sock.sendto(payload, ("::1", port))
+                try:
+                    data, _ = sock.recvfrom(2048)
+                    break
+                except socket.timeout:
+                    assert time.monotonic() < deadline, "no UDP echo through the [::1] relay"
         assert data == payload
 
     def test_a_60s_pause_is_repaired_within_3s_of_resume_without_any_command(self, on_day):
