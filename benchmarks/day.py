@@ -269,7 +269,7 @@ def bench_mount(env: Env, args) -> None:
     make_tree(env, files)
     seed, ours = SeedMount(env), B2dkitMount(env)
     tries = [B2dkitMount(env, label, extra) for label, _, extra in (t.partition("=") for t in args.try_)]
-    print("seed:   " + " ".join(seed.argv()[:6]) + " -o IdentityFile=…,UserKnownHostsFile=…")
+    print("seed:   " + " ".join(seed.argv()[:7]) + " -o IdentityFile=…,UserKnownHostsFile=…")
     print("b2dkit: -o " + ours.argv()[-1])
     for t in tries:
         print(f"{t.label}: b2dkit + {t.extra}")
