@@ -127,6 +127,10 @@ def stop(name: str, timeout: float = 10.0) -> bool:
     if not qemu.wait_exit(pid, timeout, MODULE):
         qemu.kill(pid, signal.SIGKILL)
         qemu.wait_exit(pid, 5.0, MODULE)
+        pidfile = _files(name)[0]
+        with contextlib.suppress(OSError):
+            if pidfile.read_text().strip() == str(pid):  # it had no chance to remove its own
+                pidfile.unlink()
     return True
 
 
