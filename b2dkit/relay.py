@@ -171,9 +171,13 @@ class UdpRelay:
                     del self._clients[addr]
 
     def close(self):
+        """Stop the thread first: a socket closed while select() holds it stays bound until then."""
         self._closed.set()
+        with contextlib.suppress(OSError):
+            self._front.shutdown(socket.SHUT_RDWR)  # wakes select(), even on an unconnected UDP socket
+        self._thread.join(timeout=2.0)
         self._front.close()
-        for sock, _ in self._clients.values():
+        for sock, _ in list(self._clients.values()):
             sock.close()
 
 

@@ -73,21 +73,24 @@ def _argv(name: str):
 # -- control from b2dkit commands -------------------------------------------------------------
 
 
+def _lock_held(lockfile: Path) -> bool:
+    if not lockfile.exists():
+        return False
+    fd = os.open(lockfile, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True  # held: a watcher lives (or is in its last moments)
+    finally:
+        os.close(fd)
+
+
 def running_pid(name: str) -> Optional[int]:
     """The watcher's pid if one runs for this VM (it holds the lock and is our program)."""
     pidfile, _, lockfile = _files(name)
-    if not lockfile.exists():
+    if not _lock_held(lockfile):
         return None
-    fd = os.open(lockfile, os.O_RDWR)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass  # held: a watcher lives
-        else:
-            return None
-    finally:
-        os.close(fd)
     with contextlib.suppress(OSError, ValueError):
         return int(pidfile.read_text().strip())
     return None  # exiting: the pidfile is gone, the lock not yet
@@ -131,6 +134,11 @@ def stop(name: str, timeout: float = 10.0) -> bool:
         with contextlib.suppress(OSError):
             if pidfile.read_text().strip() == str(pid):  # it had no chance to remove its own
                 pidfile.unlink()
+    # An exiting process loses its argv before its files: wait for the lock too, so a
+    # vm.start right after this finds no watcher.
+    deadline = time.monotonic() + 5.0
+    while _lock_held(_files(name)[2]) and time.monotonic() < deadline:
+        time.sleep(0.02)
     return True
 
 

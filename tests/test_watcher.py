@@ -52,8 +52,8 @@ def proc_stat(pid):
 
 
 def gone(pid) -> bool:
-    """Exited: no process, or a zombie that init (maybe not a real one here) has yet to reap."""
-    return not qemu.process_alive(pid)
+    """Exited within moments: no process, or a zombie that init (maybe not a real one) has yet to reap."""
+    return bool(wait_for(lambda: not qemu.process_alive(pid), 5, f"process {pid} to end"))
 
 
 # -- the daemon, on the fake VBoxManage --------------------------------------------------------
