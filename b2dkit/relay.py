@@ -16,7 +16,7 @@ import socket
 import threading
 import select
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from .forwards import LOOPBACK, Forward
 
@@ -61,7 +61,7 @@ class Relay:
             self._listener.close()
             raise
         self._closed = threading.Event()
-        self._conns = set()
+        self._conns: Set[socket.socket] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, name=f"relay [::1]:{port}", daemon=True)
         self._thread.start()
@@ -186,7 +186,7 @@ class Relays:
 
     def __init__(self, log: Callable[[str], None] = lambda _m: None):
         self.log = log
-        self.active: Dict[Tuple[str, int], object] = {}  # (proto, port) -> Relay | UdpRelay
+        self.active: Dict[Tuple[str, int], Union["Relay", "UdpRelay"]] = {}  # (proto, port) -> its relay
         self.failed: Dict[Tuple[str, int], str] = {}  # why it could not be bound (reported once)
 
     def reconcile(self, forwards: Iterable[Forward]) -> None:

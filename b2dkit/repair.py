@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from . import atomic, guest, paths
+from .boot2docker import DEFAULT_USER
 from .errors import B2dkitError
 
 LAST = "last_repair.json"
@@ -142,7 +143,7 @@ def _repair_mounts(machine, endpoint, steps: List[Step]) -> None:
 
     host, port = endpoint
     for m in machine.mounts:
-        local = Path(m["host"]).expanduser()
+        local = m.host.expanduser()
         current = sshfs.find_mount(local, check=False)
         if current is None:
             continue
@@ -150,10 +151,10 @@ def _repair_mounts(machine, endpoint, steps: List[Step]) -> None:
         if state == "alive":
             continue
         t0 = time.monotonic()
-        user = current.source.split("@", 1)[0] or sshfs.DEFAULT_USER  # remount it as it was
+        user = current.source.split("@", 1)[0] or DEFAULT_USER  # remount it as it was
         try:
             sshfs.remount(host, port, lifecycle.key_path(machine.name),
-                          lifecycle.known_hosts_path(machine.name), m["guest"], local, user=user)
+                          lifecycle.known_hosts_path(machine.name), m.guest, local, user=user)
             steps.append(Step(f"remounted {local} ({detail})", time.monotonic() - t0))
         except B2dkitError as exc:
             steps.append(Step(f"could not remount {local}: {exc}", time.monotonic() - t0, ok=False))

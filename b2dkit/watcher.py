@@ -31,10 +31,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 from . import atomic, paths
 from .errors import B2dkitError, GuestError
+
+if TYPE_CHECKING:
+    from .guest import GuestSession
 
 PIDFILE = "watcher.pid"
 RELAYS = "relays.json"  # the [::1] relays running now, for vm.status
@@ -124,7 +127,7 @@ def stop(name: str, timeout: float = 10.0) -> bool:
     pid = running_pid(name)
     if not pid:
         return False
-    from . import qemu  # its process helpers are generic: alive (not a zombie), wait, kill
+    from .hypervisors.qemu import qemusystem as qemu  # generic process helpers: alive, wait, kill
 
     qemu.kill(pid, signal.SIGTERM)
     if not qemu.wait_exit(pid, timeout, MODULE):
@@ -155,7 +158,7 @@ def status(name: str) -> dict:
 
     pidfile, logfile, _ = _files(name)
     pid = running_pid(name)
-    relays = {"active": [], "failed": {}}
+    relays: dict = {"active": [], "failed": {}}
     if pid:
         with contextlib.suppress(OSError, ValueError):
             relays = json.loads((paths.vm_dir(name) / RELAYS).read_text())
@@ -244,13 +247,13 @@ class Watcher:
         self.machine = machines.load(name)
         self.provider = lifecycle.provider_for(self.machine)
         self.relays = relay.Relays(log=_log)
-        self.session = None
-        self.shell = None  # channel running the guest's sh for the uptime probe
-        self.endpoint = None
-        self.pending_since = None  # monotonic time the unanswered probe was sent
+        self.session: Optional["GuestSession"] = None
+        self.shell: Any = None  # paramiko channel running the guest's sh for the uptime probe
+        self.endpoint: Optional[Tuple[str, int]] = None
+        self.pending_since: Optional[float] = None  # monotonic time the unanswered probe was sent
         self.buffer = b""
-        self.sync_mono = None  # host monotonic and guest uptime at the last clock sync
-        self.sync_uptime = None
+        self.sync_mono: Optional[float] = None  # host monotonic and guest uptime at the last clock sync
+        self.sync_uptime: Optional[float] = None
         self.stalled_logged = False
         self.stop_requested = False
         self.reread_forwards = True
@@ -319,7 +322,7 @@ class Watcher:
 
     # -- the VM -----------------------------------------------------------------------------
     def _vm_running(self) -> bool:
-        from .providers import VMState
+        from .hypervisors.base import VMState
 
         try:
             state = self.provider.state()
@@ -356,6 +359,8 @@ class Watcher:
             self.session = guest.connect(*self.endpoint, lifecycle.key_path(self.name),
                                          lifecycle.known_hosts_path(self.name), timeout=10, banner_timeout=10)
             transport = self.session.client.get_transport()
+            if transport is None:  # paramiko: the connection closed right after the login
+                raise EOFError("the SSH connection closed")
             transport.set_keepalive(0)
             self.shell = transport.open_session(timeout=10)
             self.shell.exec_command("sh")
@@ -416,7 +421,7 @@ class Watcher:
         if took > PROBE_SLOW:
             self.sync_mono, self.sync_uptime = None, None
             return f"the guest did not answer for {took:.1f} s (paused or asleep)"
-        if self.sync_mono is None:
+        if self.sync_mono is None or self.sync_uptime is None:
             self.sync_mono, self.sync_uptime = now, uptime
             return None
         lag = (now - self.sync_mono) - (uptime - self.sync_uptime)
@@ -440,7 +445,7 @@ class Watcher:
         return True
 
     def _running_now(self) -> bool:
-        from .providers import VMState
+        from .hypervisors.base import VMState
 
         with contextlib.suppress(B2dkitError):
             return self.provider.state() == VMState.RUNNING
@@ -450,7 +455,7 @@ class Watcher:
         from . import sshfs
 
         for m in self.machine.mounts:
-            local = Path(m["host"]).expanduser()
+            local = m.host.expanduser()
             current = sshfs.find_mount(local, check=False)
             if current is None:
                 continue
@@ -463,6 +468,8 @@ class Watcher:
         from . import repair
 
         _log(f"checking: {reason}")
+        if self.session is None or self.endpoint is None:  # the caller checks; this says so to mypy
+            return
         try:
             result = repair.repair(self.machine, self.session, self.endpoint, by="watcher", reason=reason,
                                    check_clock=not reason.startswith("mount "))  # a dead sshfs: mounts only

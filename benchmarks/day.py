@@ -40,8 +40,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
-from b2dkit import guest, lifecycle, machines, qemu, sshfs, watcher  # noqa: E402
+import qemuclean  # noqa: E402  (the clean-up the tests use)
+from b2dkit import guest, lifecycle, machines, sshfs, watcher  # noqa: E402
+from b2dkit.hypervisors.qemu import qemusystem as qemu  # noqa: E402
 from b2dkit.main import make_program  # noqa: E402
 
 VM = "daybench"
@@ -104,6 +107,7 @@ class Env:
     def close(self):
         with contextlib.suppress(Exception):
             run_task("vm.destroy", f"--name={VM}", "--yes", "--purge")
+        qemuclean.kill_all(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

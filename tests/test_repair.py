@@ -10,12 +10,13 @@ from sshserver import ssh_keys, ssh_user, sshd, vm  # noqa: F401
 from test_sshfs import _kill_sshfs_for, _mount, _wait_state, live  # noqa: F401
 
 from b2dkit import guest, machines, paths, repair, sshfs, sshkeys
+from b2dkit.profile import Mount
 
 
 def _machine_for(live, b2dkit_home):
     """A b2dkit VM record whose one mount is ``live``'s, with the VM key where lifecycle looks."""
     machine = machines.Machine(name="testvm", provider="qemu",
-                               mounts=[{"guest": live["remote_dir"], "host": str(live["local_dir"])}])  # fmt: skip
+                               mounts=[Mount(guest=live["remote_dir"], host=Path(live["local_dir"]))])
     vm_dir = paths.vm_dir("testvm")
     shutil.copy(live["key_path"], vm_dir / sshkeys.KEY_NAME)
     (vm_dir / sshkeys.KEY_NAME).chmod(0o600)

@@ -17,20 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
+import qemuclean
+from cli import run
 from fakevbox import install
 from sshserver import free_port
 from test_e2e import guest_iso  # noqa: F401
 
-from b2dkit import guest, lifecycle, machines, paths, qemu, repair, watcher
+from b2dkit import guest, lifecycle, machines, paths, repair, watcher
+from b2dkit.hypervisors.qemu import qemusystem as qemu
 from b2dkit.main import make_program
-
-
-def run(*argv):
-    try:
-        make_program().run(["b2dkit", *argv], exit=True)
-    except SystemExit as exc:
-        if exc.code:
-            raise AssertionError(f"b2dkit {' '.join(argv)} exited {exc.code}") from None
 
 
 def wait_for(condition, timeout, what):
@@ -179,6 +174,7 @@ forwards:
         make_program().run(["b2dkit", "vm.destroy", f"--name={VM}", "--yes", "--purge"], exit=False)
     except BaseException:  # noqa: B036 - teardown goes on
         pass
+    qemuclean.kill_all(root)
     mp.undo()
 
 
