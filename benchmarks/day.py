@@ -140,6 +140,8 @@ class Mount:
         deadline = time.monotonic() + 10
         while os.path.ismount(self.local) and time.monotonic() < deadline:
             time.sleep(0.05)
+        if os.path.ismount(self.local):  # still busy: detach it, so no sshfs outlives the run
+            subprocess.run(["fusermount3", "-u", "-z", str(self.local)], capture_output=True, check=False)
 
     def fresh(self):
         self.unmount()
