@@ -112,7 +112,7 @@ def sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, local_dir, us
         # any kernel timeout T > 0 adds to sshfs's second (worst case 1 + T: entry/attr 0.5
         # failed the worst-moment test). Without sshfs's cache (dir_cache=no) the kernel's
         # 0.9 s alone keeps the rule, but every name then costs a round trip: du and stat
-        # walks 4-10x slower than these options (benchmarks/day.py, docs/architecture.md).
+        # walks 2-10x slower than these options (benchmarks/day.py, docs/architecture.md).
         "dcache_timeout=0",
         "entry_timeout=0",
         "attr_timeout=0",
