@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional
 
 from . import forwards as fw
 from . import install, lifecycle, machines, paths, pkgmanager
-from .errors import B2dkitError, ChecksFailed
+from .errors import B2dkitError, ChecksFailed, PortDenied
 from .hypervisors.base import VMState
 
 MIN_FREE_MB = 300  # ISO download + remaster + the disk image's first writes
@@ -153,18 +153,18 @@ def check_ports(profile) -> Check:
             return Check("host ports", True, f"held by the running VM {profile.name}")
     except B2dkitError:
         pass
-    busy, denied = [], []
+    busy: List[str] = []
+    denied: List[PortDenied] = []
     for fwd in profile.forwards:  # the same probe and owner lookup the providers use at start
         state = fw.probe(fwd.host_port, fwd.host_ip, fwd.proto)
         where = f"{fwd.host_ip or '*'}:{fwd.host_port}/{fwd.proto}"
         if state == fw.DENIED:
-            denied.append(where)
+            denied.append(fw.denied(fwd))
         elif state == fw.BUSY:
             holder = fw.owner(fwd)
             busy.append(where + (f" (by {holder})" if holder else ""))
     if busy or denied:
-        parts = (["in use: " + ", ".join(busy)] if busy else []) + (
-            ["not allowed for this user (below 1024): " + ", ".join(denied)] if denied else [])
+        parts = (["in use: " + ", ".join(busy)] if busy else []) + [str(d) for d in denied]  # each says why
         return Check("host ports", False, "; ".join(parts) + " (free them or change the profile's forwards)")
     return Check("host ports", True, ", ".join(str(f.host_port) for f in profile.forwards) + " free")
 

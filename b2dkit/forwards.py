@@ -12,11 +12,13 @@ Both providers speak in ``Forward`` values; only they know how to apply one
 
 import errno
 import os
+import platform
 import re
 import shutil
 import socket
 import subprocess
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import HypervisorError, InputError, PortDenied, PortInUse
@@ -98,12 +100,19 @@ def parse_spec(spec: object, host_ip: str = LOOPBACK) -> Forward:
     return Forward(host_port=host, guest_port=guest, proto=proto, host_ip=check_host_ip(host_ip))
 
 
+IPV6_LOOPBACK = ("::1", "[::1]")
+
+
 def check_host_ip(host_ip: Optional[str]) -> str:
+    """An IPv4 address; ``::1`` means loopback, as each TCP forward on 127.0.0.1 is also
+    served on [::1] by the watcher's relay (QEMU's and VirtualBox's NAT bind IPv4 only)."""
     text = str(host_ip or LOOPBACK).strip()
+    if text in IPV6_LOOPBACK:
+        return LOOPBACK
     try:
         socket.inet_aton(text)
     except OSError:
-        raise InputError(f"invalid host IP {host_ip!r}: expected an IPv4 address such as 127.0.0.1") from None
+        raise InputError(f"invalid host IP {host_ip!r}: expected an IPv4 address such as 127.0.0.1, or ::1") from None
     if text.count(".") != 3:
         raise InputError(f"invalid host IP {host_ip!r}: expected an IPv4 address such as 127.0.0.1")
     return text
@@ -209,7 +218,7 @@ def _bind(family: int, proto: str, host_ip: str, port: int) -> str:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return BUSY
-            if exc.errno == errno.EACCES:
+            if exc.errno in (errno.EACCES, getattr(errno, "WSAEACCES", errno.EACCES)):  # Windows: 10013
                 return DENIED
             raise
     return FREE
@@ -270,6 +279,50 @@ def _listener(port: int, proto: str) -> Optional[str]:
     return names[0] if names else None
 
 
+UNPRIVILEGED_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+
+
+def unprivileged_port_start(path: Path = UNPRIVILEGED_START) -> int:
+    """Linux's lowest port a user may bind (a sysctl); 1024 when it cannot be read."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 1024
+
+
+def denied(fwd: Forward, system: Optional[str] = None, start: Optional[int] = None) -> PortDenied:
+    """EACCES said plainly, with what works on this OS instead (never "already in use")."""
+    system = system or platform.system()
+    where = f"{fwd.host_ip or '*'}:{fwd.host_port}/{fwd.proto}"
+    floor = 1024
+    if system == "Linux":
+        floor = unprivileged_port_start() if start is None else start
+    alternative = fwd.host_port + 8000 if fwd.host_port + 8000 <= 65535 else floor  # 80 -> 8080, 443 -> 8443
+    alternative = max(alternative, floor)
+    suffix = "/udp" if fwd.proto == "udp" else ""
+    other = f"`b2dkit vm.forward {alternative}:{fwd.guest_port}{suffix}`"
+    message = f"host port {where} may not be bound by this user"
+    if system == "Darwin" and fwd.host_ip not in WILDCARDS:
+        return PortDenied(
+            message + ": on macOS a port below 1024 needs root on a single address such as 127.0.0.1",
+            hint=f"on macOS 0.0.0.0 needs no privilege: give this forward host_ip: 0.0.0.0 in the profile "
+                 f"(any network can then reach it), or use a port of 1024 or more: {other}",
+        )
+    if system == "Linux":
+        return PortDenied(
+            message + f": on Linux ports below {floor} need privileges (net.ipv4.ip_unprivileged_port_start)",
+            hint=f"use a host port of {floor} or more: {other}; or let users bind from {fwd.host_port} up: "
+                 f"`sudo sysctl -w net.ipv4.ip_unprivileged_port_start={fwd.host_port}`",
+        )
+    if system == "Windows":
+        return PortDenied(
+            message + f": Windows reserves it (`netsh interface ipv4 show excludedportrange protocol={fwd.proto}`)",
+            hint=f"use another host port: {other}",
+        )
+    return PortDenied(message + " (ports below 1024 need privileges here)",
+                      hint=f"use a host port of 1024 or more: {other}")
+
+
 def require_free(fwd: Forward, neighbours: Optional[Neighbours] = None) -> None:
     """PortInUse (naming the holder when known) or PortDenied unless the host can bind ``fwd`` now."""
     state = probe(fwd.host_port, fwd.host_ip, fwd.proto)
@@ -277,10 +330,7 @@ def require_free(fwd: Forward, neighbours: Optional[Neighbours] = None) -> None:
         return
     where = f"{fwd.host_ip or '*'}:{fwd.host_port}/{fwd.proto}"
     if state == DENIED:
-        raise PortDenied(
-            f"host port {where} may not be bound by this user (ports below 1024 need privileges here)",
-            hint="pick a host port of 1024 or more (HOST:GUEST, e.g. 8080:80)",
-        )
+        raise denied(fwd)
     holder = owner(fwd, neighbours)
     raise PortInUse(
         f"host port {where} is already in use" + (f" by {holder}" if holder else ""),

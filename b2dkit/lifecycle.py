@@ -313,6 +313,7 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     if snap.state == VMState.RUNNING:
         out.kept.append(f"VM {machine.name} is already running")
     else:
+        _stop_watcher(machine, Outcome())  # one left by a VM stopped outside b2dkit holds its [::1] relays
         _check_other_vms(machine.name, snap.forwards)
         log(f"starting {machine.name} ({machine.provider})…")
         provider.start()
@@ -335,9 +336,34 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
         out.done += sub.done
         out.kept += sub.kept
         out.warnings += sub.warnings
+    _start_watcher(machine, out)
     for line in out.warnings:
         log(f"warning: {line}")
     return out
+
+
+def _start_watcher(machine: Machine, out: Outcome) -> None:
+    """The watcher repairs clock and mounts after a sleep (watcher.py); its failure is a warning."""
+    from . import watcher
+
+    before = watcher.running_pid(machine.name)
+    try:
+        pid = watcher.start(machine.name)
+    except B2dkitError as exc:
+        out.warnings.append(str(exc))
+        return
+    if pid and pid == before:
+        out.kept.append(f"watcher already running (pid {pid})")
+    elif pid:
+        out.done.append(f"started the watcher (pid {pid}, log {paths.vm_dir(machine.name) / watcher.LOGFILE})")
+
+
+def _stop_watcher(machine: Machine, out: Outcome) -> None:
+    """First, so it does not remount what we are about to unmount."""
+    from . import watcher
+
+    if watcher.stop(machine.name):
+        out.done.append("stopped the watcher")
 
 
 STOP_TIMEOUT = 30.0
@@ -388,6 +414,7 @@ def stop(machine: Machine, log: Log = _quiet, timeout=STOP_TIMEOUT) -> Outcome:
     """``vm.stop``: unmount b2dkit's sshfs mounts first (a dead server wedges them), flush, then shut down."""
     seconds = stop_timeout(timeout)  # bad input fails before anything is touched
     out = Outcome()
+    _stop_watcher(machine, out)
     out.done += unmount_all(machine, log=log).done
     provider = provider_for(machine)
     state = provider.state()
@@ -409,6 +436,7 @@ def destroy(machine: Machine, purge: bool = False, log: Log = _quiet) -> Outcome
     from . import guest
 
     out = Outcome()
+    _stop_watcher(machine, Outcome())
     unmount_all(machine, log=log)
     provider = provider_for(machine)
     disk = provider.disk_path()
@@ -434,6 +462,36 @@ def _ssh_port_or_none(machine: Machine) -> Optional[int]:
         return provider_for(machine).ssh_endpoint()[1]
     except B2dkitError:
         return None
+
+
+# -- talking to a running VM ------------------------------------------------------------------
+
+
+def connect(machine: Machine, endpoint=None, by: str = "command", log: Log = _quiet):
+    """The one way b2dkit commands open a session to a running VM: it repairs as it connects.
+
+    Whatever a sleep broke (clock off by more than a second, stale sshfs mounts) is fixed
+    here, so the watcher only makes that happen sooner. Returns the open ``GuestSession``.
+    """
+    from . import guest, repair
+
+    host, port = endpoint or provider_for(machine).ssh_endpoint()
+    session = guest.connect(host, port, key_path(machine.name), known_hosts_path(machine.name))
+    try:
+        repair.repair(machine, session, (host, port), by=by, reason="a command connected", log=log)
+    except TimeoutError as exc:  # the watcher is mid-repair; the command still gets its session
+        log(f"warning: {exc}")
+    return session
+
+
+def shell(machine: Machine, command=None) -> int:
+    """``vm.ssh``: repair what a sleep broke (``connect``), then OpenSSH in the foreground."""
+    from . import guest
+
+    endpoint = provider_for(machine).ssh_endpoint()
+    connect(machine, endpoint=endpoint, by="vm.ssh").close()  # also pins the host key for ssh
+    return guest.interactive_shell(*endpoint, key_path(machine.name), known_hosts_path(machine.name),
+                                   command=command)  # fmt: skip
 
 
 # -- forwards -----------------------------------------------------------------------------------
@@ -483,12 +541,21 @@ def forward(machine: Machine, rule: Forward, auto_correct: bool = False, force: 
         rule = Forward(host_port=port, guest_port=rule.guest_port, proto=rule.proto, host_ip=rule.host_ip)
     provider.add_forward(rule)
     log(f"forwarding {rule.host_ip}:{rule.host_port} -> guest {rule.guest_port}/{rule.proto}")
+    _poke_watcher(machine)
     return rule
+
+
+def _poke_watcher(machine: Machine) -> None:
+    """The watcher's [::1] relays follow the forwards: tell it to look now, not in 3 s."""
+    from . import watcher
+
+    watcher.poke(machine.name)
 
 
 def unforward(machine: Machine, name: str, log: Log = _quiet) -> str:
     """``vm.unforward 8000``: remove the rule (named by ``unforward_name``)."""
     provider_for(machine).remove_forward(name)
+    _poke_watcher(machine)
     log(f"removed forward {name}")
     return name
 

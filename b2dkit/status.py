@@ -35,7 +35,30 @@ def collect(machine: Machine, drift: bool = True) -> dict:
     info.update({k: v for k, v in snap.info.items() if k not in info})
     if drift and snap.state == VMState.RUNNING:
         info["clock_drift_seconds"] = _drift(machine, snap.forwards)
+    info["watcher"] = _watcher(machine)  # after the drift check: that may have repaired something
     return info
+
+
+def _watcher(machine: Machine) -> dict:
+    from . import watcher
+
+    return watcher.status(machine.name)
+
+
+def render_watcher(w: dict) -> List[str]:
+    state = f"running (pid {w['pid']})" if w.get("running") else "not running"
+    lines = [f"watcher:    {state}, log {w['log']}"]
+    relays = w.get("ipv6_relays") or {}
+    if relays.get("active"):
+        lines.append("  also on [::1]: " + ", ".join(str(p) for p in relays["active"]))
+    for port, why in sorted((relays.get("failed") or {}).items()):
+        lines.append(f"  not on [::1]:{port}: {why}")
+    last = w.get("last_repair")
+    if last:
+        steps = "; ".join(f"{s['what']} in {s['seconds']:.2f} s" + ("" if s.get("ok", True) else " (failed)")
+                          for s in last.get("steps", [])) or "nothing to repair"  # fmt: skip
+        lines.append(f"  last repair {last.get('at')} by {last.get('by')} ({last.get('reason')}): {steps}")
+    return lines
 
 
 def _drift(machine, rules):
@@ -44,10 +67,8 @@ def _drift(machine, rules):
     ssh = ssh_forward(rules)
     if not ssh:
         return "unknown (no forward to the guest's SSH port)"
-    host, port = connect_address(ssh)
     try:
-        with guest.connect(host, port, lifecycle.key_path(machine.name),
-                           lifecycle.known_hosts_path(machine.name)) as session:
+        with lifecycle.connect(machine, endpoint=connect_address(ssh), by="vm.status") as session:
             return round(guest.clock_drift(session), 2)
     except B2dkitError as exc:
         return f"unknown ({exc})"
@@ -71,6 +92,8 @@ def render(info: dict) -> str:
     lines.append("mounts:" + ("" if info["mounts"] else " none"))
     for m in info["mounts"]:
         lines.append(f"  {m['guest']} -> {m['host']}: {m['status']}")
+    if info.get("watcher"):
+        lines += render_watcher(info["watcher"])
     if info.get("log"):
         lines.append(f"log:        {info['log']}")
     return "\n".join(lines)
@@ -148,9 +171,7 @@ def _certs_ready(machine: Machine, provider, certs: Path) -> bool:
     if provider.state() != VMState.RUNNING:
         return False
     try:
-        host, port = provider.ssh_endpoint()
-        with guest.connect(host, port, lifecycle.key_path(machine.name),
-                           lifecycle.known_hosts_path(machine.name)) as session:
+        with lifecycle.connect(machine, endpoint=provider.ssh_endpoint(), by="vm.env") as session:
             return guest.fetch_docker_certs(session, certs)
     except B2dkitError:
         return False

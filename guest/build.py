@@ -42,6 +42,7 @@ SOURCE_DATE_EPOCH = 1593388800
 PACKAGES = (
     "linux-image-amd64", "busybox-static", "dropbear-bin", "openssh-sftp-server", "e2fsprogs",
     "sudo", "libc6", "libpam-modules", "isolinux", "syslinux-common", "xorriso", "kmod",
+    "netcat-traditional",
 )
 
 # Dynamic programs copied with the libraries ldd finds: {path in guest: path on host}.
@@ -53,6 +54,8 @@ BINARIES = {
     # busybox only makes ext2; boot2docker's disk is ext4.
     "/sbin/mke2fs": "/sbin/mke2fs",
     "/usr/bin/sudo": "/usr/bin/sudo",
+    # busybox's nc has no UDP: the UDP echo on port 53 (UDP forwards tested end to end).
+    "/usr/bin/nc.traditional": "/bin/nc.traditional",
     "/usr/libexec/sudo/sudoers.so": "/usr/libexec/sudo/sudoers.so",
     "/lib/x86_64-linux-gnu/security/pam_permit.so": "/lib/x86_64-linux-gnu/security/pam_permit.so",
     "/lib/x86_64-linux-gnu/security/pam_deny.so": "/lib/x86_64-linux-gnu/security/pam_deny.so",
@@ -61,7 +64,7 @@ SYMLINKS = {
     "/sbin/mkfs.ext4": "mke2fs",
     "/usr/lib/openssh/sftp-server": "../sftp-server",
 }
-GUEST_APT = "busybox-static dropbear-bin openssh-sftp-server e2fsprogs sudo libpam-modules"
+GUEST_APT = "busybox-static dropbear-bin openssh-sftp-server e2fsprogs sudo libpam-modules netcat-traditional"
 HOST_FILES = {"/etc/mke2fs.conf": "/etc/mke2fs.conf"}
 
 # Everything Debian builds as =m that a boot2docker-like VM needs under QEMU or VirtualBox

@@ -14,6 +14,9 @@ def b2dkit_home(tmp_path, monkeypatch):
     home = tmp_path / "b2dkit-home"
     home.mkdir()
     monkeypatch.setenv("B2DKIT_HOME", str(home))
+    # No per-VM watcher daemons from tests that fake the hypervisor; the tests that
+    # want one (watcher and e2e tests) turn it back on.
+    monkeypatch.setenv("B2DKIT_WATCHER", "0")
     return home
 
 

@@ -1,10 +1,17 @@
 """forwards.py: host-port checks against real sockets on 127.0.0.1."""
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 
+import pytest
+
 from b2dkit import forwards
+from b2dkit.errors import B2dkitError, InputError, PortDenied, PortInUse
+from b2dkit.forwards import Forward
 
 
 def test_a_listening_port_is_busy():
@@ -43,16 +50,19 @@ def test_time_wait_left_by_a_stopped_vm_does_not_make_its_port_busy():
         assert not forwards.host_port_free(port)
 
 
+@pytest.mark.parametrize("text", ["::1", "[::1]", " ::1 "])
+def test_ipv6_loopback_is_accepted_as_loopback_served_on_both_families(text):
+    # The hypervisor binds 127.0.0.1; the watcher's relay adds [::1] (relay.py).
+    assert forwards.check_host_ip(text) == "127.0.0.1"
+    assert forwards.parse_spec("8000", host_ip=text).host_ip == "127.0.0.1"
+
+
+def test_other_ipv6_addresses_are_still_refused_in_one_line():
+    with pytest.raises(InputError, match="or ::1"):
+        forwards.check_host_ip("::")
+
+
 # -- one port policy: clash rule, IPv6 listeners, EACCES ----------------------------------------
-
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import pytest  # noqa: E402
-
-from b2dkit.errors import B2dkitError, InputError, PortDenied, PortInUse  # noqa: E402
-from b2dkit.forwards import Forward  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -124,8 +134,37 @@ def test_a_privileged_port_is_denied_not_in_use(tmp_path):
     out = subprocess.run([*drop, sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, check=True).stdout.splitlines()
     assert out[0] == "denied"
-    assert "may not be bound by this user" in out[1] and "1024 or more" in out[1] and "in use" not in out[1]
+    assert "may not be bound by this user" in out[1] and "in use" not in out[1]
+    assert f"ports below {start} need privileges" in out[1] and "b2dkit vm.forward 8080:80" in out[1]
     assert not issubclass(PortDenied, PortInUse)
+
+
+@pytest.mark.parametrize("system, says", [
+    ("Darwin", ["needs root on a single address", "0.0.0.0 needs no privilege", "b2dkit vm.forward 8080:80"]),
+    ("Linux", ["ports below 1000 need privileges", "net.ipv4.ip_unprivileged_port_start=80",
+               "b2dkit vm.forward 8080:80"]),
+    ("Windows", ["Windows reserves it", "excludedportrange protocol=tcp", "b2dkit vm.forward 8080:80"]),
+    ("FreeBSD", ["below 1024 need privileges", "b2dkit vm.forward 8080:80"]),
+])
+def test_a_denied_port_says_what_works_on_this_os(system, says):
+    text = str(forwards.denied(Forward(80, 80), system=system, start=1000))
+    assert text.startswith("host port 127.0.0.1:80/tcp may not be bound by this user")
+    assert all(part in text for part in says), text
+    assert "in use" not in text
+
+
+def test_a_denied_port_alternative_is_one_the_user_may_bind():
+    assert "vm.forward 8443:443`" in str(forwards.denied(Forward(443, 443), system="Linux", start=1024))
+    assert "vm.forward 9000:53/udp`" in str(forwards.denied(Forward(53, 53, proto="udp"), system="Linux", start=9000))
+    # on macOS 0.0.0.0 itself was refused: no advice to use it
+    assert "0.0.0.0 needs no" not in str(forwards.denied(Forward(80, 80, host_ip="0.0.0.0"), system="Darwin"))
+
+
+def test_linux_unprivileged_start_is_read_from_its_sysctl(tmp_path):
+    sysctl = tmp_path / "ip_unprivileged_port_start"
+    sysctl.write_text("443\n")
+    assert forwards.unprivileged_port_start(sysctl) == 443
+    assert forwards.unprivileged_port_start(tmp_path / "absent") == 1024
 
 
 def test_both_providers_refuse_the_same_clash_with_the_same_error(tmp_path, monkeypatch):

@@ -425,3 +425,11 @@ def test_check_layer_validates_one_file_on_its_own_without_following_extends(tmp
     assert str(excinfo.value).endswith("iso.sha256: 'nothex' is not a sha256 digest: expected 64 hex characters")
     with pytest.raises(ProfileError, match=r"team.yaml:2: invalid YAML"):
         profile.check_layer(path, "memory: 1\n  bad: [\n")
+
+
+def test_host_ip_ipv6_loopback_is_accepted(tmp_path):
+    # QEMU and VirtualBox NAT bind IPv4 only; the watcher's relay serves the forward on [::1] too.
+    forwards = 'forwards:\n  - {host: 2022, guest: 22}\n  - {host: 8000, guest: 8000, host_ip: "::1"}\n'
+    path = write(tmp_path, "v6.yaml", CORE + forwards)
+    p = profile.load(str(path))
+    assert [(f.host_ip, f.host_port) for f in p.forwards] == [("127.0.0.1", 2022), ("127.0.0.1", 8000)]

@@ -135,13 +135,7 @@ def forwards(c, name=None, json=False):
 @task(help={"name": NAME_HELP, "command": "run this command instead of an interactive shell"})
 def ssh(c, name=None, command=None):
     """Open a shell in the VM (or run -c CMD and pass its exit code through)."""
-    from .. import guest
-
-    machine = _machine(name)
-    host, port = lifecycle.provider_for(machine).ssh_endpoint()
-    code = guest.interactive_shell(
-        host, port, lifecycle.key_path(machine.name), lifecycle.known_hosts_path(machine.name), command=command
-    )
+    code = lifecycle.shell(_machine(name), command=command)
     if code:
         from invoke import Exit
 
