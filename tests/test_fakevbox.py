@@ -8,7 +8,7 @@ import time
 import pytest
 
 import fakevbox
-from conftest import shared_reference
+from conftest import fixture_text
 
 from b2dkit import disk, vbox
 from b2dkit.providers import VMState
@@ -34,7 +34,7 @@ def run(fake):
 
 
 def sample(name):
-    return shared_reference("vbox-samples", name).read_text()
+    return fixture_text("vbox", name)
 
 
 def stderr_block(marker):

@@ -7,24 +7,24 @@ from pathlib import Path
 import pytest
 
 import fakevbox
-from conftest import shared_reference
+from conftest import FIXTURES, fixture_text
 
 from b2dkit import vbox
 from b2dkit.errors import HypervisorError, InputError, ToolMissing, VMNotFound
 from b2dkit.forwards import Forward
 from b2dkit.providers import VMState
 
-SAMPLES = "vbox-samples"
+SAMPLES = "vbox"
 DBG_PREFIX = "(default) DBG | "
 
 
 def sample(name) -> str:
-    return shared_reference(SAMPLES, name).read_text()
+    return fixture_text(SAMPLES, name)
 
 
 def showvminfo_samples():
-    folder = Path(__file__).resolve().parents[2] / "shared" / "reference" / SAMPLES
-    return sorted(p.name for p in folder.glob("showvminfo_machinereadable.*")) or ["(missing)"]
+    # "(missing)" makes the parametrised test fail by name rather than vanish when the folder is empty
+    return sorted(p.name for p in (FIXTURES / SAMPLES).glob("showvminfo_machinereadable.*")) or ["(missing)"]
 
 
 def undebug(text: str) -> str:

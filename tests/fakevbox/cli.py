@@ -1,6 +1,6 @@
 """A stateful fake ``VBoxManage``, as strict as the real one where b2dkit depends on it.
 
-Written from ../shared/reference/vboxmanage-and-boot2docker.md and vbox-samples/: the same
+Written from the team reference on VBoxManage (tests/fixtures/vbox/ holds its real samples): the same
 syntax checking (unknown subcommand/option → usage on stderr, exit 2), output formats
 (createvm, showvminfo --machinereadable, list vms, startvm, poweroff progress), error texts
 and exit codes (3-line ``VBoxManage: error:`` shape, exit 1), the session lock on running
