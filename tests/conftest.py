@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from fakevbox.versions import VERSIONS
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -15,6 +17,17 @@ def b2dkit_home(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("B2DKIT_HOME", str(home))
     return home
+
+
+@pytest.fixture(params=list(VERSIONS))
+def vbox_version(request, monkeypatch):
+    """Every VirtualBox version the fake imitates (tests/fakevbox/versions.py), one run each."""
+    monkeypatch.setenv("FAKEVBOX_VERSION", request.param)
+    return request.param
+
+
+def triple(version: str):
+    return tuple(int(p) for p in version.split("."))
 
 
 def fixture(*parts) -> Path:
