@@ -26,7 +26,7 @@ def run_failing(capsys, *argv):
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch):
+def fake(tmp_path, monkeypatch, vbox_version):
     return install(tmp_path / "fakevbox", monkeypatch)
 
 

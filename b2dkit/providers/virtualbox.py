@@ -28,6 +28,7 @@ from ..vbox import (
     natpf_delete_argv,
     natpf_rule,
     nat_failures,
+    state_error,
     storageattach_argv,
 )
 from . import ApplyReport, MachineSpec, Provider, Status, VMState
@@ -164,9 +165,7 @@ class VirtualBoxProvider(Provider):
                 self.vbox.createvm(self.vm, basefolder=self.dir, ostype=OSTYPE)
                 report.created = True
         if info is not None and info.state is VMState.BUSY:
-            raise HypervisorError(
-                f"VM {self.vm!r} is {info.vbox_state}", hint="wait a moment and run the command again"
-            )
+            raise state_error(self.vm, info)
         rules = _with_ssh(wanted, info)
         settings, setting_changes = self._settings_plan(info, spec)
         rule_args, rule_changes = self._rules_plan(info, rules)
@@ -225,6 +224,10 @@ class VirtualBoxProvider(Provider):
         if info is None or info.nics.get(1) != "nat" or info.raw.get("nictype1") != NIC_TYPE:
             args += ["--nic1", "nat", "--nictype1", NIC_TYPE, "--cableconnected1", "on"]
             changes.append("NIC 1 → NAT")
+        if info is None:
+            # The NAT engine's DNS proxy keeps the guest's DNS across host network changes
+            # (docker-machine's default). showvminfo does not print it, so it is set at create.
+            args += ["--natdnsproxy1", "on"]
         return args, changes
 
     def _rules_plan(self, info: Optional[VMInfo], rules: List[Forward]):
@@ -334,7 +337,7 @@ class VirtualBoxProvider(Provider):
         if info.state is VMState.RUNNING:
             return
         if info.state is VMState.BUSY:
-            raise HypervisorError(f"VM {self.vm!r} is {info.vbox_state}", hint="wait a moment and try again")
+            raise state_error(self.vm, info)
         if info.state is VMState.PAUSED:
             self.vbox.run(["controlvm", self.vm, "resume"])
             return
@@ -389,7 +392,7 @@ class VirtualBoxProvider(Provider):
         (fwd,) = check_forwards([fwd])
         info = self._require()
         if info.state is VMState.BUSY:
-            raise HypervisorError(f"VM {self.vm!r} is {info.vbox_state}", hint="wait a moment and try again")
+            raise state_error(self.vm, info)
         current = {f.name: f for f in info.nat_forwards()}
         have = current.get(fwd.name)
         if have == fwd:
