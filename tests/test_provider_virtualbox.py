@@ -1,6 +1,7 @@
 """VirtualBoxProvider against the fake VBoxManage: lifecycle, converge, data safety, ports, budgets."""
 
 import dataclasses
+import os
 import socket
 
 import pytest
@@ -13,7 +14,7 @@ from b2dkit.errors import HypervisorError, InputError, PortInUse, VMNotFound
 from b2dkit.forwards import Forward, parse_spec
 from b2dkit.providers import MachineSpec, VMState, get_provider
 from b2dkit.providers.virtualbox import VirtualBoxProvider
-from b2dkit.vbox import VBoxManage
+from b2dkit.vbox import RuleExists, VBoxLocked, VBoxManage, natpf_rule
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOriginalKeyForTests b2dkit-test"
 
@@ -354,3 +355,203 @@ def test_ssh_rule_added_when_the_spec_has_none(vb, fake, spec):
     assert host == "127.0.0.1" and 2200 <= port <= 2250
     assert vb.create(bare).changes == []  # the picked port is kept on re-runs
     assert vb.ssh_endpoint() == (host, port)
+
+
+# -- issue #12: VirtualBox as it really is, item by item, on every fake version ---------------------
+
+PENDING = "provider fix pending"
+
+
+def vbox_xml_nat(fake, vm="dev"):
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(fake.machine(vm)["cfg_file"]).getroot()
+    ns = {"v": "http://www.virtualbox.org/"}
+    return root.find("v:Machine/v:Hardware/v:Network/v:Adapter[@slot='0']/v:NAT", ns), ns
+
+
+@pytest.mark.xfail(strict=True, reason=f"#12 item 1: {PENDING} (closemedium a disk detached for good)")
+def test_item1_a_new_disk_at_a_kept_disks_path_can_be_attached(vb, fake, spec):
+    vb.create(spec)
+    vb.destroy()  # keeps the disk: detached, so still in VirtualBox's media registry
+    vb.disk_path().unlink()  # the user deletes it by hand
+    vb.create(spec)  # a new disk.vmdk at the same path: a new UUID
+    assert vb.info()["disk"] == str(paths.vm_dir("dev") / "disk.vmdk")
+
+
+def test_item1_the_media_registry_trap_is_real_in_the_fake(vb, fake, spec):
+    """What item 1's fix must get past: today the re-create fails with VirtualBox's own text."""
+    vb.create(spec)
+    vb.destroy()
+    vb.disk_path().unlink()
+    with pytest.raises(HypervisorError, match=r"Cannot register the hard disk .* already exists"):
+        vb.create(spec)
+
+
+def test_item2_forwards_of_a_7_0_0_vm_are_read_from_its_vbox_file(vb, fake, spec, vbox_version):
+    vb.create(spec)
+    out = vb.vbox.run(["showvminfo", "dev", "--machinereadable"])
+    assert ("Forwarding(" in out) == (vbox_version != "7.0.0")  # two rules: 7.0.0 prints none
+    assert vb.forwards() == spec.forwards
+    mark = len(fake.calls())
+    assert vb.create(spec).changes == []  # no "A NAT rule of this name already exists"
+    vb.add_forward(spec.forwards[1])  # the same rule again: a no-op
+    assert len(calls_since(fake, mark)) == 2
+    web = parse_spec(f"{free_port()}:80")
+    vb.add_forward(web)
+    assert set(vb.forwards()) == set(spec.forwards) | {web}
+
+
+def test_item3_live_add_on_a_busy_port_is_port_in_use_on_both_engines(vb, fake, spec, monkeypatch):
+    vb.create(spec)
+    vb.start()
+    import b2dkit.forwards
+
+    monkeypatch.setattr(b2dkit.forwards, "host_port_free", lambda *a: True)  # taken after the check
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        mark = len(fake.calls())
+        with pytest.raises(PortInUse, match=f"could not forward host port 127.0.0.1:{port}"):
+            vb.add_forward(parse_spec(f"{port}:80"))
+    assert [c[0] for c in calls_since(fake, mark)] == ["showvminfo", "controlvm"]  # exit 0 all the same
+
+
+@pytest.mark.parametrize("who", ["user", "service"])
+def test_item4_a_russian_locale_still_finds_not_found_and_locks(vb, fake, spec, monkeypatch, who):
+    """A LANG=ru_RU.UTF-8 user (who=user), or a VBoxSVC a Russian GUI started (who=service)."""
+    monkeypatch.setenv("LANG", "ru_RU.UTF-8")
+    monkeypatch.setenv("LC_ALL", "ru_RU.UTF-8")
+    if who == "service":
+        monkeypatch.setenv("FAKEVBOX_SVC_LANG", "ru")
+    assert vb.state() is VMState.ABSENT  # "VM not found", in whatever language
+    vb.create(spec)
+    vb.start()
+    assert vb.state() is VMState.RUNNING
+    with pytest.raises(VBoxLocked):
+        vb.vbox.run(["modifyvm", "dev", "--memory", "2048"], retry=False)
+    with pytest.raises(RuleExists):
+        vb.vbox.run(["controlvm", "dev", "natpf1", natpf_rule(spec.forwards[0])], retry=False)
+
+
+def test_item5_a_windows_code_page_path_still_matches(vb, fake, spec, monkeypatch, tmp_path):
+    """CfgFile and "SATA-1-0" in the ANSI code page of a non-ASCII home folder (#12 item 5)."""
+    home = tmp_path / "Jürgen" / "b2dkit"
+    monkeypatch.setenv("B2DKIT_HOME", str(home))
+    monkeypatch.setenv("FAKEVBOX_CODESET", "cp1252")
+    import locale
+
+    monkeypatch.setattr(locale, "getpreferredencoding", lambda do_setlocale=True: "cp1252")
+    vb = VirtualBoxProvider("dev", vbox=VBoxManage(sleep=lambda s: None), sleep=lambda s: None)
+    vb.create(spec)
+    assert "Jürgen" in vb.info()["disk"]  # decoded in the process code set, not mangled
+    assert vb.create(spec).changes == []  # not "SATA port 1 holds …, not b2dkit's disk"
+
+
+@pytest.mark.xfail(strict=True, reason=f"#12 item 5: {PENDING} (compare the disk by its medium UUID)")
+def test_item5_an_unknown_code_set_still_recognises_our_disk(vb, fake, spec, monkeypatch, tmp_path):
+    home = tmp_path / "Jürgen" / "b2dkit"
+    monkeypatch.setenv("B2DKIT_HOME", str(home))
+    monkeypatch.setenv("FAKEVBOX_CODESET", "cp1252")  # and b2dkit cannot know it
+    vb = VirtualBoxProvider("dev", vbox=VBoxManage(sleep=lambda s: None), sleep=lambda s: None)
+    vb.create(spec)
+    assert vb.create(spec).changes == []
+
+
+def test_item6_startvm_that_exits_1_after_starting_is_a_start(vb, fake, spec, monkeypatch):
+    vb.create(spec)
+    monkeypatch.setenv("FAKEVBOX_FAULTS", "startvm=started-exit1*1")
+    mark = len(fake.calls())
+    vb.start()
+    assert vb.state() is VMState.RUNNING
+    assert [c[0] for c in calls_since(fake, mark)].count("startvm") == 1  # no retry into the lock
+
+
+def test_item7_gurumeditation_says_power_off_not_wait(vb, fake, spec, monkeypatch):
+    vb.create(spec)
+    monkeypatch.setenv("FAKEVBOX_FAULTS", "startvm=guru*1")
+    vb.start()
+    for call in (vb.start, lambda: vb.create(spec), lambda: vb.add_forward(parse_spec(f"{free_port()}:80"))):
+        with pytest.raises(HypervisorError, match="guru meditation") as excinfo:
+            call()
+        assert "vm.stop" in str(excinfo.value) and "wait a moment" not in str(excinfo.value)
+    vb.stop(timeout=0.1)  # the power-off that clears it
+    assert vb.state() is VMState.STOPPED
+
+
+@pytest.mark.xfail(strict=True, reason="#12 item 7: own VMState members belong in the hypervisor base (consolidate)")
+def test_item7_gurumeditation_is_its_own_state(vb, fake, spec, monkeypatch):
+    vb.create(spec)
+    monkeypatch.setenv("FAKEVBOX_FAULTS", "startvm=guru*1")
+    vb.start()
+    assert vb.state() is not VMState.BUSY
+
+
+@pytest.mark.xfail(strict=True, reason=f"#12 item 7: {PENDING} (find our VM by UUID when its .vbox is gone)")
+def test_item7_a_vm_whose_vbox_file_is_gone_is_reported_not_duplicated(vb, fake, spec):
+    vb.create(spec)
+    cfg = fake.machine("dev")["cfg_file"]
+    os.unlink(cfg)
+    with pytest.raises(HypervisorError, match="cannot read the settings file"):
+        vb.create(spec)
+
+
+def test_item7_inaccessible_today_leaves_a_ghost(vb, fake, spec):
+    """What item 7's provider fix must prevent: VirtualBox cannot find the VM by name any more."""
+    vb.create(spec)
+    os.unlink(fake.machine("dev")["cfg_file"])
+    assert vb.state() is VMState.ABSENT
+    names = [name for name, _ in vb.vbox.list_vms()]
+    assert names == ["<inaccessible>"]
+
+
+def test_item8_the_nat_dns_proxy_is_on_from_create(vb, fake, spec):
+    vb.create(spec)
+    nat, ns = vbox_xml_nat(fake)
+    assert nat.find("v:DNS", ns).get("use-proxy") == "true"
+
+
+@pytest.mark.xfail(strict=True, reason=f"#12 item 9: {PENDING} (profile host_loopback, version-gated)")
+def test_item9_host_loopback_reaches_the_hosts_127_0_0_1_on_7(vb, fake, spec, vbox_version):
+    vb.create(dataclasses.replace(spec, host_loopback=True))  # 6.1 would reject the option
+    nat, ns = vbox_xml_nat(fake)
+    if triple(vbox_version) >= (7, 0, 0):
+        assert nat.get("localhost-reachable") == "true"
+
+
+def test_item11_the_disk_stream_is_exactly_the_size(vb, fake, spec):
+    vb.create(spec)
+    meta, _ = fakevbox.read_disk(vb.disk_path())
+    assert meta["received"] == meta["size"] == spec.disk_mb << 20 and not meta["extra"]
+
+
+def test_item11_the_parser_copes_with_every_versions_slot_keys(vb, fake, spec, tmp_path):
+    vb.create(spec)
+    info = vb.vbox.showvminfo("dev")
+    assert info.medium("SATA", 0) == str(spec.iso.resolve()) and info.medium("SATA", 1) == str(vb.disk_file)
+    assert sorted(k for k in info.storage) == [("SATA", p, 0) for p in range(4)]
+
+
+@pytest.mark.parametrize(
+    "op",
+    ["create", "forward", "status", "purge-and-create"],
+)
+def test_done_when_every_version_creates_forwards_reports_and_recreates(vb, fake, spec, op):
+    """Issue #12 "done when": these pass on every fake version within today's call budgets."""
+    mark = len(fake.calls())
+    vb.create(spec)
+    assert len(calls_since(fake, mark)) <= 10
+    if op == "forward":
+        mark = len(fake.calls())
+        vb.add_forward(parse_spec(f"{free_port()}:80"))
+        assert len(calls_since(fake, mark)) <= 2
+    elif op == "status":
+        mark = len(fake.calls())
+        assert vb.info()["state"] == "stopped"
+        assert len(calls_since(fake, mark)) == 1
+    elif op == "purge-and-create":
+        vb.destroy(purge=True)
+        mark = len(fake.calls())
+        vb.create(spec)
+        assert len(calls_since(fake, mark)) <= 10 and vb.forwards() == spec.forwards

@@ -23,6 +23,9 @@ Environment:
   FAKEVBOX_VERSION      6.1.50 | 7.0.0 | 7.0.20 (default) | 7.1.4 | 7.2.0 (or any x.y.zrNNN):
                         output formats, NAT engine, options and translations of that version
   FAKEVBOX_SVC_LANG     the language VBoxSVC runs in (default: the first caller's locale)
+  FAKEVBOX_CODESET      the code set VBoxManage writes in (default utf-8; e.g. cp1252: IPRT
+                        converts the standard streams to the process code set, on Windows the
+                        ANSI code page; vv#7 says "likely, not tested")
 """
 
 import contextlib
@@ -647,6 +650,11 @@ def cmd_createvm(state, args):
         )
     base = Path(basefolder) if basefolder else state.home / "VirtualBox VMs"
     cfg = (base / name / f"{name}.vbox").absolute()
+    ghost = state.machines.get(name)
+    if register and ghost is not None and not accessible(ghost):
+        # An inaccessible VM has no name VirtualBox can read, so the name is free again; the
+        # ghost stays registered under its UUID (GUESS: the name check skips such machines).
+        state.machines[f"<inaccessible {ghost['uuid']}>"] = state.machines.pop(name)
     if register and any(n == name for n in state.machines):
         raise vbox_error(
             f"Machine settings file '{cfg}' already exists",
@@ -1506,11 +1514,18 @@ def main(argv=None):
             with state.locked():
                 out = handler(state, rest)
     except Fail as fail:
-        sys.stdout.write(speak(fail.stdout, state))
-        sys.stderr.write(speak(fail.stderr, state))
+        write(sys.stdout, speak(fail.stdout, state))
+        write(sys.stderr, speak(fail.stderr, state))
         return fail.code
-    sys.stdout.write(speak(out, state))
+    write(sys.stdout, speak(out, state))
     return 0
+
+
+def write(stream, text):
+    codeset = os.environ.get("FAKEVBOX_CODESET") or "utf-8"
+    stream.flush()
+    stream.buffer.write(text.encode(codeset, errors="replace"))
+    stream.buffer.flush()
 
 
 def speak(text, state):
