@@ -526,3 +526,22 @@ def test_live_add_on_a_busy_port_exits_0_and_only_logs(run, vm, vbox_version):
     assert code == 0 and err == ""
     log = (vm["folder"] / "Logs" / "VBox.log").read_text()
     assert vbox.nat_failures(log) == [("tcp", "127.0.0.1", port, "Address already in use" if triple(vbox_version) < (7, 1, 0) else "Port forward modify FAIL")]
+
+
+def test_unregistervm_delete_all_is_7_only_and_takes_dvds_in_the_vm_folder(run, vm, vbox_version):
+    iso_inside = vm["folder"] / "inside.iso"
+    iso_inside.write_bytes(b"iso")
+    run("storageattach", "b2d", "--storagectl", "SATA", "--port", "2", "--device", "0", "--type", "dvddrive",
+        "--medium", iso_inside)
+    code, _, err = run("unregistervm", "b2d", "--delete-all")
+    if triple(vbox_version) < (7, 0, 0):
+        assert code == 2 and "Unknown option: --delete-all" in err
+        return
+    assert code == 0 and not iso_inside.exists() and vm["iso"].exists() and not vm["vmdk"].exists()
+
+
+def test_an_inaccessible_vm_can_be_unregistered_by_uuid(run, vm, fake):
+    uuid = fake.machine("b2d")["uuid"]
+    (vm["folder"] / "b2d.vbox").unlink()
+    assert run("unregistervm", uuid)[0] == 0
+    assert run("list", "vms")[1] == ""

@@ -1394,16 +1394,16 @@ def cmd_controlvm(state, args):
 def cmd_unregistervm(state, args):
     a = Args("unregistervm", args)
     vm = a.next("VM name")
-    delete = False
+    delete = delete_all = False
     while a.more():
         opt = a.next()
         if opt == "--delete":
             delete = True
-        elif opt == "--delete-all":
-            raise usage("unregistervm", "--delete-all is VirtualBox 7.x only; this fake imitates --delete")
+        elif opt == "--delete-all" and V.delete_all_option:
+            delete = delete_all = True  # also DVD/floppy images inside the VM's folder (vv#2)
         else:
             raise usage("unregistervm", f"Unknown option: {opt}")
-    m = state.find(vm, "VBoxManageMisc.cpp")
+    m = state.find(vm, "VBoxManageMisc.cpp", inaccessible_ok=True)  # by UUID, a ghost can go
     if m["state"] in MEMORY_STATES_LOCKED:
         raise vbox_error(
             f"Cannot unregister the machine '{m['name']}' while it is locked",
@@ -1415,14 +1415,15 @@ def cmd_unregistervm(state, args):
             169,
             "VBoxManageMisc.cpp",
         )
-    del state.machines[m["name"]]
+    del state.machines[next(k for k, v in state.machines.items() if v is m)]
     if delete:
         # --delete removes attached hard disks, saved state, the .vbox, logs and the then-empty
         # folder; DVD images stay (reference §4.1).
         media = state.data.setdefault("media", {})
         for slots in m["attachments"].values():
             for att in slots.values():
-                if att["type"] == "hdd" and att["medium"]:
+                inside = att["medium"] and Path(att["medium"]).parent == Path(m["cfg_file"]).parent
+                if att["medium"] and (att["type"] == "hdd" or (delete_all and inside)):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(att["medium"])
                     media.pop(att["uuid"], None)  # deleted with the VM, so closed too
