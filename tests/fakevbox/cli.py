@@ -6,7 +6,8 @@ syntax checking (unknown subcommand/option → usage on stderr, exit 2), output 
 and exit codes (3-line ``VBoxManage: error:`` shape, exit 1), the session lock on running
 VMs, ``unregistervm --delete`` deleting attached hard disks, a media registry that knows
 each disk by the UUID inside the file (not by its path), a real-shaped ``.vbox`` XML at
-``CfgFile``, and the NAT engine of the version: the old one starts the VM although a
+``CfgFile``, ``convertfromraw stdin`` that stops at EOF or at BYTES without an error (it
+records what arrived, so tests can hold b2dkit to exactly BYTES), and the NAT engine of the version: the old one starts the VM although a
 forwarded host port is taken (the failure only shows in ``Logs/VBox.log``), libslirp (7.1+)
 fails the power-up. What differs by version is in ``versions.py``; translations in ``l10n.py``.
 
