@@ -370,7 +370,6 @@ def vbox_xml_nat(fake, vm="dev"):
     return root.find("v:Machine/v:Hardware/v:Network/v:Adapter[@slot='0']/v:NAT", ns), ns
 
 
-@pytest.mark.xfail(strict=True, reason=f"#12 item 1: {PENDING} (closemedium a disk detached for good)")
 def test_item1_a_new_disk_at_a_kept_disks_path_can_be_attached(vb, fake, spec):
     vb.create(spec)
     vb.destroy()  # keeps the disk: detached, so still in VirtualBox's media registry
@@ -380,12 +379,22 @@ def test_item1_a_new_disk_at_a_kept_disks_path_can_be_attached(vb, fake, spec):
 
 
 def test_item1_the_media_registry_trap_is_real_in_the_fake(vb, fake, spec):
-    """What item 1's fix must get past: today the re-create fails with VirtualBox's own text."""
+    """What item 1's fix gets past: a detached disk that stays registered blocks a new one."""
     vb.create(spec)
-    vb.destroy()
+    vb.vbox.run(["storageattach", "dev", "--storagectl", "SATA", "--port", "1", "--device", "0",
+                 "--medium", "none"])  # detached but not closed, as destroy did before the fix
+    vb.vbox.run(["unregistervm", "dev", "--delete"])
     vb.disk_path().unlink()
     with pytest.raises(HypervisorError, match=r"Cannot register the hard disk .* already exists"):
         vb.create(spec)
+
+
+def test_item1_a_kept_disk_is_reattached_after_destroy(vb, fake, spec):
+    vb.create(spec)
+    vb.destroy()
+    report = vb.create(spec)
+    assert any("re-attached" in c for c in report.changes)
+    assert fake.calls()[-1][0] == "storageattach"
 
 
 def test_item2_forwards_of_a_7_0_0_vm_are_read_from_its_vbox_file(vb, fake, spec, vbox_version):

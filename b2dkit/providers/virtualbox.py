@@ -381,6 +381,11 @@ class VirtualBoxProvider(Provider):
                 if purge and _same_file(medium, self.disk_file):
                     continue
                 self.vbox.run(storageattach_argv(self.vm, ctl, port, None, "none", device=dev))
+                if _same_file(medium, self.disk_file):
+                    # Detached for good: out of VirtualBox's media registry too, or a new disk
+                    # at this path (new UUID) could never be attached ("Cannot register the hard
+                    # disk ... already exists"); re-attaching this one registers it again.
+                    self.vbox.run(["closemedium", "disk", str(self.disk_file)])
             self.vbox.run(["unregistervm", self.vm, "--delete"])
         if purge:
             for path in (self.disk_file, self.dir / "disk.partial.vmdk"):
