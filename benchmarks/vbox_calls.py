@@ -63,8 +63,8 @@ def run_version():
         fake = fakevbox.install(tmp / "fake")
         os.environ.update(fake.env())
         from b2dkit.forwards import Forward, parse_spec
-        from b2dkit.providers import MachineSpec
-        from b2dkit.providers.virtualbox import VirtualBoxProvider
+        from b2dkit.hypervisors.base import MachineSpec
+        from b2dkit.hypervisors.virtualbox.provider import VirtualBoxProvider
 
         iso = tmp / "b2d.iso"
         iso.write_bytes(b"iso")

@@ -12,9 +12,10 @@ from conftest import triple
 from b2dkit import disk, paths
 from b2dkit.errors import HypervisorError, InputError, PortInUse, VMNotFound
 from b2dkit.forwards import Forward, parse_spec
-from b2dkit.providers import MachineSpec, VMState, get_provider
-from b2dkit.providers.virtualbox import VirtualBoxProvider
-from b2dkit.vbox import RuleExists, VBoxLocked, VBoxManage, natpf_rule
+from b2dkit.hypervisors import get_provider
+from b2dkit.hypervisors.base import MachineSpec, VMState
+from b2dkit.hypervisors.virtualbox.provider import VirtualBoxProvider
+from b2dkit.hypervisors.virtualbox.vboxmanage import RuleExists, VBoxLocked, VBoxManage, natpf_rule
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOriginalKeyForTests b2dkit-test"
 
@@ -231,7 +232,7 @@ def test_port_taken_between_check_and_start_is_port_in_use_on_both_engines(vb, f
     vb.create(spec)
     import b2dkit.forwards
 
-    monkeypatch.setattr(b2dkit.forwards, "host_port_free", lambda *a: True)  # the race window
+    monkeypatch.setattr(b2dkit.forwards, "probe", lambda *a: "free")  # the race window
     port = spec.forwards[1].host_port
     libslirp = triple(vbox_version) >= (7, 1, 0)
     with socket.socket() as busy:
@@ -416,7 +417,7 @@ def test_item3_live_add_on_a_busy_port_is_port_in_use_on_both_engines(vb, fake, 
     vb.start()
     import b2dkit.forwards
 
-    monkeypatch.setattr(b2dkit.forwards, "host_port_free", lambda *a: True)  # taken after the check
+    monkeypatch.setattr(b2dkit.forwards, "probe", lambda *a: "free")  # taken after the check
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
