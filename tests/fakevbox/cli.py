@@ -30,19 +30,36 @@ Environment:
 """
 
 import contextlib
-import datetime
 import fcntl
 import json
 import os
-import shutil
-import socket
 import sys
 import time
-import uuid as uuidlib
 from pathlib import Path
 
 from . import l10n
 from .versions import Version
+
+
+# Imported when used: each call is a new process, and these imports (uuid pulls in platform,
+# shutil lzma and bz2) were a good part of the fake's start-up (benchmarks/fakevbox_start.py).
+def _utcnow():
+    import datetime
+
+    return datetime.datetime.utcnow()
+
+
+def _uuid4():
+    import uuid
+
+    return uuid.uuid4()
+
+
+def _rmtree(path, ignore_errors=False):
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=ignore_errors)
+
 
 PROG = "VBoxManage"
 SYNTAX = 2  # RTEXITCODE_SYNTAX
@@ -213,7 +230,7 @@ def accessible(m):
 
 def set_state(m, state):
     m["state"] = state
-    m["state_changed"] = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%f000")
+    m["state_changed"] = _utcnow().strftime("%Y-%m-%dT%H:%M:%S.%f000")
 
 
 BOOT_XML = {"floppy": "Floppy", "dvd": "DVD", "disk": "HardDisk", "net": "Network", "none": "None"}
@@ -383,7 +400,7 @@ def load_settings(path: Path) -> dict:
 def new_machine(name, ostype, cfg_file):
     m = {
         "name": name,
-        "uuid": str(uuidlib.uuid4()),
+        "uuid": str(_uuid4()),
         "ostype": ostype,
         "cfg_file": str(cfg_file),
         "memory": 128,
@@ -410,7 +427,7 @@ def new_machine(name, ostype, cfg_file):
         "uartmode1": "disconnected",
         "extra": {},
     }
-    m["nics"]["1"]["mac"] = uuidlib.uuid4().hex[:12].upper()
+    m["nics"]["1"]["mac"] = _uuid4().hex[:12].upper()
     set_state(m, "poweroff")
     return m
 
@@ -1070,7 +1087,7 @@ def open_medium(state, path, kind):
     found = file_uuid(path)
     old = next((u for u, e in media.items() if e["location"] == path), None)
     if found is None:  # raw image: identified by location
-        found = old or str(uuidlib.uuid4())
+        found = old or str(_uuid4())
     elif old is not None and old != found and kind == "hdd":
         raise vbox_error(
             f"Cannot register the hard disk '{path}' {{{found}}} because a hard disk '{path}' with UUID "
@@ -1196,7 +1213,7 @@ def cmd_convertfromraw(state, args):
     meta = {
         "format": fmt,
         "size": size,
-        "uuid": str(uuidlib.uuid4()),
+        "uuid": str(_uuid4()),
         "nonzero_after_header": nonzero_tail,
         "received": size - left,
         "extra": extra,
@@ -1278,7 +1295,7 @@ def write_vbox_log(m):
     if log.exists():
         log.replace(logs / "VBox.log.1")
     lines = [f"00:00:00.000000 VirtualBox VM {V.text} (fakevbox)\n"]
-    lines.append(f"00:00:00.000100 Log opened {datetime.datetime.utcnow().isoformat()}Z\n")
+    lines.append(f"00:00:00.000100 Log opened {_utcnow().isoformat()}Z\n")
     failed = []
     for nic in m["nics"].values():
         if nic["type"] != "nat":
@@ -1320,6 +1337,8 @@ def redirect_line(rule):
 
 
 def bind_error(host_ip, port, proto):
+    import socket
+
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as sock:
         try:
@@ -1434,7 +1453,7 @@ def cmd_unregistervm(state, args):
         for extra in (cfg.with_suffix(".vbox-prev"),):
             with contextlib.suppress(FileNotFoundError):
                 extra.unlink()
-        shutil.rmtree(cfg.parent / "Logs", ignore_errors=True)
+        _rmtree(cfg.parent / "Logs", ignore_errors=True)
         with contextlib.suppress(OSError):
             cfg.parent.rmdir()
         return "0%...10%...20%...30%...40%...50%...60%...70%...80%...90%...100%\n"

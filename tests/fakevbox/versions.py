@@ -5,7 +5,7 @@ Each flag names its source. "guess" marks what no source confirmed; the team ref
 """
 
 import os
-from typing import Tuple
+
 
 # The versions the provider tests run against (issue #12), with build revisions in the
 # shape ``VBoxManage --version`` prints. The revision numbers are guesses; the format is real.
@@ -19,7 +19,7 @@ VERSIONS = {
 DEFAULT = "7.0.20"
 
 
-def _triple(text: str) -> Tuple[int, int, int]:
+def _triple(text: str) -> "tuple[int, int, int]":
     head = text.split("r", 1)[0].split("_", 1)[0]
     parts = (head.split(".") + ["0", "0"])[:3]
     return tuple(int(p) for p in parts)
@@ -38,7 +38,7 @@ class Version:
         return cls(VERSIONS.get(wanted, wanted))
 
     @property
-    def triple(self) -> Tuple[int, int, int]:
+    def triple(self) -> "tuple[int, int, int]":
         return _triple(self.text)
 
     # -- showvminfo --machinereadable ---------------------------------------------------
