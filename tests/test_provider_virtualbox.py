@@ -360,8 +360,6 @@ def test_ssh_rule_added_when_the_spec_has_none(vb, fake, spec):
 
 # -- issue #12: VirtualBox as it really is, item by item, on every fake version ---------------------
 
-PENDING = "provider fix pending"
-
 
 def vbox_xml_nat(fake, vm="dev"):
     import xml.etree.ElementTree as ET
@@ -459,14 +457,30 @@ def test_item5_a_windows_code_page_path_still_matches(vb, fake, spec, monkeypatc
     assert vb.create(spec).changes == []  # not "SATA port 1 holds …, not b2dkit's disk"
 
 
-@pytest.mark.xfail(strict=True, reason=f"#12 item 5: {PENDING} (compare the disk by its medium UUID)")
 def test_item5_an_unknown_code_set_still_recognises_our_disk(vb, fake, spec, monkeypatch, tmp_path):
     home = tmp_path / "Jürgen" / "b2dkit"
     monkeypatch.setenv("B2DKIT_HOME", str(home))
     monkeypatch.setenv("FAKEVBOX_CODESET", "cp1252")  # and b2dkit cannot know it
     vb = VirtualBoxProvider("dev", vbox=VBoxManage(sleep=lambda s: None), sleep=lambda s: None)
     vb.create(spec)
-    assert vb.create(spec).changes == []
+    assert "Jürgen" not in vb.info()["disk"]  # the path really comes back mangled
+    mark = len(fake.calls())
+    assert vb.create(spec).changes == []  # the disk is known by its medium UUID
+    assert [c[0] for c in calls_since(fake, mark)] == ["showvminfo", "showmediuminfo"]
+
+
+def test_item5_a_foreign_disk_in_our_slot_is_still_refused(vb, fake, spec, monkeypatch, tmp_path):
+    home = tmp_path / "Jürgen" / "b2dkit"
+    monkeypatch.setenv("B2DKIT_HOME", str(home))
+    monkeypatch.setenv("FAKEVBOX_CODESET", "cp1252")
+    vb = VirtualBoxProvider("dev", vbox=VBoxManage(sleep=lambda s: None), sleep=lambda s: None)
+    vb.create(spec)
+    other = tmp_path / "other.vmdk"
+    vb.vbox.convertfromraw_stdin(other, 1 << 20, lambda out: out.write(b"\0" * (1 << 20)))
+    vb.vbox.run(["storageattach", "dev", "--storagectl", "SATA", "--port", "1", "--device", "0",
+                 "--type", "hdd", "--medium", str(other)])
+    with pytest.raises(HypervisorError, match="not b2dkit's disk"):
+        vb.create(spec)
 
 
 def test_item6_startvm_that_exits_1_after_starting_is_a_start(vb, fake, spec, monkeypatch):
@@ -490,30 +504,37 @@ def test_item7_gurumeditation_says_power_off_not_wait(vb, fake, spec, monkeypatc
     assert vb.state() is VMState.STOPPED
 
 
-@pytest.mark.xfail(strict=True, reason="#12 item 7: own VMState members belong in the hypervisor base (consolidate)")
 def test_item7_gurumeditation_is_its_own_state(vb, fake, spec, monkeypatch):
     vb.create(spec)
     monkeypatch.setenv("FAKEVBOX_FAULTS", "startvm=guru*1")
     vb.start()
-    assert vb.state() is not VMState.BUSY
+    assert vb.state() is VMState.CRASHED
+    mark = len(fake.calls())
+    assert vb.stop(timeout=30) is False  # powered off at once: a crashed guest sees no ACPI button
+    assert [c[:3] for c in calls_since(fake, mark)][1:] == [["controlvm", "dev", "poweroff"]]
+    assert vb.state() is VMState.STOPPED
 
 
-@pytest.mark.xfail(strict=True, reason=f"#12 item 7: {PENDING} (find our VM by UUID when its .vbox is gone)")
 def test_item7_a_vm_whose_vbox_file_is_gone_is_reported_not_duplicated(vb, fake, spec):
     vb.create(spec)
     cfg = fake.machine("dev")["cfg_file"]
     os.unlink(cfg)
-    with pytest.raises(HypervisorError, match="cannot read the settings file"):
+    with pytest.raises(HypervisorError, match="cannot read the settings file") as excinfo:
         vb.create(spec)
+    assert "vm.destroy" in str(excinfo.value)
+    assert [name for name, _ in vb.vbox.list_vms()] == ["<inaccessible>"]  # no second VM made
 
 
-def test_item7_inaccessible_today_leaves_a_ghost(vb, fake, spec):
-    """What item 7's provider fix must prevent: VirtualBox cannot find the VM by name any more."""
+def test_item7_an_inaccessible_vm_is_its_own_state_and_destroy_clears_it(vb, fake, spec):
     vb.create(spec)
     os.unlink(fake.machine("dev")["cfg_file"])
-    assert vb.state() is VMState.ABSENT
-    names = [name for name, _ in vb.vbox.list_vms()]
-    assert names == ["<inaccessible>"]
+    assert vb.vbox.list_vms()[0][0] == "<inaccessible>"  # VirtualBox knows it by UUID only
+    assert vb.state() is VMState.INACCESSIBLE
+    disk = vb.disk_path()
+    vb.destroy()
+    assert vb.vbox.list_vms() == [] and vb.state() is VMState.ABSENT
+    assert disk is not None and disk.exists()  # kept: the user did not purge
+    assert vb.create(spec).created  # and usable again
 
 
 def test_item8_the_nat_dns_proxy_is_on_from_create(vb, fake, spec):
@@ -522,12 +543,24 @@ def test_item8_the_nat_dns_proxy_is_on_from_create(vb, fake, spec):
     assert nat.find("v:DNS", ns).get("use-proxy") == "true"
 
 
-@pytest.mark.xfail(strict=True, reason=f"#12 item 9: {PENDING} (profile host_loopback, version-gated)")
 def test_item9_host_loopback_reaches_the_hosts_127_0_0_1_on_7(vb, fake, spec, vbox_version):
-    vb.create(dataclasses.replace(spec, host_loopback=True))  # 6.1 would reject the option
+    loop = dataclasses.replace(spec, host_loopback=True)
+    vb.create(loop)  # 6.1 would reject the option
     nat, ns = vbox_xml_nat(fake)
-    if triple(vbox_version) >= (7, 0, 0):
-        assert nat.get("localhost-reachable") == "true"
+    seven = triple(vbox_version) >= (7, 0, 0)
+    assert nat.get("localhost-reachable") == ("true" if seven else None)
+    mark = len(fake.calls())
+    assert vb.create(loop).changes == []
+    assert len(calls_since(fake, mark)) == (1 if seven else 2)  # 6.1 asks --version again
+
+
+def test_item9_host_loopback_added_later_converges_on_7(vb, fake, spec, vbox_version):
+    vb.create(spec)
+    report = vb.create(dataclasses.replace(spec, host_loopback=True))
+    seven = triple(vbox_version) >= (7, 0, 0)
+    assert report.changes == (["NIC 1 → guest reaches the host's loopback"] if seven else [])
+    nat, ns = vbox_xml_nat(fake)
+    assert nat.get("localhost-reachable") == ("true" if seven else None)
 
 
 def test_item11_the_disk_stream_is_exactly_the_size(vb, fake, spec):

@@ -6,6 +6,7 @@ The VM is created with --no-start: booting needs a real guest (see test_e2e.py o
 
 import json
 import socket
+import sys
 
 import pytest
 
@@ -227,21 +228,44 @@ def test_a_stop_that_must_power_off_says_so(created, monkeypatch):
 # -- issue #12 at the command line -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="#12 item 1: provider fix pending (a kept disk must be purgeable later)")
 def test_item1_a_kept_disk_can_be_purged_after_the_vm_is_gone(created, capsys):
     disk = machines.paths.vm_dir("dev") / "disk.vmdk"
     run("vm.destroy", "--yes")
     assert disk.exists()
+    created.reset_calls()
     run("vm.destroy", "--yes", "--purge", "--name=dev")
-    assert not disk.exists()
+    assert not disk.exists() and not machines.paths.vm_dir("dev").exists()
+    assert ["closemedium", "disk", str(disk)] in created.calls()  # out of the media registry too
+    assert all(m["location"] != str(disk) for m in created.state().get("media", {}).values())
+    code, out = run_failing(capsys, "vm.destroy", "--yes", "--purge", "--name=dev")  # nothing left
+    assert code == 2 and "no b2dkit VM named 'dev'" in out.err
 
 
-@pytest.mark.xfail(strict=True, reason="#12 item 9: provider fix pending (profile host_loopback, version-gated)")
-def test_item9_profile_host_loopback_creates_on_every_version(fake, iso, tmp_path, capsys):
+def test_item1_a_kept_disk_is_never_deleted_without_purge(created, capsys):
+    disk = machines.paths.vm_dir("dev") / "disk.vmdk"
+    run("vm.destroy", "--yes")
+    code, out = run_failing(capsys, "vm.destroy", "--yes", "--name=dev")
+    assert code == 2 and "no b2dkit VM named 'dev'" in out.err and disk.exists()
+
+
+def test_item9_profile_host_loopback_creates_on_every_version(fake, iso, tmp_path, capsys, vbox_version):
     profile = tmp_path / "loop.yaml"
     profile.write_text("extends: default\ndisk: 1024\nhost_loopback: true\n")
     run("vm.create", f"--profile={profile}", "--provider=virtualbox", "--name=dev", f"--iso={iso}", "--no-start")
-    assert fake.machine("dev") is not None
+    reachable = fake.machine("dev")["nics"]["1"]["localhost_reachable"]
+    assert reachable == (None if vbox_version.startswith("6.") else "on")
+
+
+def test_item10_explicit_virtualbox_on_an_arm64_mac_is_one_line_saying_why(fake, iso, small, capsys, monkeypatch):
+    import platform
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    code, out = run_failing(capsys, "vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}",
+                            "--no-start")
+    err = out.err.strip()
+    assert code == 3 and "arm64" in err and "x86_64" in err and "\n" not in err and "Traceback" not in err
+    assert fake.calls() == [] and fake.machine("dev") is None
 
 
 def test_item4_create_and_status_work_for_a_russian_user(fake, iso, small, capsys, monkeypatch):

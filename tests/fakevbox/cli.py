@@ -1152,6 +1152,50 @@ def cmd_closemedium(state, args):
     return ""
 
 
+def cmd_showmediuminfo(state, args):
+    """``showmediuminfo [disk|dvd|floppy] <uuid|filename>`` (VBoxManageDisk.cpp showMediumInfo).
+
+    The first lines (``UUID:``, ``Parent UUID:``, ``State:``, ``Type:``, ``Location:``, ``Storage
+    format:``) follow the source's order. GUESS: the exact column padding, and that showing an
+    unregistered file does not leave it in the media registry (the fake never registers it).
+    """
+    a = Args("showmediuminfo", args)
+    first = a.next("medium")
+    kind = "hdd"
+    if first in ("disk", "dvd", "floppy"):
+        kind = {"disk": "hdd", "dvd": "dvddrive", "floppy": "floppy"}[first]
+        first = a.next("medium")
+    if a.more():
+        raise usage("showmediuminfo", f"Unknown option: {a.next()}")
+    media = state.data.setdefault("media", {})
+    path = str(Path(first).absolute())
+    found = first if first in media else None
+    found = found or next((u for u, e in media.items() if e["location"] == path), None)
+    if found is None and Path(path).exists():
+        found = file_uuid(path) or str(_uuid4())  # opened for the call only
+    if found is None:
+        raise vbox_error(
+            f"Could not find file for the medium '{path}' (VERR_FILE_NOT_FOUND)",
+            "VBOX_E_FILE_ERROR",
+            "0x80bb0004",
+            "MediumWrap",
+            "IMedium",
+            "OpenMedium(...)",
+            1650,
+            "VBoxManageDisk.cpp",
+        )
+    location = media.get(found, {}).get("location", path)
+    fmt = "VMDK" if location.endswith(".vmdk") else "RAW"
+    return (
+        f"UUID:           {found}\n"
+        "Parent UUID:    base\n"
+        "State:          created\n"
+        f"Type:           {'normal (base)' if kind == 'hdd' else 'readonly'}\n"
+        f"Location:       {location}\n"
+        f"Storage format: {fmt}\n"
+    )
+
+
 def cmd_convertfromraw(state, args):
     a = Args("convertfromraw", args)
     positional = []
@@ -1471,6 +1515,7 @@ COMMANDS = {
     "storagectl": cmd_storagectl,
     "storageattach": cmd_storageattach,
     "closemedium": cmd_closemedium,
+    "showmediuminfo": cmd_showmediuminfo,
     "convertfromraw": cmd_convertfromraw,
     "startvm": cmd_startvm,
     "controlvm": cmd_controlvm,

@@ -416,14 +416,21 @@ class VBoxManage:
     def version(self) -> Tuple[int, int, int]:
         return parse_version(self.run(["--version"]))
 
-    def showvminfo(self, vm: str) -> "VMInfo":
+    def showvminfo(self, vm: str, settings_file=None) -> "VMInfo":
         """The VM as VirtualBox has it now; VMNotRegistered if it does not exist.
 
         VirtualBox 7.0.0 prints no ``Forwarding(N)`` lines once a NIC has more than one rule,
         so a NAT NIC that shows none has its rules read from the ``.vbox`` file at ``CfgFile``
         (what Vagrant's version_7_0.rb does). No extra VBoxManage call: a file read.
+        ``settings_file`` is where the caller expects that file: used when ``CfgFile`` as
+        printed names no file (a code set b2dkit cannot know mangled a non-ASCII folder).
         """
         info = VMInfo.from_text(self.run(["showvminfo", vm, "--machinereadable"]))
+        if settings_file and info.cfg_file and not os.path.exists(info.cfg_file):
+            if os.path.exists(settings_file):
+                info.cfg_file = str(settings_file)
+                if info.log_folder and not os.path.isdir(info.log_folder):
+                    info.log_folder = None  # then Logs/ beside the settings file
         quiet = [n for n, kind in info.nics.items() if kind == "nat" and not info.forwards.get(n)]
         if quiet and info.cfg_file:
             from_file = forwards_from_settings(info.cfg_file)
@@ -442,6 +449,16 @@ class VBoxManage:
             argv += ["--basefolder", str(basefolder)]
         return parse_createvm(self.run(argv))
 
+    def medium_uuid(self, path, kind: str = "disk") -> Optional[str]:
+        """The UUID VirtualBox gives the image at ``path`` (``kind`` disk | dvd); None when it
+        cannot open it. Unlike a path read back from showvminfo, it survives any code set."""
+        try:
+            out = self.run(["showmediuminfo", kind, str(path)], retry=False)
+        except VBoxError:
+            return None
+        m = _MEDIUM_UUID.search(out)
+        return m.group(1).lower() if m else None
+
     def registervm(self, settings_file) -> None:
         self.run(["registervm", str(settings_file)])
 
@@ -455,6 +472,7 @@ class VBoxManage:
         )
 
 
+_MEDIUM_UUID = re.compile(r"^UUID:\s+([0-9a-fA-F-]{36})\s*$", re.M)
 _STARTED = re.compile(r'^VM ".+?" has been successfully started', re.M)
 
 
@@ -625,6 +643,23 @@ def forwards_from_settings(cfg_file) -> Dict[int, List[Forward]]:
     return out
 
 
+def localhost_reachable_from_settings(cfg_file) -> bool:
+    """Whether NIC 1's NAT lets the guest reach the host's loopback (7.x), from the ``.vbox``
+    file: ``Adapter slot="0"/NAT`` attribute ``localhost-reachable``; absent means off (7.x's
+    default). False when the file cannot be read: setting it again is harmless."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(cfg_file).getroot()
+    except (OSError, ET.ParseError):
+        return False
+    for adapter in root.iterfind(f"{_VBOX_NS}Machine/{_VBOX_NS}Hardware/{_VBOX_NS}Network/{_VBOX_NS}Adapter"):
+        if adapter.get("slot") == "0":
+            nat = adapter.find(f"{_VBOX_NS}NAT")
+            return nat is not None and nat.get("localhost-reachable") == "true"
+    return False
+
+
 def parse_forward(value: str) -> Forward:
     """``ssh,tcp,127.0.0.1,2222,,22`` → Forward (the rule name is field 0)."""
     parts = value.split(",")
@@ -649,14 +684,15 @@ VBOX_STATES = {
     "poweroff": VMState.STOPPED,
     "aborted": VMState.STOPPED,
     "teleported": VMState.STOPPED,
+    "gurumeditation": VMState.CRASHED,  # never clears without a power-off (vv#9)
+    "inaccessible": VMState.INACCESSIBLE,  # set by VMInfo.from_text: no VMState line at all
 }
 
 
 def map_state(raw: str) -> VMState:
     """VirtualBox's short state name → b2dkit's; transitional states are BUSY.
 
-    ``gurumeditation`` and ``inaccessible`` are BUSY too until the provider base has states of
-    their own for them; ``state_error`` gives each its own advice.
+    ``state_error`` gives CRASHED and INACCESSIBLE their own advice.
     """
     return VBOX_STATES.get(raw, VMState.BUSY)
 
@@ -760,6 +796,11 @@ class VMInfo:
         """Attached path at a slot, or None for none/emptydrive/absent."""
         value = self.storage.get((controller, port, device))
         return None if value in (None, "none", "emptydrive") else value
+
+    def image_uuid(self, controller: str, port: int, device: int = 0) -> Optional[str]:
+        """The UUID of the medium at a slot (``SATA-ImageUUID-1-0``), lower case; None if empty."""
+        value = self.raw.get(f"{controller}-ImageUUID-{port}-{device}")
+        return value.lower() if value else None
 
     def nat_forwards(self, nic: int = 1) -> List[Forward]:
         return list(self.forwards.get(nic, []))
