@@ -303,6 +303,13 @@ def test_convertfromraw_stops_at_eof_or_bytes_and_records_what_it_got(run, tmp_p
     assert disk.has_magic(kept) and b"test@b2dkit" in kept
     code, _, err = run("convertfromraw", "stdin", out, size, "--format", "VMDK", stdin=stream)
     assert code == 1 and "VERR_ALREADY_EXISTS" in err
+    for i, at in enumerate((100, len(header), 4096, (1 << 20) - 1, size - 1)):  # header, chunk ends
+        dirty = bytearray(stream)
+        dirty[at] = 1
+        out = tmp_path / f"dirty-{i}.vmdk"
+        code, _, err = run("convertfromraw", "stdin", out, size, "--format", "VMDK", stdin=bytes(dirty))
+        assert code == 0, err
+        assert fakevbox.read_disk(out)[0]["nonzero_after_header"] == (at >= 4096), at
 
 
 # -- running: ports, ACPI ---------------------------------------------------------------------------

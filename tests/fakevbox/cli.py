@@ -1232,11 +1232,18 @@ def cmd_convertfromraw(state, args):
         )
     stdout += f"Creating dynamic image with size {size} bytes ({(size + (1 << 20) - 1) >> 20}MB)...\n"
     stream = sys.stdin.buffer
+    with contextlib.suppress(AttributeError, OSError):
+        # Fewer, larger reads of the (1 GiB in the task tests) stream; invisible to b2dkit.
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
     header = bytearray()
     left = size
     nonzero_tail = False
     buf = bytearray(1 << 20)
+    zeros = bytes(len(buf))
     view = memoryview(buf)
+    # Speed: buf is all zeros before every read (while nothing non-zero has been seen), so a
+    # read of n bytes is all zeros exactly when buf == zeros, one memcmp; counting the zeros
+    # (the old way) cost ~1 s of CPU per GiB.
     while left:
         n = stream.readinto(view[: min(left, len(buf))])
         if not n:
@@ -1244,10 +1251,10 @@ def cmd_convertfromraw(state, args):
             # (vv#3 for 7.x; that 6.1's loop is the same is a guess). Only the metadata tells.
             break
         if len(header) < HEADER_KEEP:
-            header += view[: min(n, HEADER_KEEP - len(header))]
-            if n > HEADER_KEEP and any(view[HEADER_KEEP:n]):
-                nonzero_tail = True
-        elif not nonzero_tail and buf.count(0, 0, n) != n:
+            take = min(n, HEADER_KEEP - len(header))
+            header += view[:take]
+            view[:take] = zeros[:take]  # the header may hold anything; the rest must be zeros
+        if not nonzero_tail and buf != zeros:
             nonzero_tail = True
         left -= n
     # VirtualBox stops reading at BYTES and never looks further; the fake peeks one byte only to
