@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fakevbox.versions import VERSIONS
+from fakevbox.versions import DEFAULT, VERSIONS
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -24,6 +24,11 @@ def vbox_version(request, monkeypatch):
     """Every VirtualBox version the fake imitates (tests/fakevbox/versions.py), one run each."""
     monkeypatch.setenv("FAKEVBOX_VERSION", request.param)
     return request.param
+
+
+# For a test whose VirtualBox part is set-up only and that asserts no VBoxManage call is made
+# (bad input refused first): every version would run the same code; one is enough.
+ONE_VBOX_VERSION = pytest.mark.parametrize("vbox_version", [DEFAULT], indirect=True)
 
 
 def triple(version: str):

@@ -12,6 +12,7 @@ import pytest
 
 from b2dkit import machines
 from cli import run, run_failing
+from conftest import ONE_VBOX_VERSION
 from fakevbox import install
 
 
@@ -88,6 +89,7 @@ def test_forward_needs_no_name_and_stays_within_two_calls(created, capsys):
     assert port not in [r["host_port"] for r in json.loads(capsys.readouterr().out)]
 
 
+@ONE_VBOX_VERSION
 @pytest.mark.parametrize("spec", ["70000", "abc", "0", "8000:", "8000/sctp"])
 def test_bad_forward_is_one_line_and_calls_nothing(created, capsys, spec):
     code, out = run_failing(capsys, "vm.forward", spec)
@@ -97,6 +99,7 @@ def test_bad_forward_is_one_line_and_calls_nothing(created, capsys, spec):
     assert created.calls() == []
 
 
+@ONE_VBOX_VERSION
 def test_docker_port_beyond_loopback_is_refused(created, capsys):
     code, out = run_failing(capsys, "vm.forward", "2376", "--host-ip=0.0.0.0")
     assert code == 2 and "Docker daemon" in out.err
@@ -191,6 +194,7 @@ def _forwards(capsys):
     return json.loads(capsys.readouterr().out)
 
 
+@ONE_VBOX_VERSION
 @pytest.mark.parametrize("timeout", ["0", "-5", "abc", "nan", "inf", ""])
 def test_stop_refuses_a_timeout_that_would_skip_the_guest_shutdown(created, capsys, timeout):
     code, out = run_failing(capsys, "vm.stop", f"--timeout={timeout}")
@@ -199,6 +203,7 @@ def test_stop_refuses_a_timeout_that_would_skip_the_guest_shutdown(created, caps
     assert "Traceback" not in out.err and created.calls() == []
 
 
+@ONE_VBOX_VERSION
 @pytest.mark.parametrize("name", ["", " ", "\t"])
 def test_an_empty_name_is_an_error_never_the_active_vm(created, capsys, name):
     disk = machines.paths.vm_dir("dev") / "disk.vmdk"
@@ -256,6 +261,7 @@ def test_item9_profile_host_loopback_creates_on_every_version(fake, iso, tmp_pat
     assert reachable == (None if vbox_version.startswith("6.") else "on")
 
 
+@ONE_VBOX_VERSION
 def test_item10_explicit_virtualbox_on_an_arm64_mac_is_one_line_saying_why(fake, iso, small, capsys, monkeypatch):
     import platform
 
