@@ -19,7 +19,7 @@ from . import atomic, machines, paths, sshkeys
 from .errors import B2dkitError, InputError, IsoError, PortInUse, ToolMissing
 from .forwards import Forward
 from .machines import Machine
-from .hypervisors import get_provider
+from .hypervisors import PROVIDERS, get_provider
 from .hypervisors.base import MachineSpec, Provider, VMState
 
 Log = Callable[[str], None]
@@ -429,6 +429,19 @@ def stop(machine: Machine, log: Log = _quiet, timeout=STOP_TIMEOUT) -> Outcome:
         out.done.append(f"stopped VM {machine.name} (powered off)")
         out.warnings.append(_powered_off(machine, seconds, synced))
     return out
+
+
+def kept_disk(name: str) -> Optional[Machine]:
+    """A VM ``vm.destroy`` removed but whose persistent disk it kept: no record any more, but
+    its folder still holds the disk of one provider. ``vm.destroy --purge --name NAME``
+    deletes it (#12 item 1); without this the only way was ``rm`` by hand."""
+    for provider_name in PROVIDERS:
+        try:
+            if get_provider(provider_name, name).disk_path() is not None:
+                return Machine(name=name, provider=provider_name)
+        except B2dkitError:
+            continue  # a provider that cannot run here (VirtualBox on an arm64 Mac) kept nothing
+    return None
 
 
 def destroy(machine: Machine, purge: bool = False, log: Log = _quiet) -> Outcome:

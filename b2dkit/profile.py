@@ -59,6 +59,7 @@ TOP_KEYS = (
     "memory",
     "cpus",
     "disk",
+    "host_loopback",
     "iso",
     "boot_codes",
     "forwards",
@@ -141,6 +142,7 @@ class Profile:
     forwards: List[Forward] = field(default_factory=list)
     persistent_dirs: List[str] = field(default_factory=list)
     mounts: List[Mount] = field(default_factory=list)
+    host_loopback: bool = False  # the guest may reach the host's 127.0.0.1 (VirtualBox 7.x: opt-in)
     description: str = ""
     source: Optional[Path] = None
     chain: List[Path] = field(default_factory=list)
@@ -172,6 +174,10 @@ class Profile:
             memory=self.memory,
             cpus=self.cpus,
             disk=self.disk,
+        )
+        if self.host_loopback:
+            data["host_loopback"] = True
+        data.update(
             iso=self.iso.to_dict(),
             boot_codes={key: True if value is None else value for key, value in self.boot_codes.items()},
             forwards=[_forward_dict(fwd) for fwd in self.forwards],
@@ -497,6 +503,10 @@ def _check_disk(check, where, value):
     return check.integer(where, value, DISK_MB, "MB")
 
 
+def _check_host_loopback(check, where, value):
+    return check.flag(where, value)
+
+
 def _check_iso(check, where, value):
     data = check.mapping(where, value)
     check.keys(where, data, ISO_KEYS)
@@ -683,6 +693,7 @@ _CHECKS = {
     "memory": _check_memory,
     "cpus": _check_cpus,
     "disk": _check_disk,
+    "host_loopback": _check_host_loopback,
     "iso": _check_iso,
     "boot_codes": _check_boot_codes,
     "forwards": _check_forwards,
@@ -765,6 +776,7 @@ def _finish(merged: dict, path: Path, chain: List[Path], provider, name) -> Prof
         forwards=fwds,
         persistent_dirs=list(merged.get("persistent_dirs", {})),
         mounts=mounts,
+        host_loopback=merged.get("host_loopback", False),
         description=merged.get("description", ""),
         source=path,
         chain=chain,

@@ -1,7 +1,8 @@
 """Count VBoxManage calls per provider operation (issue #3 budgets), via the fake's call log.
 
 docker-machine's create makes 13 calls (reference §2.2); b2dkit's targets: create ≤ 10,
-forward ≤ 2, status 1.  Run: PYTHONPATH=. python benchmarks/vbox_calls.py
+forward ≤ 2, status 1, on every VirtualBox version the fake imitates (issue #12).
+Run: PYTHONPATH=. python benchmarks/vbox_calls.py [VERSION ...]
 """
 
 import os
@@ -14,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import fakevbox  # noqa: E402
+from fakevbox.versions import VERSIONS  # noqa: E402
 
 DOCKER_MACHINE_CREATE = 13
 BUDGETS = {
@@ -37,7 +39,24 @@ def free_port():
         return s.getsockname()[1]
 
 
-def main():
+def main(versions=None):
+    over = 0
+    summary = []
+    for version in versions or list(VERSIONS):
+        print(f"== VirtualBox {version} (fake)")
+        os.environ["FAKEVBOX_VERSION"] = version
+        bad, counts = run_version()
+        over += bad
+        summary.append((version, counts))
+        print()
+    keys = ["create", "add_forward (stopped)", "add_forward (running)", "info (vm.status)"]
+    print(f"{'version':10} " + " ".join(f"{k:>22}" for k in keys))
+    for version, counts in summary:
+        print(f"{version:10} " + " ".join(f"{counts[k]:>22}" for k in keys))
+    return 1 if over else 0
+
+
+def run_version():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ["B2DKIT_HOME"] = str(tmp / "home")
@@ -75,11 +94,13 @@ def main():
         ]
         print(f"{'operation':28} {'calls':>5} {'budget':>6}  subcommands")
         over = 0
+        counts = {}
         for name, step in steps:
             mark = len(fake.calls())
             step()
             calls = fake.calls()[mark:]
             budget = BUDGETS[name]
+            counts[name] = len(calls)
             over += len(calls) > budget
             flag = "" if len(calls) <= budget else "  OVER BUDGET"
             print(f"{name:28} {len(calls):>5} {budget:>6}  {' '.join(c[0] for c in calls)}{flag}")
@@ -89,8 +110,8 @@ def main():
             f"\ncreate: {create_calls} calls vs docker-machine {DOCKER_MACHINE_CREATE} "
             f"(ratio {create_calls / DOCKER_MACHINE_CREATE:.2f})"
         )
-        return 1 if over else 0
+        return over, counts
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from fakevbox.versions import DEFAULT, VERSIONS
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(autouse=True)
@@ -20,12 +22,36 @@ def b2dkit_home(tmp_path, monkeypatch):
     return home
 
 
-def shared_reference(*parts) -> Path:
-    """Files from ../shared/reference (the source of truth for fakes and parsers)."""
-    path = SHARED.joinpath("reference", *parts)
-    if not path.exists():
-        pytest.skip(f"reference file {path} is not available")
+@pytest.fixture(params=list(VERSIONS))
+def vbox_version(request, monkeypatch):
+    """Every VirtualBox version the fake imitates (tests/fakevbox/versions.py), one run each."""
+    monkeypatch.setenv("FAKEVBOX_VERSION", request.param)
+    return request.param
+
+
+# For a test whose VirtualBox part is set-up only and that asserts no VBoxManage call is made
+# (bad input refused first): every version would run the same code; one is enough.
+ONE_VBOX_VERSION = pytest.mark.parametrize("vbox_version", [DEFAULT], indirect=True)
+
+
+def triple(version: str):
+    return tuple(int(p) for p in version.split("."))
+
+
+def fixture(*parts) -> Path:
+    """A real output kept in tests/fixtures/ (provenance in its folder's SOURCES.md).
+
+    A missing fixture fails the test: the fixtures are part of the repo, so a clone
+    without one is broken, and skipping would hide that.
+    """
+    path = FIXTURES.joinpath(*parts)
+    if not path.is_file():
+        pytest.fail(f"fixture {path} is missing (tests/fixtures/ is part of the repo)", pytrace=False)
     return path
+
+
+def fixture_text(*parts) -> str:
+    return fixture(*parts).read_text()
 
 
 def kvm_usable() -> bool:

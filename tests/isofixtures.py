@@ -1,7 +1,7 @@
 """Build boot2docker-shaped ISOs with the real tools: xorriso + Debian's ISOLINUX.
 
 Both layouts use the exact xorriso flags of the boot2docker build scripts
-(../shared/reference/iso-remastering.md §0), so the fixtures have the same El Torito,
+(the team reference on ISO remastering, §0), so the fixtures have the same El Torito,
 boot info table, isohybrid MBR, Rock Ridge and (legacy only) Joliet as real releases.
 Used by the tests and by benchmarks/remaster.py.
 """
@@ -16,9 +16,8 @@ from typing import Optional
 
 ISOLINUX_DIR = Path("/usr/lib/ISOLINUX")
 MODULES_DIR = Path("/usr/lib/syslinux/modules/bios")
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "vbox-samples"
-if not SAMPLES.is_dir():
-    SAMPLES = Path("/work/shared/reference/vbox-samples")
+# boot2docker's real isolinux.cfg files, kept in the repo (provenance: SOURCES.md there)
+SAMPLES = Path(__file__).resolve().parent / "fixtures" / "isolinux"
 
 LAYOUTS = {
     # boot2docker v18.09 ... v19.03.12, files/make-b2d-iso.sh

@@ -7,7 +7,7 @@ import pytest
 from b2dkit import bootcfg
 from b2dkit.errors import InputError
 
-from conftest import shared_reference
+from conftest import fixture
 
 SAMPLES = ["isolinux.cfg", "isolinux.legacy_pre_v18.09.cfg"]
 
@@ -24,7 +24,7 @@ def changed_lines(before: bytes, after: bytes):
 
 @pytest.fixture(params=SAMPLES)
 def real_cfg(request):
-    return shared_reference("vbox-samples", request.param).read_bytes()
+    return fixture("isolinux", request.param).read_bytes()
 
 
 # --- boot codes --------------------------------------------------------------
@@ -107,7 +107,7 @@ def test_apply_validates_tz_values():
 
 
 def test_parse_real_v19_cfg():
-    cfg = bootcfg.parse(shared_reference("vbox-samples", "isolinux.cfg").read_bytes())
+    cfg = bootcfg.parse(fixture("isolinux", "isolinux.cfg").read_bytes())
     assert [lb.name for lb in cfg.labels] == ["boot2docker"]
     label = cfg.labels[0]
     assert label.kernel == "/boot/vmlinuz"
@@ -118,7 +118,7 @@ def test_parse_real_v19_cfg():
 
 
 def test_parse_real_legacy_cfg():
-    cfg = bootcfg.parse(shared_reference("vbox-samples", "isolinux.legacy_pre_v18.09.cfg").read_bytes())
+    cfg = bootcfg.parse(fixture("isolinux", "isolinux.legacy_pre_v18.09.cfg").read_bytes())
     assert cfg.default == "boot2docker"
     label = cfg.label("boot2docker")
     assert label.kernel_path == "/boot/vmlinuz64"

@@ -300,6 +300,17 @@ def test_to_dict_is_itself_a_profile_that_resolves_the_same(tmp_path, parent):
     assert list(original.to_dict())[:2] == ["name", "provider"]
 
 
+def test_host_loopback_is_off_unless_a_profile_says_true_and_reaches_the_spec(tmp_path, parent):
+    assert profile.check_file(parent).host_loopback is False
+    on = child(tmp_path, "host_loopback: true\n")
+    assert on.host_loopback is True and on.to_dict()["host_loopback"] is True
+    assert "host_loopback" not in profile.check_file(parent).to_dict()  # the shipped shape stays
+    spec = MachineSpec.from_profile(on, tmp_path / "b2d.iso", public_key="ssh-ed25519 AAAA test")
+    assert spec.host_loopback is True
+    with pytest.raises(ProfileError, match=r"host_loopback: expected true or false, got 'yes'"):
+        child(tmp_path, "host_loopback: 'yes'\n")
+
+
 def test_machine_spec_carries_size_and_forwards(tmp_path):
     p = profile.load("cst")
     spec = MachineSpec.from_profile(p, tmp_path / "b2d.iso", public_key="ssh-ed25519 AAAA test")

@@ -1,11 +1,13 @@
 """VirtualBoxProvider against the fake VBoxManage: lifecycle, converge, data safety, ports, budgets."""
 
 import dataclasses
+import os
 import socket
 
 import pytest
 
 import fakevbox
+from conftest import triple
 
 from b2dkit import disk, paths
 from b2dkit.errors import HypervisorError, InputError, PortInUse, VMNotFound
@@ -13,13 +15,13 @@ from b2dkit.forwards import Forward, parse_spec
 from b2dkit.hypervisors import get_provider
 from b2dkit.hypervisors.base import MachineSpec, VMState
 from b2dkit.hypervisors.virtualbox.provider import VirtualBoxProvider
-from b2dkit.hypervisors.virtualbox.vboxmanage import VBoxManage
+from b2dkit.hypervisors.virtualbox.vboxmanage import RuleExists, VBoxLocked, VBoxManage, natpf_rule
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOriginalKeyForTests b2dkit-test"
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch):
+def fake(tmp_path, monkeypatch, vbox_version):
     return fakevbox.install(tmp_path / "fakevbox", monkeypatch)
 
 
@@ -224,19 +226,22 @@ def test_port_held_by_another_running_vm_names_it(vb, fake, spec, iso):
             vb.start()
 
 
-def test_port_taken_between_check_and_start_is_read_from_vbox_log(vb, fake, spec, monkeypatch):
+def test_port_taken_between_check_and_start_is_port_in_use_on_both_engines(vb, fake, spec, monkeypatch,
+                                                                          vbox_version):
+    """Old NAT: the VM starts and VBox.log says; libslirp (7.1+): startvm fails (#12 item 3)."""
     vb.create(spec)
     import b2dkit.forwards
 
     monkeypatch.setattr(b2dkit.forwards, "probe", lambda *a: "free")  # the race window
+    port = spec.forwards[1].host_port
+    libslirp = triple(vbox_version) >= (7, 1, 0)
     with socket.socket() as busy:
-        busy.bind(("127.0.0.1", spec.forwards[1].host_port))
+        busy.bind(("127.0.0.1", port))
         busy.listen()
-        with pytest.raises(
-            PortInUse, match=f"could not forward host port 127.0.0.1:{spec.forwards[1].host_port}"
-        ):
+        match = f"host port {port} is already in use" if libslirp else f"could not forward host port 127.0.0.1:{port}"
+        with pytest.raises(PortInUse, match=match):
             vb.start()
-    assert vb.state() is VMState.RUNNING
+    assert vb.state() is (VMState.STOPPED if libslirp else VMState.RUNNING)
 
 
 def test_modifyvm_never_called_on_a_running_vm(vb, fake, spec):
@@ -351,3 +356,245 @@ def test_ssh_rule_added_when_the_spec_has_none(vb, fake, spec):
     assert host == "127.0.0.1" and 2200 <= port <= 2250
     assert vb.create(bare).changes == []  # the picked port is kept on re-runs
     assert vb.ssh_endpoint() == (host, port)
+
+
+# -- issue #12: VirtualBox as it really is, item by item, on every fake version ---------------------
+
+
+def vbox_xml_nat(fake, vm="dev"):
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(fake.machine(vm)["cfg_file"]).getroot()
+    ns = {"v": "http://www.virtualbox.org/"}
+    return root.find("v:Machine/v:Hardware/v:Network/v:Adapter[@slot='0']/v:NAT", ns), ns
+
+
+def test_item1_a_new_disk_at_a_kept_disks_path_can_be_attached(vb, fake, spec):
+    vb.create(spec)
+    vb.destroy()  # keeps the disk: detached, so still in VirtualBox's media registry
+    vb.disk_path().unlink()  # the user deletes it by hand
+    vb.create(spec)  # a new disk.vmdk at the same path: a new UUID
+    assert vb.info()["disk"] == str(paths.vm_dir("dev") / "disk.vmdk")
+
+
+def test_item1_the_media_registry_trap_is_real_in_the_fake(vb, fake, spec):
+    """What item 1's fix gets past: a detached disk that stays registered blocks a new one."""
+    vb.create(spec)
+    vb.vbox.run(["storageattach", "dev", "--storagectl", "SATA", "--port", "1", "--device", "0",
+                 "--medium", "none"])  # detached but not closed, as destroy did before the fix
+    vb.vbox.run(["unregistervm", "dev", "--delete"])
+    vb.disk_path().unlink()
+    with pytest.raises(HypervisorError, match=r"Cannot register the hard disk .* already exists"):
+        vb.create(spec)
+
+
+def test_item1_a_kept_disk_is_reattached_after_destroy(vb, fake, spec):
+    vb.create(spec)
+    vb.destroy()
+    report = vb.create(spec)
+    assert any("re-attached" in c for c in report.changes)
+    assert fake.calls()[-1][0] == "storageattach"
+
+
+def test_item2_forwards_of_a_7_0_0_vm_are_read_from_its_vbox_file(vb, fake, spec, vbox_version):
+    vb.create(spec)
+    out = vb.vbox.run(["showvminfo", "dev", "--machinereadable"])
+    assert ("Forwarding(" in out) == (vbox_version != "7.0.0")  # two rules: 7.0.0 prints none
+    assert vb.forwards() == spec.forwards
+    mark = len(fake.calls())
+    assert vb.create(spec).changes == []  # no "A NAT rule of this name already exists"
+    vb.add_forward(spec.forwards[1])  # the same rule again: a no-op
+    assert len(calls_since(fake, mark)) == 2
+    web = parse_spec(f"{free_port()}:80")
+    vb.add_forward(web)
+    assert set(vb.forwards()) == set(spec.forwards) | {web}
+
+
+def test_item3_live_add_on_a_busy_port_is_port_in_use_on_both_engines(vb, fake, spec, monkeypatch):
+    vb.create(spec)
+    vb.start()
+    import b2dkit.forwards
+
+    monkeypatch.setattr(b2dkit.forwards, "probe", lambda *a: "free")  # taken after the check
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        mark = len(fake.calls())
+        with pytest.raises(PortInUse, match=f"could not forward host port 127.0.0.1:{port}"):
+            vb.add_forward(parse_spec(f"{port}:80"))
+    assert [c[0] for c in calls_since(fake, mark)] == ["showvminfo", "controlvm"]  # exit 0 all the same
+
+
+@pytest.mark.parametrize("who", ["user", "service"])
+def test_item4_a_russian_locale_still_finds_not_found_and_locks(vb, fake, spec, monkeypatch, who):
+    """A LANG=ru_RU.UTF-8 user (who=user), or a VBoxSVC a Russian GUI started (who=service)."""
+    monkeypatch.setenv("LANG", "ru_RU.UTF-8")
+    monkeypatch.setenv("LC_ALL", "ru_RU.UTF-8")
+    if who == "service":
+        monkeypatch.setenv("FAKEVBOX_SVC_LANG", "ru")
+    assert vb.state() is VMState.ABSENT  # "VM not found", in whatever language
+    vb.create(spec)
+    vb.start()
+    assert vb.state() is VMState.RUNNING
+    with pytest.raises(VBoxLocked):
+        vb.vbox.run(["modifyvm", "dev", "--memory", "2048"], retry=False)
+    with pytest.raises(RuleExists):
+        vb.vbox.run(["controlvm", "dev", "natpf1", natpf_rule(spec.forwards[0])], retry=False)
+
+
+def test_item5_a_windows_code_page_path_still_matches(vb, fake, spec, monkeypatch, tmp_path):
+    """CfgFile and "SATA-1-0" in the ANSI code page of a non-ASCII home folder (#12 item 5)."""
+    home = tmp_path / "Jürgen" / "b2dkit"
+    monkeypatch.setenv("B2DKIT_HOME", str(home))
+    monkeypatch.setenv("FAKEVBOX_CODESET", "cp1252")
+    import locale
+
+    monkeypatch.setattr(locale, "getpreferredencoding", lambda do_setlocale=True: "cp1252")
+    vb = VirtualBoxProvider("dev", vbox=VBoxManage(sleep=lambda s: None), sleep=lambda s: None)
+    vb.create(spec)
+    assert "Jürgen" in vb.info()["disk"]  # decoded in the process code set, not mangled
+    assert vb.create(spec).changes == []  # not "SATA port 1 holds …, not b2dkit's disk"
+
+
+def test_item5_an_unknown_code_set_still_recognises_our_disk(vb, fake, spec, monkeypatch, tmp_path):
+    home = tmp_path / "Jürgen" / "b2dkit"
+    monkeypatch.setenv("B2DKIT_HOME", str(home))
+    monkeypatch.setenv("FAKEVBOX_CODESET", "cp1252")  # and b2dkit cannot know it
+    vb = VirtualBoxProvider("dev", vbox=VBoxManage(sleep=lambda s: None), sleep=lambda s: None)
+    vb.create(spec)
+    assert "Jürgen" not in vb.info()["disk"]  # the path really comes back mangled
+    mark = len(fake.calls())
+    assert vb.create(spec).changes == []  # the disk is known by its medium UUID
+    assert [c[0] for c in calls_since(fake, mark)] == ["showvminfo", "showmediuminfo"]
+
+
+def test_item5_a_foreign_disk_in_our_slot_is_still_refused(vb, fake, spec, monkeypatch, tmp_path):
+    home = tmp_path / "Jürgen" / "b2dkit"
+    monkeypatch.setenv("B2DKIT_HOME", str(home))
+    monkeypatch.setenv("FAKEVBOX_CODESET", "cp1252")
+    vb = VirtualBoxProvider("dev", vbox=VBoxManage(sleep=lambda s: None), sleep=lambda s: None)
+    vb.create(spec)
+    other = tmp_path / "other.vmdk"
+    vb.vbox.convertfromraw_stdin(other, 1 << 20, lambda out: out.write(b"\0" * (1 << 20)))
+    vb.vbox.run(["storageattach", "dev", "--storagectl", "SATA", "--port", "1", "--device", "0",
+                 "--type", "hdd", "--medium", str(other)])
+    with pytest.raises(HypervisorError, match="not b2dkit's disk"):
+        vb.create(spec)
+
+
+def test_item6_startvm_that_exits_1_after_starting_is_a_start(vb, fake, spec, monkeypatch):
+    vb.create(spec)
+    monkeypatch.setenv("FAKEVBOX_FAULTS", "startvm=started-exit1*1")
+    mark = len(fake.calls())
+    vb.start()
+    assert vb.state() is VMState.RUNNING
+    assert [c[0] for c in calls_since(fake, mark)].count("startvm") == 1  # no retry into the lock
+
+
+def test_item7_gurumeditation_says_power_off_not_wait(vb, fake, spec, monkeypatch):
+    vb.create(spec)
+    monkeypatch.setenv("FAKEVBOX_FAULTS", "startvm=guru*1")
+    vb.start()
+    for call in (vb.start, lambda: vb.create(spec), lambda: vb.add_forward(parse_spec(f"{free_port()}:80"))):
+        with pytest.raises(HypervisorError, match="guru meditation") as excinfo:
+            call()
+        assert "vm.stop" in str(excinfo.value) and "wait a moment" not in str(excinfo.value)
+    vb.stop(timeout=0.1)  # the power-off that clears it
+    assert vb.state() is VMState.STOPPED
+
+
+def test_item7_gurumeditation_is_its_own_state(vb, fake, spec, monkeypatch):
+    vb.create(spec)
+    monkeypatch.setenv("FAKEVBOX_FAULTS", "startvm=guru*1")
+    vb.start()
+    assert vb.state() is VMState.CRASHED
+    mark = len(fake.calls())
+    assert vb.stop(timeout=30) is False  # powered off at once: a crashed guest sees no ACPI button
+    assert [c[:3] for c in calls_since(fake, mark)][1:] == [["controlvm", "dev", "poweroff"]]
+    assert vb.state() is VMState.STOPPED
+
+
+def test_item7_a_vm_whose_vbox_file_is_gone_is_reported_not_duplicated(vb, fake, spec):
+    vb.create(spec)
+    cfg = fake.machine("dev")["cfg_file"]
+    os.unlink(cfg)
+    with pytest.raises(HypervisorError, match="cannot read the settings file") as excinfo:
+        vb.create(spec)
+    assert "vm.destroy" in str(excinfo.value)
+    assert [name for name, _ in vb.vbox.list_vms()] == ["<inaccessible>"]  # no second VM made
+
+
+def test_item7_an_inaccessible_vm_is_its_own_state_and_destroy_clears_it(vb, fake, spec):
+    vb.create(spec)
+    os.unlink(fake.machine("dev")["cfg_file"])
+    assert vb.vbox.list_vms()[0][0] == "<inaccessible>"  # VirtualBox knows it by UUID only
+    assert vb.state() is VMState.INACCESSIBLE
+    disk = vb.disk_path()
+    vb.destroy()
+    assert vb.vbox.list_vms() == [] and vb.state() is VMState.ABSENT
+    assert disk is not None and disk.exists()  # kept: the user did not purge
+    assert vb.create(spec).created  # and usable again
+
+
+def test_item8_the_nat_dns_proxy_is_on_from_create(vb, fake, spec):
+    vb.create(spec)
+    nat, ns = vbox_xml_nat(fake)
+    assert nat.find("v:DNS", ns).get("use-proxy") == "true"
+
+
+def test_item9_host_loopback_reaches_the_hosts_127_0_0_1_on_7(vb, fake, spec, vbox_version):
+    loop = dataclasses.replace(spec, host_loopback=True)
+    vb.create(loop)  # 6.1 would reject the option
+    nat, ns = vbox_xml_nat(fake)
+    seven = triple(vbox_version) >= (7, 0, 0)
+    assert nat.get("localhost-reachable") == ("true" if seven else None)
+    mark = len(fake.calls())
+    assert vb.create(loop).changes == []
+    assert len(calls_since(fake, mark)) == (1 if seven else 2)  # 6.1 asks --version again
+
+
+def test_item9_host_loopback_added_later_converges_on_7(vb, fake, spec, vbox_version):
+    vb.create(spec)
+    report = vb.create(dataclasses.replace(spec, host_loopback=True))
+    seven = triple(vbox_version) >= (7, 0, 0)
+    assert report.changes == (["NIC 1 → guest reaches the host's loopback"] if seven else [])
+    nat, ns = vbox_xml_nat(fake)
+    assert nat.get("localhost-reachable") == ("true" if seven else None)
+
+
+def test_item11_the_disk_stream_is_exactly_the_size(vb, fake, spec):
+    vb.create(spec)
+    meta, _ = fakevbox.read_disk(vb.disk_path())
+    assert meta["received"] == meta["size"] == spec.disk_mb << 20 and not meta["extra"]
+
+
+def test_item11_the_parser_copes_with_every_versions_slot_keys(vb, fake, spec, tmp_path):
+    vb.create(spec)
+    info = vb.vbox.showvminfo("dev")
+    assert info.medium("SATA", 0) == str(spec.iso.resolve()) and info.medium("SATA", 1) == str(vb.disk_file)
+    assert sorted(k for k in info.storage) == [("SATA", p, 0) for p in range(4)]
+
+
+@pytest.mark.parametrize(
+    "op",
+    ["create", "forward", "status", "purge-and-create"],
+)
+def test_done_when_every_version_creates_forwards_reports_and_recreates(vb, fake, spec, op):
+    """Issue #12 "done when": these pass on every fake version within today's call budgets."""
+    mark = len(fake.calls())
+    vb.create(spec)
+    assert len(calls_since(fake, mark)) <= 10
+    if op == "forward":
+        mark = len(fake.calls())
+        vb.add_forward(parse_spec(f"{free_port()}:80"))
+        assert len(calls_since(fake, mark)) <= 2
+    elif op == "status":
+        mark = len(fake.calls())
+        assert vb.info()["state"] == "stopped"
+        assert len(calls_since(fake, mark)) == 1
+    elif op == "purge-and-create":
+        vb.destroy(purge=True)
+        mark = len(fake.calls())
+        vb.create(spec)
+        assert len(calls_since(fake, mark)) <= 10 and vb.forwards() == spec.forwards

@@ -6,18 +6,20 @@ The VM is created with --no-start: booting needs a real guest (see test_e2e.py o
 
 import json
 import socket
+import sys
 
 import pytest
 
 from b2dkit import machines
 from cli import run, run_failing
+from conftest import ONE_VBOX_VERSION
 from fakevbox import install
 
 
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch):
+def fake(tmp_path, monkeypatch, vbox_version):
     return install(tmp_path / "fakevbox", monkeypatch)
 
 
@@ -85,6 +87,7 @@ def test_forward_needs_no_name_and_stays_within_two_calls(created, capsys):
     assert port not in [r["host_port"] for r in _forwards(capsys)]
 
 
+@ONE_VBOX_VERSION
 @pytest.mark.parametrize("spec", ["70000", "abc", "0", "8000:", "8000/sctp"])
 def test_bad_forward_is_one_line_and_calls_nothing(created, capsys, spec):
     code, out = run_failing(capsys, "vm.forward", spec)
@@ -94,6 +97,7 @@ def test_bad_forward_is_one_line_and_calls_nothing(created, capsys, spec):
     assert created.calls() == []
 
 
+@ONE_VBOX_VERSION
 def test_docker_port_beyond_loopback_is_refused(created, capsys):
     code, out = run_failing(capsys, "vm.forward", "2376", "--host-ip=0.0.0.0")
     assert code == 2 and "Docker daemon" in out.err
@@ -187,6 +191,7 @@ def _forwards(capsys):
     return json.loads(capsys.readouterr().out)["forwards"]
 
 
+@ONE_VBOX_VERSION
 @pytest.mark.parametrize("timeout", ["0", "-5", "abc", "nan", "inf", ""])
 def test_stop_refuses_a_timeout_that_would_skip_the_guest_shutdown(created, capsys, timeout):
     code, out = run_failing(capsys, "vm.stop", f"--timeout={timeout}")
@@ -195,6 +200,7 @@ def test_stop_refuses_a_timeout_that_would_skip_the_guest_shutdown(created, caps
     assert "Traceback" not in out.err and created.calls() == []
 
 
+@ONE_VBOX_VERSION
 @pytest.mark.parametrize("name", ["", " ", "\t"])
 def test_an_empty_name_is_an_error_never_the_active_vm(created, capsys, name):
     disk = machines.paths.vm_dir("dev") / "disk.vmdk"
@@ -219,3 +225,58 @@ def test_a_stop_that_must_power_off_says_so(created, monkeypatch):
     assert any(line.startswith("warning: could not flush the guest's disks") for line in said)
     assert len(out.warnings) == 1 and "powered off" in out.warnings[0] and "may be lost" in out.warnings[0]
     assert ["controlvm", "dev", "poweroff"] in [c[:3] for c in created.calls()]
+
+
+# -- issue #12 at the command line -----------------------------------------------------------------
+
+
+def test_item1_a_kept_disk_can_be_purged_after_the_vm_is_gone(created, capsys):
+    disk = machines.paths.vm_dir("dev") / "disk.vmdk"
+    run("vm.destroy", "--yes")
+    assert disk.exists()
+    created.reset_calls()
+    run("vm.destroy", "--yes", "--purge", "--name=dev")
+    assert not disk.exists() and not machines.paths.vm_dir("dev").exists()
+    assert ["closemedium", "disk", str(disk)] in created.calls()  # out of the media registry too
+    assert all(m["location"] != str(disk) for m in created.state().get("media", {}).values())
+    code, out = run_failing(capsys, "vm.destroy", "--yes", "--purge", "--name=dev")  # nothing left
+    assert code == 2 and "no b2dkit VM named 'dev'" in out.err
+
+
+def test_item1_a_kept_disk_is_never_deleted_without_purge(created, capsys):
+    disk = machines.paths.vm_dir("dev") / "disk.vmdk"
+    run("vm.destroy", "--yes")
+    code, out = run_failing(capsys, "vm.destroy", "--yes", "--name=dev")
+    assert code == 2 and "no b2dkit VM named 'dev'" in out.err and disk.exists()
+
+
+def test_item9_profile_host_loopback_creates_on_every_version(fake, iso, tmp_path, capsys, vbox_version):
+    profile = tmp_path / "loop.yaml"
+    profile.write_text("extends: default\ndisk: 1024\nhost_loopback: true\n")
+    run("vm.create", f"--profile={profile}", "--provider=virtualbox", "--name=dev", f"--iso={iso}", "--no-start")
+    reachable = fake.machine("dev")["nics"]["1"]["localhost_reachable"]
+    assert reachable == (None if vbox_version.startswith("6.") else "on")
+
+
+@ONE_VBOX_VERSION
+def test_item10_explicit_virtualbox_on_an_arm64_mac_is_one_line_saying_why(fake, iso, small, capsys, monkeypatch):
+    import platform
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    code, out = run_failing(capsys, "vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}",
+                            "--no-start")
+    err = out.err.strip()
+    assert code == 3 and "arm64" in err and "x86_64" in err and "\n" not in err and "Traceback" not in err
+    assert fake.calls() == [] and fake.machine("dev") is None
+
+
+def test_item4_create_and_status_work_for_a_russian_user(fake, iso, small, capsys, monkeypatch):
+    """LANG/LC_ALL=ru_RU.UTF-8, and a VBoxSVC that a Russian GUI started: nothing is misread."""
+    monkeypatch.setenv("LANG", "ru_RU.UTF-8")
+    monkeypatch.setenv("LC_ALL", "ru_RU.UTF-8")
+    monkeypatch.setenv("FAKEVBOX_SVC_LANG", "ru")
+    run("vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}", "--no-start")
+    assert "dev created (not started)" in capsys.readouterr().out
+    run("vm.status", "--json")
+    assert json.loads(capsys.readouterr().out)["state"] == "stopped"

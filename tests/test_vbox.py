@@ -1,4 +1,4 @@
-"""b2dkit.vbox: the runner's failure rules and retries, the finder, and the parsers on every sample."""
+"""vboxmanage: the runner's failure rules and retries, the finder, and the parsers on every sample."""
 
 import os
 import sys
@@ -7,24 +7,24 @@ from pathlib import Path
 import pytest
 
 import fakevbox
-from conftest import shared_reference
+from conftest import FIXTURES, fixture_text
 
 from b2dkit.hypervisors.virtualbox import vboxmanage as vbox
-from b2dkit.errors import HypervisorError, InputError, ToolMissing, VMNotFound
+from b2dkit.errors import HypervisorError, InputError, PortInUse, ToolMissing, VMNotFound
 from b2dkit.forwards import Forward
 from b2dkit.hypervisors.base import VMState
 
-SAMPLES = "vbox-samples"
+SAMPLES = "vbox"
 DBG_PREFIX = "(default) DBG | "
 
 
 def sample(name) -> str:
-    return shared_reference(SAMPLES, name).read_text()
+    return fixture_text(SAMPLES, name)
 
 
 def showvminfo_samples():
-    folder = Path(__file__).resolve().parents[2] / "shared" / "reference" / SAMPLES
-    return sorted(p.name for p in folder.glob("showvminfo_machinereadable.*")) or ["(missing)"]
+    # "(missing)" makes the parametrised test fail by name rather than vanish when the folder is empty
+    return sorted(p.name for p in (FIXTURES / SAMPLES).glob("showvminfo_machinereadable.*")) or ["(missing)"]
 
 
 def undebug(text: str) -> str:
@@ -56,8 +56,9 @@ def vbm(fake, naps):
 def test_every_showvminfo_sample_parses_line_for_line(name):
     text = undebug(sample(name))
     pairs = vbox.parse_pairs(text)
-    # one pair per non-empty line: none of the samples has a multi-line value
-    assert len(pairs) == len([line for line in text.splitlines() if line.strip()])
+    # one pair per key=value line: none of the samples has a multi-line value, and a stray
+    # line without "=" (7.0.x's "Encryption:     disabled") is skipped, not misread
+    assert len(pairs) == len([line for line in text.splitlines() if "=" in line])
     assert all(key and not key.startswith('"') for key, _ in pairs)
     assert all(not value.startswith('"') for _, value in pairs)
     info = vbox.VMInfo.from_text(text)
@@ -204,7 +205,8 @@ def test_crlf_output():
         ("stopping", VMState.BUSY),
         ("saving", VMState.BUSY),
         ("restoring", VMState.BUSY),
-        ("gurumeditation", VMState.BUSY),
+        ("gurumeditation", VMState.CRASHED),
+        ("inaccessible", VMState.INACCESSIBLE),
         ("aborted-saved", VMState.SAVED),
     ],
 )
@@ -423,3 +425,159 @@ def test_missing_is_one_line_with_install_advice(tmp_path, monkeypatch):
     with pytest.raises(ToolMissing) as err:
         vbox.find_vboxmanage()
     assert "\n" not in str(err.value) and "brew install --cask virtualbox" in str(err.value)
+
+
+# -- issue #12: real VirtualBox 6.1-7.2 ------------------------------------------------------------
+
+
+def test_item10_finds_the_windows_vboxmanage_from_wsl(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    for var in ("VBOX_MSI_INSTALL_PATH", "VBOX_INSTALL_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    wsl = "/mnt/c/Program Files/Oracle/VirtualBox/VBoxManage.exe"
+    monkeypatch.setattr(vbox.Path, "is_file", lambda self: str(self) == wsl)
+    monkeypatch.setattr(vbox.os, "access", lambda path, mode: str(path) == wsl)
+    assert vbox.find_vboxmanage() == wsl
+
+
+def test_item10_finds_vboxmanage_from_the_windows_registry(tmp_path, monkeypatch):
+    import types
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    for var in ("VBOX_MSI_INSTALL_PATH", "VBOX_INSTALL_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    exe = tmp_path / "D" / "VirtualBox" / "VBoxManage.exe"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("")
+    exe.chmod(0o755)
+
+    class Key:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    opened = []
+    winreg = types.SimpleNamespace(
+        HKEY_LOCAL_MACHINE="HKLM",
+        OpenKey=lambda root, path: opened.append((root, path)) or Key(),
+        QueryValueEx=lambda key, name: (str(exe.parent), 1) if name == "InstallDir" else None,
+    )
+    monkeypatch.setitem(sys.modules, "winreg", winreg)
+    monkeypatch.setattr(vbox.sys, "platform", "win32")
+    assert vbox.find_vboxmanage() == str(exe)
+    assert opened == [("HKLM", r"SOFTWARE\Oracle\VirtualBox")]
+
+
+def test_item10_auto_picks_qemu_on_arm64_macos(fake, monkeypatch):
+    import platform
+
+    from b2dkit.hypervisors import default_provider_name
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    assert default_provider_name() == "qemu"
+
+
+def test_item4_vboxmanage_runs_in_english_whatever_the_users_locale(fake, monkeypatch):
+    monkeypatch.setenv("LANG", "ru_RU.UTF-8")
+    monkeypatch.setenv("LC_ALL", "ru_RU.UTF-8")
+    monkeypatch.setenv("LANGUAGE", "ru")
+    env = vbox.VBoxManage()._env()
+    assert (env["LANG"], env["LC_ALL"], "LANGUAGE" in env) == ("C.UTF-8", "C.UTF-8", False)
+
+
+def test_item4_translated_service_errors_are_classified_by_their_codes(fake, monkeypatch):
+    monkeypatch.setenv("FAKEVBOX_VERSION", "7.1.4")
+    monkeypatch.setenv("FAKEVBOX_SVC_LANG", "ru")
+    runner = vbox.VBoxManage(sleep=lambda s: None)
+    with pytest.raises(vbox.VMNotRegistered) as err:
+        runner.showvminfo("nosuch")
+    assert "Could not find" not in err.value.stderr  # the text really was translated
+
+
+def test_item7_inaccessible_and_guru_states_have_their_own_advice():
+    inaccessible = vbox.VMInfo.from_text('name="<inaccessible>"\nUUID="0b1c0c8e-5ef3-4b89-a4b3-54d1d4a45e88"\n')
+    assert inaccessible.vbox_state == "inaccessible"
+    error = vbox.state_error("dev", inaccessible)
+    assert isinstance(error, vbox.VMInaccessible) and "registervm" in str(error) and "vm.destroy" in str(error)
+    guru = vbox.VMInfo.from_text('name="dev"\nVMState="gurumeditation"\n')
+    error = vbox.state_error("dev", guru)
+    assert isinstance(error, vbox.VMStuck) and "vm.stop" in str(error) and "wait" not in str(error)
+    busy = vbox.state_error("dev", vbox.VMInfo.from_text('name="dev"\nVMState="saving"\n'))
+    assert "wait a moment" in str(busy)
+
+
+def test_item2_forwards_from_vagrants_real_7_0_settings_file():
+    from conftest import fixture
+
+    rules = vbox.forwards_from_settings(fixture("vbox", "vbox_settings.vagrant_7_0_fixture.xml"))
+    assert rules == {
+        1: [
+            Forward(2222, 22, host_ip="127.0.0.1", name="ssh"),
+            Forward(7700, 80, host_ip="", name="tcp7700"),
+        ]
+    }  # the snapshot's copy of the hardware is not read twice
+
+
+def test_item3_libslirp_log_lines_are_failed_redirects():
+    log = (
+        "00:00:01.000000 NAT: Failed to redirect TCP 127.0.0.1:8080 -> 0.0.0.0:80 (Address already in use)\n"
+        "00:00:02.000000 drvNATNotifyApplyPortForwardCommand: Port forward modify FAIL! Details: fRemove=0, "
+        "fUdp=1, pszHostIp=127.0.0.1, u16HostPort=5353, pszGuestIp=, u16GuestPort=53\n"
+        "00:00:03.000000 x: Port forward modify FAIL! Details: fRemove=1, fUdp=0, pszHostIp=, u16HostPort=1, "
+        "pszGuestIp=, u16GuestPort=1\n"
+    )
+    assert vbox.nat_failures(log) == [
+        ("tcp", "127.0.0.1", 8080, "Address already in use"),
+        ("udp", "127.0.0.1", 5353, "Port forward modify FAIL"),
+    ]
+
+
+def test_item3_verr_nat_redir_setup_is_port_in_use_naming_the_port():
+    stderr = (
+        "VBoxManage: error: NAT#0: configuration error: failed to set up redirection of 8080 to 80. Probably a "
+        "conflict with existing services or other rules (VERR_NAT_REDIR_SETUP).\n"
+    )
+    error = vbox.classify(["VBoxManage", "startvm", "dev"], 1, stderr)
+    assert isinstance(error, PortInUse) and isinstance(error, HypervisorError)
+    assert "host port 8080 is already in use" in str(error) and error.exit_code == 3
+
+
+def test_item6_startvm_success_line_wins_over_exit_1(tmp_path):
+    script = tmp_path / "VBoxManage"
+    script.write_text('#!/bin/sh\necho \'Waiting for VM "dev" to power on...\'\necho \'VM "dev" has been successfully started.\'\nexit 1\n')
+    script.chmod(0o755)
+    runner = vbox.VBoxManage(path=str(script), sleep=lambda s: None)
+    assert "successfully started" in runner.run(["startvm", "dev", "--type", "headless"])
+    with pytest.raises(vbox.VBoxError):
+        runner.run(["controlvm", "dev", "poweroff"])  # only startvm is read that way
+    assert runner.calls == 2  # and nothing was retried
+
+
+def test_item11_7_0_slot_attribute_keys_are_not_attachments():
+    # the 7.0+ key format of VBoxManageInfo.cpp showMediumAttachments ("%ls-tempeject-%d-%d" ...)
+    text = (
+        '"SATA-0-0"="/vms/boot2docker.iso"\n"SATA-ImageUUID-0-0"="a"\n"SATA-tempeject-0-0"="off"\n'
+        '"SATA-IsEjected-0-0"="off"\n"SATA-hot-pluggable-0-0"="off"\n"SATA-nonrotational-0-0"="off"\n'
+        '"SATA-discard-0-0"="off"\n"SATA-1-0"="/vms/disk.vmdk"\n"SATA-ImageUUID-1-0"="b"\n'
+        '"SATA-hot-pluggable-1-0"="off"\n"SATA-nonrotational-1-0"="off"\n"SATA-discard-1-0"="off"\n'
+        '"SATA-2-0"="none"\n'
+    )
+    info = vbox.VMInfo.from_text(text)
+    assert info.storage == {
+        ("SATA", 0, 0): "/vms/boot2docker.iso",
+        ("SATA", 1, 0): "/vms/disk.vmdk",
+        ("SATA", 2, 0): "none",
+    }
+
+
+def test_item11_vagrants_7_0_0_output_parses():
+    info = vbox.VMInfo.from_text(sample("showvminfo_machinereadable.vagrant_7_0_0_head.txt"))
+    assert (info.name, info.uuid, info.cfg_file, info.memory) == (
+        "vagrant-test_default_1665781960041_56631", "MACHINE-UUID", "MACHINE_CONFIG_PATH", 1024
+    )
+    assert "Encryption:     disabled" not in info.raw and "Encryption" not in " ".join(info.raw)
+    nics = vbox.VMInfo.from_text(sample("showvminfo_machinereadable.vagrant_7_x_hostonlynet_nic_fragment.txt"))
+    assert nics.nics[2] == "hostonlynetwork" and [f.name for f in nics.nat_forwards()] == ["ssh"]

@@ -30,6 +30,8 @@ class VMState(str, enum.Enum):
     PAUSED = "paused"
     SAVED = "saved"
     BUSY = "busy"  # starting, stopping, saving...: wait and ask again
+    CRASHED = "crashed"  # the hypervisor stopped the guest on a fatal error: only a power-off clears it
+    INACCESSIBLE = "inaccessible"  # the hypervisor cannot read the VM's definition (its file is gone)
 
     def __str__(self) -> str:
         return self.value
@@ -46,6 +48,7 @@ class MachineSpec:
     iso: Path  # the (remastered) boot ISO
     forwards: List[Forward] = field(default_factory=list)
     public_key: str = ""  # OpenSSH line baked into the persistent disk's header
+    host_loopback: bool = False  # the guest may reach the host's 127.0.0.1 (VirtualBox 7.x: opt-in)
 
     def check(self, vm: str) -> List[Forward]:
         """The one validation of a spec, before any hypervisor call; returns the checked forwards."""
@@ -76,6 +79,7 @@ class MachineSpec:
             iso=Path(iso),
             forwards=list(profile.forwards),
             public_key=public_key,
+            host_loopback=profile.host_loopback,
         )
 
 

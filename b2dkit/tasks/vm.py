@@ -4,7 +4,7 @@ import sys
 
 from .. import forwards as forwards_
 from .. import jsonout, lifecycle, machines, profile as profiles, status as vmstatus
-from ..errors import B2dkitError, InputError
+from ..errors import B2dkitError, InputError, VMNotFound
 from ._base import print_json, say, task
 
 NAME_HELP = "VM to act on (default: the active VM, set by the last vm.create/onboard)"
@@ -59,8 +59,13 @@ def stop(c, name=None, timeout=None):
     auto_shortflags=False,
 )
 def destroy(c, name=None, purge=False, yes=False):
-    """Remove the VM; its persistent disk is kept unless --purge."""
-    machine = _machine(name)
+    """Remove the VM; its persistent disk is kept unless --purge (also a disk kept earlier)."""
+    try:
+        machine = _machine(name)
+    except VMNotFound:
+        machine = lifecycle.kept_disk(name) if purge and name else None
+        if machine is None:
+            raise
     what = "and DELETE its persistent disk" if purge else "(its persistent disk is kept)"
     if not yes:
         if not sys.stdin.isatty():

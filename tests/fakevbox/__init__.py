@@ -49,12 +49,20 @@ class FakeVBox:
 
 def install(root: Path, monkeypatch=None) -> FakeVBox:
     """Create the fake under ``root``; with ``monkeypatch``, put it first on PATH for this test."""
+    import tempfile  # here, not at the top: the fake imports this package on every call
+
     fake = FakeVBox(Path(root))
+    pycache = Path(tempfile.gettempdir()) / f"fakevbox-pycache-{os.getuid()}"
     fake.bin.mkdir(parents=True, exist_ok=True)
     fake.home.mkdir(parents=True, exist_ok=True)
     fake.exe.write_text(
-        f"#!{sys.executable}\n"
+        f"#!{sys.executable} -S\n"  # -S: the fake needs no site-packages, and starts faster
         "import sys\n"
+        # Every call is a new process: with PYTHONDONTWRITEBYTECODE set (as in CI and here)
+        # it would compile cli.py on every call, a third of its start-up. Its bytecode goes
+        # to a per-user cache outside the repo instead (benchmarks/fakevbox_start.py).
+        "sys.dont_write_bytecode = False\n"
+        f"sys.pycache_prefix = {str(pycache)!r}\n"
         f"sys.path.insert(0, {str(TESTS)!r})\n"
         "from fakevbox.cli import main\n"
         "sys.exit(main())\n"

@@ -18,17 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
-from ... import disk, forwards as fw, paths
+from ... import atomic, disk, forwards as fw, paths
 from ...errors import HypervisorError, InputError, PortInUse, VMNotFound
 from ...forwards import Forward
 from .vboxmanage import (
     VBoxManage,
     VMInfo,
     VMNotRegistered,
+    localhost_reachable_from_settings,
     natpf_add_argv,
     natpf_delete_argv,
     natpf_rule,
     nat_failures,
+    state_error,
     storageattach_argv,
 )
 from ..base import ApplyReport, MachineSpec, Provider, Status, VMState
@@ -39,6 +41,9 @@ DISK_PORT = 1
 OSTYPE = "Linux26_64"
 NIC_TYPE = "82540EM"  # docker-machine's choice; virtio needs guest drivers older ISOs lack
 DISK_NAME = "disk.vmdk"
+UUID_NAME = "vbox-uuid"  # the VM's UUID: how it is found once VirtualBox cannot read its name
+# States in which VirtualBox refuses changes; state_error says what to do about each.
+_UNUSABLE = (VMState.BUSY, VMState.CRASHED, VMState.INACCESSIBLE)
 
 # Settings b2dkit owns on every VM, as (showvminfo key, wanted value, modifyvm option).
 _BASE_SETTINGS = (
@@ -88,10 +93,34 @@ class VirtualBoxProvider(Provider):
 
     # -- reading ---------------------------------------------------------------------------
     def _info(self) -> Optional[VMInfo]:
+        """showvminfo by name; else, by the UUID b2dkit remembered, the VM if VirtualBox can no
+        longer read its settings file (it then knows no name, only the UUID: #12 item 7)."""
         try:
-            return self.vbox.showvminfo(self.vm)
+            return self.vbox.showvminfo(self.vm, settings_file=self.machine_dir / f"{self.vm}.vbox")
+        except VMNotRegistered:
+            pass
+        uuid = self._remembered_uuid()
+        if uuid is None:
+            return None
+        try:
+            info = self.vbox.showvminfo(uuid)
         except VMNotRegistered:
             return None
+        return info if info.state is VMState.INACCESSIBLE else None
+
+    @property
+    def _uuid_file(self) -> Path:
+        return self.dir / UUID_NAME
+
+    def _remembered_uuid(self) -> Optional[str]:
+        try:
+            return self._uuid_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    def _remember_uuid(self, uuid: Optional[str]) -> None:
+        if uuid and uuid != self._remembered_uuid():
+            atomic.write_bytes(self._uuid_file, (uuid + "\n").encode(), mode=0o600)
 
     def _require(self) -> VMInfo:
         info = self._info()
@@ -164,8 +193,11 @@ class VirtualBoxProvider(Provider):
             report.changes.append(f"re-registered the VM left in {self.machine_dir}")
             decision = self._decide(spec)  # converge what the old definition holds
         elif decision.fresh == "create":
-            self.vbox.createvm(self.vm, basefolder=self.dir, ostype=OSTYPE)
+            uuid, _ = self.vbox.createvm(self.vm, basefolder=self.dir, ostype=OSTYPE)
+            self._remember_uuid(uuid)
             report.created = True
+        if decision.info is not None:
+            self._remember_uuid(decision.info.uuid)  # also for VMs an older b2dkit made
         info, rule_args = decision.info, decision.rule_args
         if info is not None and info.state is not VMState.STOPPED and rule_args:
             if info.state is VMState.SAVED:
@@ -190,10 +222,8 @@ class VirtualBoxProvider(Provider):
         fresh = None
         if info is None:
             fresh = "register" if (self.machine_dir / f"{self.vm}.vbox").exists() else "create"
-        if info is not None and info.state is VMState.BUSY:
-            raise HypervisorError(
-                f"VM {self.vm!r} is {info.vbox_state}", hint="wait a moment and run the command again"
-            )
+        if info is not None and info.state in _UNUSABLE:
+            raise state_error(self.vm, info)
         rules = fw.with_ssh(wanted, [] if info is None else info.nat_forwards())
         settings, setting_changes = self._settings_plan(info, spec)
         rule_args, rule_changes = self._rules_plan(info, rules)
@@ -227,7 +257,24 @@ class VirtualBoxProvider(Provider):
         if info is None or info.nics.get(1) != "nat" or info.raw.get("nictype1") != NIC_TYPE:
             args += ["--nic1", "nat", "--nictype1", NIC_TYPE, "--cableconnected1", "on"]
             changes.append("NIC 1 → NAT")
+        if info is None:
+            # The NAT engine's DNS proxy keeps the guest's DNS across host network changes
+            # (docker-machine's default). showvminfo does not print it, so it is set at create.
+            args += ["--natdnsproxy1", "on"]
+        if spec.host_loopback and self._localhost_reachable(info) is False:
+            # 7.x NAT no longer lets the guest reach the host's 127.0.0.1 (6.1 always did, and
+            # rejects the option): #12 item 9. Only asked for when the profile wants it.
+            args += ["--nat-localhostreachable1", "on"]
+            if info is not None:
+                changes.append("NIC 1 → guest reaches the host's loopback")
         return args, changes
+
+    def _localhost_reachable(self, info: Optional[VMInfo]) -> Optional[bool]:
+        """NIC 1's ``localhost-reachable`` as the ``.vbox`` file has it (showvminfo does not
+        print it); None on VirtualBox 6.1, which has no such setting (one ``--version`` call)."""
+        if info is not None and info.cfg_file and localhost_reachable_from_settings(info.cfg_file):
+            return True  # a re-run costs no call
+        return None if self.vbox.version() < (7, 0, 0) else False
 
     def _rules_plan(self, info: Optional[VMInfo], rules: List[Forward]):
         """modifyvm arguments that make NIC 1's rules include ``rules`` (others are kept)."""
@@ -283,7 +330,7 @@ class VirtualBoxProvider(Provider):
                 )
             )
         current_iso = None if info is None else info.medium(CONTROLLER, ISO_PORT)
-        if current_iso is None or not paths.same_file(current_iso, iso):
+        if current_iso is None or not self._holds(info, ISO_PORT, current_iso, iso, "dvd"):
             plan.append(
                 (
                     f"boot ISO {current_iso} → {iso}" if current_iso else f"boot ISO {iso} attached",
@@ -293,7 +340,7 @@ class VirtualBoxProvider(Provider):
                 )
             )
         current_disk = None if info is None else info.medium(CONTROLLER, DISK_PORT)
-        if current_disk is not None and not paths.same_file(current_disk, self.disk_file):
+        if current_disk is not None and not self._holds(info, DISK_PORT, current_disk, self.disk_file, "disk"):
             raise HypervisorError(
                 f"SATA port {DISK_PORT} of VM {self.vm!r} holds {current_disk}, "
                 f"not b2dkit's disk {self.disk_file}",
@@ -306,6 +353,17 @@ class VirtualBoxProvider(Provider):
                 text = f"persistent disk {self.disk_file} created"
             plan.append((text, self._make_and_attach_disk))
         return plan
+
+    def _holds(self, info: Optional[VMInfo], port: int, shown: str, ours: Path, kind: str) -> bool:
+        """Is the medium at ``port`` the file ``ours``? By path first; when the path showvminfo
+        printed differs and one of them is not ASCII (a code set b2dkit cannot know mangles a
+        non-ASCII home folder: #12 item 5), by the medium's UUID, which costs one call."""
+        if paths.same_file(shown, ours):
+            return True
+        if shown.isascii() and str(ours).isascii():
+            return False  # no code set can turn one ASCII path into another
+        attached = None if info is None else info.image_uuid(CONTROLLER, port)
+        return bool(attached) and ours.exists() and self.vbox.medium_uuid(ours, kind) == attached
 
     def _make_and_attach_disk(self, header: bytes, total: int):
         if not self.disk_file.exists():
@@ -331,8 +389,8 @@ class VirtualBoxProvider(Provider):
         info = self._require()
         if info.state is VMState.RUNNING:
             return
-        if info.state is VMState.BUSY:
-            raise HypervisorError(f"VM {self.vm!r} is {info.vbox_state}", hint="wait a moment and try again")
+        if info.state in _UNUSABLE:
+            raise state_error(self.vm, info)
         if info.state is VMState.PAUSED:
             self.vbox.run(["controlvm", self.vm, "resume"])
             return
@@ -346,6 +404,11 @@ class VirtualBoxProvider(Provider):
         info = self._require()
         if info.state in (VMState.STOPPED, VMState.SAVED):
             return True
+        if info.state is VMState.INACCESSIBLE:
+            raise state_error(self.vm, info)
+        if info.state is VMState.CRASHED:
+            self._poweroff()  # a crashed guest cannot see the ACPI button
+            return False
         if info.state is VMState.PAUSED:
             self.vbox.run(["controlvm", self.vm, "resume"])  # a paused guest cannot see the button
         if info.state is not VMState.BUSY:
@@ -366,8 +429,14 @@ class VirtualBoxProvider(Provider):
 
     def destroy(self, purge: bool = False) -> None:
         info = self._info()
-        if info is not None:
-            if info.state in (VMState.RUNNING, VMState.PAUSED, VMState.BUSY):
+        if info is not None and info.state is VMState.INACCESSIBLE:
+            # No settings to read, so nothing to detach; without --delete VirtualBox deletes
+            # nothing, and the kept disk leaves its media registry below.
+            self.vbox.run(["unregistervm", info.uuid])
+            if self.disk_file.exists():
+                self._close_disk()
+        elif info is not None:
+            if info.state in (VMState.RUNNING, VMState.PAUSED, VMState.BUSY, VMState.CRASHED):
                 self._poweroff()
             # unregistervm --delete deletes every attached hard disk: detach what must survive.
             iso_slot = (CONTROLLER, ISO_PORT, 0)
@@ -377,18 +446,30 @@ class VirtualBoxProvider(Provider):
                 if purge and paths.same_file(medium, self.disk_file):
                     continue
                 self.vbox.run(storageattach_argv(self.vm, ctl, port, None, "none", device=dev))
+                if paths.same_file(medium, self.disk_file):
+                    self._close_disk()
             self.vbox.run(["unregistervm", self.vm, "--delete"])
+        elif purge and self.disk_file.exists():
+            # A disk kept by an earlier destroy (#12 item 1): out of the registry, then deleted.
+            self._close_disk()
+        self._uuid_file.unlink(missing_ok=True)
         if purge:
             for path in (self.disk_file, self.dir / "disk.partial.vmdk"):
                 if path.exists():
                     path.unlink()
 
+    def _close_disk(self) -> None:
+        """Take the detached disk out of VirtualBox's media registry, or a new disk at this
+        path (new UUID) could never be attached ("Cannot register the hard disk ... already
+        exists", #12 item 1); re-attaching this one registers it again."""
+        self.vbox.run(["closemedium", "disk", str(self.disk_file)])
+
     # -- forwards --------------------------------------------------------------------------
     def add_forward(self, fwd: Forward) -> None:
         (fwd,) = fw.check_rules([fwd])
         info = self._require()
-        if info.state is VMState.BUSY:
-            raise HypervisorError(f"VM {self.vm!r} is {info.vbox_state}", hint="wait a moment and try again")
+        if info.state in _UNUSABLE:
+            raise state_error(self.vm, info)
         current = {f.name: f for f in info.nat_forwards()}
         have = current.get(fwd.name)
         if have == fwd:
@@ -416,6 +497,8 @@ class VirtualBoxProvider(Provider):
 
     def remove_forward(self, name: str) -> None:
         info = self._require()
+        if info.state in _UNUSABLE:
+            raise state_error(self.vm, info)
         if name not in {f.name for f in info.nat_forwards()}:
             known = ", ".join(f.name for f in info.nat_forwards()) or "none"
             raise InputError(f"VM {self.vm!r} has no forward named {name!r} (it has: {known})")

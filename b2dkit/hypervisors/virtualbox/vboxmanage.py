@@ -7,6 +7,7 @@ printing ``VBoxManage: error:``, some errors are transient and worth a bounded r
 ``showvminfo --machinereadable`` is a loosely quoted format with irregular lines.
 """
 
+import locale
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ... import install
-from ...errors import HypervisorError, InputError, ToolMissing, VMNotFound
+from ...errors import HypervisorError, InputError, PortInUse, ToolMissing, VMNotFound
 from ...forwards import Forward
 from ..base import VMState
 
@@ -46,15 +47,33 @@ def find_vboxmanage() -> str:
             for folder in value.split(os.pathsep):
                 if folder:
                     candidates.append(Path(folder) / "VBoxManage.exe")
+    install_dir = _windows_install_dir()
+    if install_dir:
+        candidates.append(Path(install_dir) / "VBoxManage.exe")
     candidates += [
         Path("/Applications/VirtualBox.app/Contents/MacOS/VBoxManage"),
         Path("/usr/local/bin/VBoxManage"),
         Path(r"C:\Program Files\Oracle\VirtualBox\VBoxManage.exe"),
+        # WSL: the Windows VirtualBox, through the C: drive mount (Vagrant's WSL support)
+        Path("/mnt/c/Program Files/Oracle/VirtualBox/VBoxManage.exe"),
     ]
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return str(path)
     raise ToolMissing(f"VBoxManage not found: {_INSTALL_HINT}")
+
+
+def _windows_install_dir() -> Optional[str]:
+    """``HKLM\\SOFTWARE\\Oracle\\VirtualBox\\InstallDir`` (docker-machine's vbm_windows.go)."""
+    if sys.platform != "win32":
+        return None
+    try:
+        import winreg
+
+        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"SOFTWARE\Oracle\VirtualBox") as key:
+            return str(winreg.QueryValueEx(key, "InstallDir")[0])
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,6 +135,18 @@ class VBoxTimeout(VBoxError):
     """VBoxManage did not answer in time (VBoxSVC hung)."""
 
 
+class NatRedirectFailed(VBoxError, PortInUse):
+    """libslirp (7.1+) fails the power-up when a forwarded host port cannot be bound."""
+
+
+class VMStuck(VBoxError):
+    """``gurumeditation``: the VM crashed and stays so until it is powered off."""
+
+
+class VMInaccessible(VBoxError):
+    """The VM's ``.vbox`` file is gone or unreadable: VirtualBox lists it as ``<inaccessible>``."""
+
+
 @dataclass(frozen=True)
 class KnownError:
     pattern: "re.Pattern"
@@ -131,14 +162,28 @@ _LOCK_ADVICE = (
 )
 
 CATALOGUE: Tuple[KnownError, ...] = (
+    # Each entry also matches the untranslated parts (error code, the ``Context:`` call):
+    # VirtualBox >= 7.0 translates its messages, and the service (VBoxSVC) keeps the language
+    # it started with even when b2dkit runs VBoxManage in English (see ``_env``).
     KnownError(
-        re.compile(r"Could not find a registered machine named '(?P<vm>[^']*)'"),
+        re.compile(
+            r"Could not find a registered machine named '(?P<vm>[^']*)'"
+            r"|VBOX_E_OBJECT_NOT_FOUND \(0x80bb0001\).*FindMachine\(",
+            re.S,
+        ),
         VMNotRegistered,
         "check the name with `VBoxManage list vms`, or create it with `b2dkit vm.create`",
     ),
     KnownError(
+        re.compile(r"VERR_NAT_REDIR_SETUP"),
+        NatRedirectFailed,
+        "another program holds that host port: free it or forward another port, then start the VM again",
+    ),
+    KnownError(
         re.compile(
             r"is already locked (?:for|by) a session|already has a lock request pending|while it is locked"
+            r"|VBOX_E_INVALID_OBJECT_STATE \(0x80bb0007\).*(?:LockMachine|LaunchVMProcess)\(",
+            re.S,
         ),
         VBoxLocked,
         _LOCK_ADVICE,
@@ -146,7 +191,11 @@ CATALOGUE: Tuple[KnownError, ...] = (
     ),
     KnownError(re.compile(r"The object is not ready"), ObjectNotReady, "VirtualBox was busy; retry", True),
     KnownError(
-        re.compile(r"A NAT rule (?:of this name|for this host port and this host IP) already exists"),
+        re.compile(
+            r"A NAT rule (?:of this name|for this host port and this host IP) already exists"
+            r"|E_INVALIDARG \(0x80070057\).*AddRedirect\(",
+            re.S,
+        ),
         RuleExists,
         "remove the existing rule first (`b2dkit vm.unforward`)",
     ),
@@ -206,8 +255,23 @@ def classify(argv: Sequence[str], returncode: int, stderr: str) -> VBoxError:
         )
     for known in CATALOGUE:
         if known.pattern.search(stderr):
+            if known.cls is NatRedirectFailed:
+                message = _nat_redirect_message(stderr) or message
             return known.cls(message, known.advice, argv, returncode, stderr)
     return VBoxError(message, None, argv, returncode, stderr)
+
+
+_REDIR = re.compile(r"redirection of (?P<host>\d+) to (?P<guest>\d+)")
+
+
+def _nat_redirect_message(stderr: str) -> Optional[str]:
+    m = _REDIR.search(stderr)
+    if not m:
+        return None
+    return (
+        f"host port {m.group('host')} is already in use: VirtualBox could not forward it to guest port "
+        f"{m.group('guest')}, so the VM did not start"
+    )
 
 
 def is_transient(error: VBoxError) -> bool:
@@ -260,6 +324,11 @@ class VBoxManage:
 
     def _env(self):
         env = dict(os.environ)
+        # VirtualBox >= 7.0 translates what VBoxManage prints, and b2dkit matches English text
+        # (Vagrant sets LANG=C.UTF-8 for the same reason). LC_ALL too: it overrides LANG.
+        # On macOS, where C.UTF-8 may not exist, the C library falls back to "C": English too.
+        env["LC_ALL"] = env["LANG"] = "C.UTF-8"
+        env.pop("LANGUAGE", None)
         if sys.platform == "darwin":
             # Homebrew and IDE launchers set these; they make VBoxManage load the wrong libraries.
             env.pop("DYLD_LIBRARY_PATH", None)
@@ -283,7 +352,9 @@ class VBoxManage:
         delay = self.delay
         for attempt in range(1, tries + 1):
             returncode, out, err = self._once(argv, stdin_writer, timeout or self.timeout)
-            if not failed(returncode, err):
+            if not failed(returncode, err) or (args[:1] == ["startvm"] and _STARTED.search(out)):
+                # startvm may exit 1 although it started the VM (Vagrant's version_5_0.rb
+                # ``start`` accepts this line); retrying would only meet the VM's lock.
                 return out
             error = classify(argv, returncode, err)
             if attempt == tries or not is_transient(error):
@@ -345,9 +416,28 @@ class VBoxManage:
     def version(self) -> Tuple[int, int, int]:
         return parse_version(self.run(["--version"]))
 
-    def showvminfo(self, vm: str) -> "VMInfo":
-        """The VM as VirtualBox has it now; VMNotRegistered if it does not exist."""
-        return VMInfo.from_text(self.run(["showvminfo", vm, "--machinereadable"]))
+    def showvminfo(self, vm: str, settings_file=None) -> "VMInfo":
+        """The VM as VirtualBox has it now; VMNotRegistered if it does not exist.
+
+        VirtualBox 7.0.0 prints no ``Forwarding(N)`` lines once a NIC has more than one rule,
+        so a NAT NIC that shows none has its rules read from the ``.vbox`` file at ``CfgFile``
+        (what Vagrant's version_7_0.rb does). No extra VBoxManage call: a file read.
+        ``settings_file`` is where the caller expects that file: used when ``CfgFile`` as
+        printed names no file (a code set b2dkit cannot know mangled a non-ASCII folder).
+        """
+        info = VMInfo.from_text(self.run(["showvminfo", vm, "--machinereadable"]))
+        if settings_file and info.cfg_file and not os.path.exists(info.cfg_file):
+            if os.path.exists(settings_file):
+                info.cfg_file = str(settings_file)
+                if info.log_folder and not os.path.isdir(info.log_folder):
+                    info.log_folder = None  # then Logs/ beside the settings file
+        quiet = [n for n, kind in info.nics.items() if kind == "nat" and not info.forwards.get(n)]
+        if quiet and info.cfg_file:
+            from_file = forwards_from_settings(info.cfg_file)
+            for nic in quiet:
+                if from_file.get(nic):
+                    info.forwards[nic] = from_file[nic]
+        return info
 
     def list_vms(self, running: bool = False) -> List[Tuple[str, str]]:
         return parse_list_vms(self.run(["list", "runningvms" if running else "vms"]))
@@ -358,6 +448,16 @@ class VBoxManage:
         if basefolder is not None:
             argv += ["--basefolder", str(basefolder)]
         return parse_createvm(self.run(argv))
+
+    def medium_uuid(self, path, kind: str = "disk") -> Optional[str]:
+        """The UUID VirtualBox gives the image at ``path`` (``kind`` disk | dvd); None when it
+        cannot open it. Unlike a path read back from showvminfo, it survives any code set."""
+        try:
+            out = self.run(["showmediuminfo", kind, str(path)], retry=False)
+        except VBoxError:
+            return None
+        m = _MEDIUM_UUID.search(out)
+        return m.group(1).lower() if m else None
 
     def registervm(self, settings_file) -> None:
         self.run(["registervm", str(settings_file)])
@@ -372,9 +472,21 @@ class VBoxManage:
         )
 
 
+_MEDIUM_UUID = re.compile(r"^UUID:\s+([0-9a-fA-F-]{36})\s*$", re.M)
+_STARTED = re.compile(r'^VM ".+?" has been successfully started', re.M)
+
+
 def _text(data: bytes) -> str:
-    # VirtualBox prints UTF-8 (non-ASCII home folders are common); never crash on odd bytes.
-    return data.decode("utf-8", errors="replace").replace("\r", "")
+    """VBoxManage's bytes as text: UTF-8 (forced by ``_env``), else the process code set.
+
+    IPRT converts the standard streams to the current code set, which on Windows is the ANSI
+    code page, so a non-ASCII home folder may arrive as cp1252 bytes. Never crash on odd bytes.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode(locale.getpreferredencoding(False) or "latin-1", errors="replace")
+    return text.replace("\r", "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -493,6 +605,61 @@ def _read_quoted(text: str, i: int, multiline: bool):
     return None, None
 
 
+_VBOX_NS = "{http://www.virtualbox.org/}"
+
+
+def forwards_from_settings(cfg_file) -> Dict[int, List[Forward]]:
+    """NAT rules by NIC number from a ``.vbox`` settings file; {} when it cannot be read.
+
+    ``Machine/Hardware/Network/Adapter`` (``slot`` counts from 0) ``/NAT/Forwarding`` with
+    ``name proto hostip hostport guestip guestport``; ``proto`` 1 is TCP, 0 UDP; empty IPs
+    are left out. Snapshots hold their own ``Hardware``: only the machine's own is read.
+    """
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(cfg_file).getroot()
+    except (OSError, ET.ParseError):
+        return {}
+    out: Dict[int, List[Forward]] = {}
+    for adapter in root.iterfind(f"{_VBOX_NS}Machine/{_VBOX_NS}Hardware/{_VBOX_NS}Network/{_VBOX_NS}Adapter"):
+        try:
+            nic = int(adapter.get("slot", "")) + 1
+            for fwd in adapter.iterfind(f"{_VBOX_NS}NAT/{_VBOX_NS}Forwarding"):
+                out.setdefault(nic, []).append(
+                    Forward(
+                        host_port=int(fwd.get("hostport", "")),
+                        guest_port=int(fwd.get("guestport", "")),
+                        proto="udp" if fwd.get("proto") == "0" else "tcp",
+                        host_ip=fwd.get("hostip", ""),
+                        guest_ip=fwd.get("guestip", ""),
+                        name=fwd.get("name", ""),
+                    )
+                )
+        except ValueError:
+            continue  # a rule we cannot read is left out rather than guessed
+    for rules in out.values():
+        rules.sort(key=lambda f: f.name)  # the order showvminfo prints them in
+    return out
+
+
+def localhost_reachable_from_settings(cfg_file) -> bool:
+    """Whether NIC 1's NAT lets the guest reach the host's loopback (7.x), from the ``.vbox``
+    file: ``Adapter slot="0"/NAT`` attribute ``localhost-reachable``; absent means off (7.x's
+    default). False when the file cannot be read: setting it again is harmless."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(cfg_file).getroot()
+    except (OSError, ET.ParseError):
+        return False
+    for adapter in root.iterfind(f"{_VBOX_NS}Machine/{_VBOX_NS}Hardware/{_VBOX_NS}Network/{_VBOX_NS}Adapter"):
+        if adapter.get("slot") == "0":
+            nat = adapter.find(f"{_VBOX_NS}NAT")
+            return nat is not None and nat.get("localhost-reachable") == "true"
+    return False
+
+
 def parse_forward(value: str) -> Forward:
     """``ssh,tcp,127.0.0.1,2222,,22`` → Forward (the rule name is field 0)."""
     parts = value.split(",")
@@ -517,15 +684,39 @@ VBOX_STATES = {
     "poweroff": VMState.STOPPED,
     "aborted": VMState.STOPPED,
     "teleported": VMState.STOPPED,
+    "gurumeditation": VMState.CRASHED,  # never clears without a power-off (vv#9)
+    "inaccessible": VMState.INACCESSIBLE,  # set by VMInfo.from_text: no VMState line at all
 }
 
 
 def map_state(raw: str) -> VMState:
-    """VirtualBox's short state name → b2dkit's; transitional states are BUSY."""
+    """VirtualBox's short state name → b2dkit's; transitional states are BUSY.
+
+    ``state_error`` gives CRASHED and INACCESSIBLE their own advice.
+    """
     return VBOX_STATES.get(raw, VMState.BUSY)
 
 
+def state_error(vm: str, info: "VMInfo") -> VBoxError:
+    """Why VM ``vm`` cannot be used in its current VirtualBox state, with what to do about it."""
+    if info.vbox_state == "gurumeditation":
+        return VMStuck(
+            f"VM {vm!r} crashed (VirtualBox guru meditation) and stays so until it is powered off",
+            f"power it off with `b2dkit vm.stop --name {vm}`, then start it again; its VBox.log says why",
+        )
+    if info.vbox_state == "inaccessible":
+        return VMInaccessible(
+            f"VirtualBox cannot read the settings file of VM {vm!r} ({info.uuid})",
+            f"put its .vbox file back and run `VBoxManage registervm <file>`, or remove it with "
+            f"`b2dkit vm.destroy --name {vm}`",
+        )
+    return VBoxError(f"VM {vm!r} is {info.vbox_state}", "wait a moment and run the command again")
+
+
 _ATTACHMENT_KEY = re.compile(r"^(?P<ctl>.+)-(?P<port>\d+)-(?P<dev>\d+)$")
+# per-slot attributes: "SATA-ImageUUID-1-0", and since 7.0 "SATA-tempeject-0-0" and friends
+_SLOT_TAGS = ("-ImageUUID", "-tempeject", "-IsEjected", "-dvdpassthrough", "-hot-pluggable",
+              "-nonrotational", "-discard")
 
 
 @dataclass
@@ -572,7 +763,7 @@ class VMInfo:
                 uart[int(key[4:])] = value
             else:
                 a = _ATTACHMENT_KEY.match(key)
-                if a and not a.group("ctl").endswith("-ImageUUID"):
+                if a and not a.group("ctl").endswith(_SLOT_TAGS):
                     attachments.append((a.group("ctl"), int(a.group("port")), int(a.group("dev")), value))
             raw[key] = value
         controllers = [v for k, v in raw.items() if re.match(r"^storagecontrollername\d+$", k)]
@@ -582,6 +773,8 @@ class VMInfo:
             if not controllers or ctl in controllers
         }
         vbox_state = raw.get("VMState", "")
+        if raw.get("name") == "<inaccessible>" and not vbox_state:
+            vbox_state = "inaccessible"  # the .vbox is gone: VirtualBox prints name and UUID only
         return cls(
             name=raw.get("name", ""),
             uuid=raw.get("UUID", ""),
@@ -603,6 +796,11 @@ class VMInfo:
         """Attached path at a slot, or None for none/emptydrive/absent."""
         value = self.storage.get((controller, port, device))
         return None if value in (None, "none", "emptydrive") else value
+
+    def image_uuid(self, controller: str, port: int, device: int = 0) -> Optional[str]:
+        """The UUID of the medium at a slot (``SATA-ImageUUID-1-0``), lower case; None if empty."""
+        value = self.raw.get(f"{controller}-ImageUUID-{port}-{device}")
+        return value.lower() if value else None
 
     def nat_forwards(self, nic: int = 1) -> List[Forward]:
         return list(self.forwards.get(nic, []))
@@ -661,9 +859,28 @@ _NAT_FAILED = re.compile(
 )
 
 
+# libslirp (7.1+, DrvNATlibslirp.cpp): "... Port forward modify FAIL! Details: fRemove=0,
+# fUdp=0, pszHostIp=127.0.0.1, u16HostPort=8080, pszGuestIp=, u16GuestPort=80"
+_NAT_MODIFY_FAILED = re.compile(
+    r"Port forward modify FAIL!? Details: fRemove=(?P<remove>\d), fUdp=(?P<udp>\d), "
+    r"pszHostIp=(?P<host_ip>[^,]*), u16HostPort=(?P<host_port>\d+)"
+)
+
+
 def nat_failures(log_text: str) -> List[Tuple[str, str, int, str]]:
-    """``NAT: Failed to redirect`` lines of VBox.log → [(proto, host_ip, host_port, reason)]."""
-    return [
+    """Redirects VBox.log says failed, from either NAT engine → [(proto, host_ip, host_port, reason)].
+
+    The old engine logs ``NAT: Failed to redirect`` (with the bind error); libslirp logs
+    ``Port forward modify FAIL`` (no reason: that text is the reason given).
+    """
+    found = [
         (m.group("proto").lower(), m.group("host_ip"), int(m.group("host_port")), m.group("reason") or "")
         for m in _NAT_FAILED.finditer(log_text)
     ]
+    found += [
+        ("udp" if m.group("udp") == "1" else "tcp", m.group("host_ip"), int(m.group("host_port")),
+         "Port forward modify FAIL")
+        for m in _NAT_MODIFY_FAILED.finditer(log_text)
+        if m.group("remove") == "0"
+    ]
+    return found
