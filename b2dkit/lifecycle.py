@@ -461,22 +461,35 @@ def forward(machine: Machine, rule: Forward, auto_correct: bool = False, force: 
             if rule in current:
                 log(f"forward {rule.host_ip}:{rule.host_port} -> {rule.guest_port}/{rule.proto} already in place")
                 return rule
-            if not any(f.name == rule.name for f in current):  # busy, and not because of us
-                fw.require_free(rule, neighbours=lambda: [(f"VM {machine.name!r}", current)])
+            held = fw.holder(rule, current)
+            if held:  # this VM's own rule (maybe its SSH route): a clash, never a replace
+                fw.refuse_clash(rule, held, machine.name)
+            fw.require_free(rule, neighbours=lambda: [(f"VM {machine.name!r}", current)])
+        provider.add_forward(rule)
     except PortInUse:
         if not auto_correct:
             raise
-        port = fw.pick_free_port(rule.host_ip, rule.proto)
+        port = fw.pick_free_port(rule.host_ip, rule.proto, taken={f.host_port for f in provider.forwards()})
         log(f"Fixed port collision for {rule.guest_port} => {rule.host_port}. Now on port {port}.")
         rule = Forward(host_port=port, guest_port=rule.guest_port, proto=rule.proto, host_ip=rule.host_ip)
-    provider.add_forward(rule)
+        provider.add_forward(rule)
     log(f"forwarding {rule.host_ip}:{rule.host_port} -> guest {rule.guest_port}/{rule.proto}")
     return rule
 
 
-def unforward(machine: Machine, name: str, log: Log = _quiet) -> str:
-    """``vm.unforward 8000``: remove the rule (named by ``unforward_name``)."""
-    provider_for(machine).remove_forward(name)
+def unforward(machine: Machine, name: str, force: bool = False, log: Log = _quiet) -> str:
+    """``vm.unforward 8000``: remove the rule (named by ``unforward_name``); the SSH route only
+    with ``force``, since without it b2dkit can no longer reach, set up or flush the guest."""
+    provider = provider_for(machine)
+    if not force:
+        ssh = fw.ssh_forward(provider.forwards())
+        if ssh is not None and ssh.name == name:
+            raise InputError(
+                f"refusing to remove {name}: it is VM {machine.name!r}'s SSH route (b2dkit could no longer "
+                "reach, mount or cleanly stop the guest)",
+                hint=f"pass --force to remove it anyway; `b2dkit vm.create` adds it back",
+            )
+    provider.remove_forward(name)
     log(f"removed forward {name}")
     return name
 

@@ -151,8 +151,11 @@ def test_forwards_while_stopped_live_in_the_definition(tiny_iso):
     vm.add_forward(parse_spec("8000"))
     vm.add_forward(parse_spec("8000"))  # identical: no-op
     assert vm.forwards() == [Forward(2022, 22), Forward(8000, 8000)]
-    vm.add_forward(Forward(8000, 8080))  # same name tcp-8000: replaced
-    assert vm.forwards() == [Forward(2022, 22), Forward(8000, 8080)]
+    with pytest.raises(PortInUse, match="tcp-8000"):  # same host port, other guest port: a clash, not a replace
+        vm.add_forward(Forward(8000, 8080))
+    with pytest.raises(PortInUse, match="SSH route"):
+        vm.add_forward(Forward(2022, 8000))
+    assert vm.forwards() == [Forward(2022, 22), Forward(8000, 8000)]
     vm.remove_forward("tcp-8000")
     assert vm.forwards() == [Forward(2022, 22)]
     with pytest.raises(InputError, match="'tcp-9999'"):
@@ -251,8 +254,9 @@ def test_live_forward_add_and_remove_bind_and_free_host_ports(running):
     assert not host_port_free(port)
     assert Forward(port, 8000) in vm.forwards()
     vm.add_forward(Forward(port, 8000))  # identical: no-op
-    vm.add_forward(Forward(port, 8080))  # same name: replaced live
-    assert [f for f in vm.forwards() if f.host_port == port] == [Forward(port, 8080)]
+    with pytest.raises(PortInUse):  # same host port, another guest port: a clash, never a replace
+        vm.add_forward(Forward(port, 8080))
+    assert [f for f in vm.forwards() if f.host_port == port] == [Forward(port, 8000)]
     vm.remove_forward(f"tcp-{port}")
     assert host_port_free(port)
     assert all(f.host_port != port for f in vm.forwards())

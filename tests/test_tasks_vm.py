@@ -222,3 +222,41 @@ def test_a_stop_that_must_power_off_says_so(created, monkeypatch):
     assert any(line.startswith("warning: could not flush the guest's disks") for line in said)
     assert len(out.warnings) == 1 and "powered off" in out.warnings[0] and "may be lost" in out.warnings[0]
     assert ["controlvm", "dev", "poweroff"] in [c[:3] for c in created.calls()]
+
+
+@pytest.fixture(params=["virtualbox", "qemu"])
+def any_provider(request, tmp_path, monkeypatch, iso, small, capsys):
+    """A stopped VM ``dev`` on each provider (VirtualBox through the fake VBoxManage)."""
+    if request.param == "virtualbox":
+        install(tmp_path / "fakevbox", monkeypatch)
+    run("vm.create", small, f"--provider={request.param}", "--name=dev", f"--iso={iso}", "--no-start")
+    capsys.readouterr()
+    return request.param
+
+
+def _rules(capsys):
+    capsys.readouterr()
+    run("vm.forwards", "--json")
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_ssh_route_is_never_replaced_or_removed_without_force(any_provider, capsys):
+    before = _rules(capsys)
+    (ssh,) = [r for r in before if r["guest_port"] == 22]
+    code, out = run_failing(capsys, "vm.forward", f"{ssh['host_port']}:8000")
+    assert code == 3 and "SSH route" in out.err and "unforward" not in out.err
+    assert _rules(capsys) == before
+    code, out = run_failing(capsys, "vm.unforward", str(ssh["host_port"]))
+    assert code == 2 and "SSH route" in out.err and "--force" in out.err
+    assert _rules(capsys) == before
+    run("vm.unforward", str(ssh["host_port"]), "--force")
+    assert [r for r in _rules(capsys) if r["guest_port"] == 22] == []
+
+
+def test_a_forward_on_a_port_the_vm_already_forwards_is_a_clash(any_provider, capsys):
+    port = _free_port()
+    run("vm.forward", f"{port}:80")
+    before = _rules(capsys)
+    code, out = run_failing(capsys, "vm.forward", f"{port}:81")
+    assert code == 3 and f"vm.unforward {port}" in out.err
+    assert _rules(capsys) == before

@@ -113,11 +113,12 @@ def forward(c, spec, name=None, host_ip="127.0.0.1", auto_correct=False, force=F
     lifecycle.forward(_machine(name), rule, auto_correct=auto_correct, force=force, log=say)
 
 
-@task(help={"spec": "host PORT (or PORT/udp) of the forward to remove", "name": NAME_HELP},
+@task(help={"spec": "host PORT (or PORT/udp) of the forward to remove", "name": NAME_HELP,
+            "force": "also remove the VM's SSH route (b2dkit then cannot reach the guest)"},
       auto_shortflags=False)
-def unforward(c, spec, name=None):
+def unforward(c, spec, name=None, force=False):
     """Remove a port forward, live if the VM is running."""
-    lifecycle.unforward(_machine(name), lifecycle.unforward_name(spec), log=say)
+    lifecycle.unforward(_machine(name), lifecycle.unforward_name(spec), force=force, log=say)
 
 
 @task(help={"name": NAME_HELP, "json": "machine-readable output"}, auto_shortflags=False)

@@ -290,22 +290,13 @@ class QemuProvider(Provider):
         current = self.forwards() if running else data["forwards"]
         if fwd in current:
             return
-        same_name = [f for f in current if f.name == fwd.name]
-        clash = fw.clash(fwd, current)
-        if clash:
-            fw.refuse_clash(fwd, clash, self.vm)
+        held = fw.holder(fwd, current)
+        if held:
+            fw.refuse_clash(fwd, held, self.vm)
         if running:
             with self._qmp() as mon:
-                for old in same_name:
-                    mon.hostfwd_remove(old)
-                try:
-                    self._require_free(fwd)
-                    mon.hostfwd_add(fwd)
-                except BaseException:
-                    for old in same_name:  # put back what we replaced: nothing is lost on error
-                        with contextlib.suppress(HypervisorError):
-                            mon.hostfwd_add(old)
-                    raise
+                self._require_free(fwd)
+                mon.hostfwd_add(fwd)
         data["forwards"] = [f for f in data["forwards"] if f.name != fwd.name] + [fwd]
         self._save(data)
 
