@@ -265,21 +265,35 @@ def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=Tr
 def _create_locked(profile, machine: Machine, provider: Provider, boot: Path, out: Outcome) -> None:
     vm_iso = install_iso(boot, machine.name)
     _, public_key = sshkeys.ensure_keypair(paths.vm_dir(machine.name), comment=f"b2dkit@{machine.name}")
-    # Before the hypervisor: a half-made VM is still ours to finish or destroy.  Written only
-    # when different, so a re-run with nothing to do writes nothing.
-    if _existing(machine.name) != machine:
-        machines.save(machine)
-    if machines.active_name() != machine.name:
-        machines.set_active(machine.name)
     spec = MachineSpec.from_profile(profile, vm_iso, public_key)
+    spec.check(machine.name)  # decide and check first: a create refused here leaves no record behind
     _check_other_vms(machine.name, spec.forwards)
-    report = provider.create(spec)
+    previous = _existing(machine.name)
+    # Before the hypervisor: a half-made VM (a killed run) is still ours to finish or destroy.
+    # Written only when different, so a re-run with nothing to do writes nothing.
+    if previous != machine:
+        machines.save(machine)
+    try:
+        report = provider.create(spec)
+    except BaseException:
+        if previous is None and _absent(provider):  # nothing was made: the record would name a ghost
+            machines.forget(machine.name)
+        raise
+    if machines.active_name() != machine.name:  # only a VM that exists becomes the active one
+        machines.set_active(machine.name)
     if report.created:
         out.done.append(f"created VM {machine.name} on {machine.provider}")
     elif report.changes:
         out.done.extend(report.changes)
     else:
         out.kept.append(f"VM {machine.name} already matches the profile")
+
+
+def _absent(provider: Provider) -> bool:
+    try:
+        return provider.state() == VMState.ABSENT
+    except B2dkitError:
+        return False
 
 
 def _existing(name: str) -> Optional[Machine]:

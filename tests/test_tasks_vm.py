@@ -260,3 +260,27 @@ def test_a_forward_on_a_port_the_vm_already_forwards_is_a_clash(any_provider, ca
     code, out = run_failing(capsys, "vm.forward", f"{port}:81")
     assert code == 3 and f"vm.unforward {port}" in out.err
     assert _rules(capsys) == before
+
+
+def test_a_create_refused_on_a_port_clash_records_nothing_and_keeps_the_active_vm(any_provider, iso, small,
+                                                                                  capsys):
+    # ``small`` forwards ssh on 2022, which ``dev`` already has: the second create must fail cleanly.
+    code, out = run_failing(capsys, "vm.create", small, f"--provider={any_provider}", "--name=second",
+                            f"--iso={iso}", "--no-start")
+    assert code == 3 and "'dev'" in out.err
+    assert machines.active_name() == "dev"
+    assert [m.name for m in machines.all_machines()] == ["dev"]
+    assert not (machines.paths.vm_dir("second") / machines.RECORD).exists()
+    run("vm.list", "--json")
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["dev"]
+
+
+def test_a_create_the_hypervisor_refuses_leaves_no_record_of_a_vm_that_does_not_exist(fake, iso, small,
+                                                                                        capsys, monkeypatch):
+    monkeypatch.setenv("FAKEVBOX_FAULTS", "createvm=exit0-error*1")  # VirtualBox refuses the first createvm
+    code, out = run_failing(capsys, "vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}",
+                            "--no-start")
+    assert code == 3 and "VT-x" in out.err
+    assert machines.all_machines() == [] and machines.active_name() is None
+    run("vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}", "--no-start")  # then it works
+    assert machines.active_name() == "dev"
