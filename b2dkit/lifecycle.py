@@ -16,7 +16,8 @@ from typing import Callable, List, Optional, Tuple
 
 from . import forwards as fw
 from . import atomic, machines, paths, sshkeys
-from .errors import B2dkitError, InputError, PortInUse, ToolMissing
+from .boot2docker import DEFAULT_USER
+from .errors import B2dkitError, InputError, MountError, PortInUse, ToolMissing
 from .forwards import Forward
 from .machines import Machine
 from .hypervisors import get_provider
@@ -332,8 +333,12 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     if report.clock_set:
         drift = f" (drift now {report.drift:+.2f} s)" if report.drift is not None else ""
         out.done.append(f"set the guest clock from the host{drift}")
-    if mount and machine.mounts:
-        sub = mount_all(machine, log=log, endpoint=(host, port))
+    if mount and (machine.mounts or machines.made_mounts(machine.name)):
+        try:  # a wanted mount that was not made is a failure (exit 3), as in onboarding
+            sub = mount_all(machine, log=log, endpoint=(host, port), strict=True)
+        except MountError as exc:
+            raise MountError(f"VM {machine.name} is running, but {exc.message}",
+                             hint="fix that, then run `b2dkit vm.mount`") from None
         out.done += sub.done
         out.kept += sub.kept
         out.warnings += sub.warnings
@@ -524,9 +529,21 @@ def unforward_name(spec: str) -> str:
 # -- mounts -------------------------------------------------------------------------------------
 
 
-def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False, endpoint=None) -> Outcome:
-    """Mount each profile mount with sshfs; problems become warnings so a running VM stays usable.
+GUEST_USER = DEFAULT_USER
 
+
+def mount_dir(host_dir: Path) -> str:
+    """A profile's host dir as the mount table shows it (absolute, symlinks resolved)."""
+    return os.path.realpath(Path(host_dir).expanduser())
+
+
+def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False, endpoint=None,
+              strict: bool = False) -> Outcome:
+    """Mount each profile mount with sshfs, and unmount what b2dkit mounted that the profile dropped.
+
+    Only this VM's own mounts (``machines.made_mounts``) count as mounted: another VM's mount of the
+    same host dir is reported, never adopted.  Problems become warnings so a running VM stays
+    usable; ``strict`` raises MountError once every mount was tried (``vm.start``, ``vm.mount``).
     ``endpoint``: the guest's (host, port) when the caller already knows it (saves a hypervisor query).
     """
     from . import sshfs
@@ -534,39 +551,67 @@ def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False, endpoi
     out = Outcome()
     host, port = endpoint or provider_for(machine).ssh_endpoint()
     live = {str(m.local_dir): m for m in sshfs.list_mounts()}
+    mine = {r.local_dir: r for r in machines.made_mounts(machine.name)}
+    wanted = {mount_dir(m.host) for m in machine.mounts}
+    for local, made in mine.items():
+        current = live.get(local)
+        if current is None or current.source != made.source:
+            machines.forget_mount(machine.name, local)  # gone: the mount table is the truth
+        elif local not in wanted:  # dropped from the profile: it would only go stale
+            try:
+                sshfs.unmount(local)
+                machines.forget_mount(machine.name, local)
+                out.done.append(f"unmounted {local} (no longer in the profile)")
+            except B2dkitError as exc:
+                out.warnings.append(f"{local} is no longer in the profile but could not be unmounted: {exc}")
     for m in machine.mounts:
-        local = m.host.expanduser()
-        current = live.get(str(local))
+        local = mount_dir(m.host)
+        current = live.get(local)
+        source = sshfs.source_of(host, m.guest, GUEST_USER)
+        made = mine.get(local)
+        ours = current is not None and made is not None and current.source == made.source
         try:
-            if current and current.alive and not remount:
+            if current is not None and not ours:
+                owner = machines.mount_owner(local, current.source)
+                who = f"VM {owner.vm!r}'s mount" if owner else f"a mount of {current.source} b2dkit did not make"
+                fix = f"`b2dkit vm.unmount --name={owner.vm}`" if owner else f"`fusermount -u {local}`"
+                raise MountError(f"{local} already holds {who}; free it with {fix} or change the profile's host dir")
+            if ours and current.alive and not remount and made.port == port and made.source == source:
                 out.kept.append(f"{m.guest} already mounted on {local}")
                 continue
-            if current and (remount or not current.alive):
-                sshfs.remount(host, port, key_path(machine.name), known_hosts_path(machine.name),
-                              m.guest, local)
-                out.done.append(f"remounted {m.guest} on {local}")
-                continue
-            sshfs.mount(host, port, key_path(machine.name), known_hosts_path(machine.name), m.guest, local)
-            out.done.append(f"mounted {m.guest} on {local}")
+            if ours:
+                sshfs.unmount(local, lazy=True)  # stale, moved port or asked to remount: mount afresh
+                machines.forget_mount(machine.name, local)
+                verb = "remounted"
+            else:
+                verb = "mounted"
+            sshfs.mount(host, port, key_path(machine.name), known_hosts_path(machine.name), m.guest, local,
+                        user=GUEST_USER)
+            machines.record_mount(machines.MadeMount(machine.name, source, int(port), local, m.guest))
+            out.done.append(f"{verb} {m.guest} on {local}")
         except B2dkitError as exc:
             out.warnings.append(f"{m.guest} not mounted on {local}: {exc}")
     for line in out.done:
         log(line)
+    if strict and out.warnings:
+        raise MountError("; ".join(out.warnings))
     return out
 
 
 def unmount_all(machine: Machine, log: Log = _quiet) -> Outcome:
+    """Unmount what b2dkit mounted for this VM, and nothing else (another VM may use the same dir)."""
     from . import sshfs
 
     out = Outcome()
-    wanted = {str(m.host.expanduser()) for m in machine.mounts}
     try:
-        live = sshfs.list_mounts()
+        live = {str(m.local_dir): m for m in sshfs.list_mounts(check=False)}
     except B2dkitError:
         return out
-    for m in live:
-        if str(m.local_dir) in wanted:
-            sshfs.unmount(m.local_dir)
-            out.done.append(f"unmounted {m.local_dir}")
-            log(f"unmounted {m.local_dir}")
+    for made in machines.made_mounts(machine.name):
+        current = live.get(made.local_dir)
+        if current is not None and current.source == made.source:
+            sshfs.unmount(made.local_dir)
+            out.done.append(f"unmounted {made.local_dir}")
+            log(f"unmounted {made.local_dir}")
+        machines.forget_mount(machine.name, made.local_dir)
     return out

@@ -15,6 +15,7 @@ from .errors import InputError, VMNotFound
 from .profile import Mount
 
 RECORD = "b2dkit.json"
+MOUNTS = "mounts.json"  # the sshfs mounts b2dkit made for this VM (see MadeMount)
 
 
 @dataclass
@@ -28,6 +29,70 @@ class Machine:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "mounts": [m.to_dict() for m in self.mounts]}
+
+
+@dataclass(frozen=True)
+class MadeMount:
+    """An sshfs mount b2dkit made for VM ``vm``.  The mount table shows only ``docker@127.0.0.1:/dir``,
+    the same for every VM, so this record is how a VM knows which live mount is its own."""
+
+    vm: str
+    source: str  # as the mount table shows it: user@host:/guest/dir
+    port: int  # the host port of the VM's SSH forward it went through
+    local_dir: str  # absolute, symlinks resolved, as the mount table shows it
+    guest: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def made_mounts(name: str) -> List[MadeMount]:
+    """What b2dkit mounted for ``name``.  An unreadable record counts as none: b2dkit rewrites it
+    at the next mount, and a mount it no longer knows is left alone rather than guessed at."""
+    path = paths.vm_dir(name) / MOUNTS
+    try:
+        rows = json.loads(path.read_text())
+        return [MadeMount(**row) for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def _save_mounts(name: str, rows: List[MadeMount]) -> None:
+    path = paths.vm_dir(name) / MOUNTS
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+    atomic.write_bytes(path, json.dumps([r.to_dict() for r in rows], indent=2, sort_keys=True).encode())
+
+
+def record_mount(made: MadeMount) -> None:
+    """``made`` is now the mount at its dir: this VM's record gains it, any other VM's loses it."""
+    for other in (paths.data_dir() / "vms").glob(f"*/{MOUNTS}"):
+        name = other.parent.name
+        rows = made_mounts(name)
+        kept = [r for r in rows if r.local_dir != made.local_dir]
+        if name == made.vm:
+            kept.append(made)
+        if kept != rows:
+            _save_mounts(name, kept)
+    if not (paths.vm_dir(made.vm) / MOUNTS).exists():
+        _save_mounts(made.vm, [made])
+
+
+def forget_mount(name: str, local_dir: str) -> None:
+    rows = made_mounts(name)
+    kept = [r for r in rows if r.local_dir != local_dir]
+    if kept != rows:
+        _save_mounts(name, kept)
+
+
+def mount_owner(local_dir: str, source: str) -> Optional[MadeMount]:
+    """Which VM's mount is live at ``local_dir`` (with that ``source``), by b2dkit's records."""
+    for other in sorted((paths.data_dir() / "vms").glob(f"*/{MOUNTS}")):
+        for row in made_mounts(other.parent.name):
+            if row.local_dir == local_dir and row.source == source:
+                return row
+    return None
 
 
 def _active_file() -> Path:

@@ -95,11 +95,18 @@ def mounts(machine: Machine) -> List[dict]:
         live = {str(m.local_dir): m for m in sshfs.list_mounts()}
     except B2dkitError:
         live = {}
+    mine = {r.local_dir: r for r in machines.made_mounts(machine.name)}
     rows = []
     for m in machine.mounts:
-        local = str(m.host.expanduser())
+        local = lifecycle.mount_dir(m.host)
         cur = live.get(local)
-        status = "not mounted" if cur is None else cur.state
+        if cur is None:
+            status = "not mounted"
+        elif local in mine and mine[local].source == cur.source:
+            status = cur.state
+        else:  # the dir holds a mount, but not this VM's: never report it as ours
+            owner = machines.mount_owner(local, cur.source)
+            status = f"mounted by VM {owner.vm!r}" if owner else f"holds another mount ({cur.source})"
         rows.append({"guest": m.guest, "host": local, "status": status})
     return rows
 

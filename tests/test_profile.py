@@ -415,3 +415,15 @@ def test_not_utf8_is_a_clear_error(tmp_path):
     path = tmp_path / "bin.yaml"
     path.write_bytes(b"name: \xff\xfe\n")
     assert "not a text file" in error_for(path)
+
+
+@pytest.mark.parametrize("second", [
+    "{guest: /mnt/sda1/other, host: /srv/dev/inner}",   # host dir inside another mount's host dir
+    "{guest: /mnt/sda1/dev/sub, host: /srv/elsewhere}",  # guest dir inside another mount's guest dir
+])
+def test_overlapping_mounts_are_refused(tmp_path, second):
+    path = tmp_path / "nested.yaml"
+    path.write_text("extends: default\nmounts:\n  - {guest: /mnt/sda1/dev, host: /srv/dev}\n"
+                    f"  - {second}\n")
+    with pytest.raises(ProfileError, match="overlaps"):
+        profile.load(str(path))

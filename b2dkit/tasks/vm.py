@@ -159,11 +159,9 @@ def env(c, name=None):
       auto_shortflags=False)
 def mount(c, name=None, remount=False):
     """Mount the profile's VM folders on the host with sshfs (e.g. /mnt/sda1/dev -> ~/workspace/dev)."""
-    out = lifecycle.mount_all(_machine(name), log=say, remount=remount)
+    out = lifecycle.mount_all(_machine(name), log=say, remount=remount, strict=True)
     for line in out.kept:
         say(line)
-    if out.warnings:
-        raise InputError("; ".join(out.warnings))
 
 
 @task(help={"name": NAME_HELP}, auto_shortflags=False)
