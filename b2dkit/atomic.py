@@ -71,15 +71,21 @@ def write_bytes(target, data: bytes, mode=0o644):
 
 
 @contextlib.contextmanager
-def locked_dir(folder):
+def locked_dir(folder, on_wait=None):
     """One b2dkit process at a time writes in ``folder``.
 
     So a temp file found there while holding the lock was left by a killed run and can go.
-    flock on the directory: the kernel drops the lock with a killed holder.
+    flock on the directory: the kernel drops the lock with a killed holder.  ``on_wait()`` is
+    called once if another process holds it (so a user knows why nothing happens).
     """
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

@@ -112,7 +112,25 @@ def cached_remaster(
     digest, target = _target(src, set_codes, remove, label)
     if target.is_file():
         return target
-    ensure_dir(remastered_dir())
+    folder = ensure_dir(remastered_dir())
+    with locked_dir(folder):  # one writer at a time; ``clear_cache`` waits for it
+        if target.is_file():  # another b2dkit made it while we waited
+            return target
+        remove_leftovers(folder)  # under the lock, a temp file is a killed run's garbage
+        return _remaster_locked(src, target, digest, set_codes, remove, label)
+
+
+def remove_leftovers(folder: Path) -> List[str]:
+    """Delete temp files (``*.part``) a killed run left in ``folder``; call only under its lock."""
+    gone = []
+    for stale in folder.glob("*.part") if folder.is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+            gone.append(stale.name)
+    return gone
+
+
+def _remaster_locked(src: Path, target: Path, digest: str, set_codes, remove, label) -> Path:
     result = iso.remaster(src, target, set_codes, remove, label)
     meta = {
         "source": str(src.resolve()),
@@ -154,16 +172,17 @@ def list_cache() -> List[dict]:
     return rows
 
 
-def clear_cache() -> int:
+def clear_cache(on_wait=None) -> int:
     """Delete cached ISOs, their metadata, leftovers of killed writes and the digest memo.
 
-    Returns the number of ISOs removed.
+    Waits for a download or remaster that is writing there now (their lock); ``on_wait(folder)``
+    says so.  Returns the number of ISOs removed.
     """
     removed = 0
     for folder in (sources_dir(), remastered_dir()):
         if not folder.is_dir():
             continue
-        with locked_dir(folder):  # not under a download or remaster that is writing there now
+        with locked_dir(folder, on_wait=lambda f=folder: on_wait and on_wait(f)):
             for path in folder.iterdir():
                 if path.is_file() and (path.suffix in (".iso", ".json") or path.name.endswith(".part")):
                     removed += path.suffix == ".iso"

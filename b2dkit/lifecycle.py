@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from . import forwards as fw
-from . import atomic, machines, paths, sshkeys
+from . import atomic, iso, machines, paths, sshkeys
 from .boot2docker import DEFAULT_USER
 from .errors import B2dkitError, InputError, MountError, PortInUse, ToolMissing
 from .forwards import Forward
@@ -123,6 +123,7 @@ def source_iso_change(profile, iso_path=None) -> Tuple[Optional[Path], str]:
         path = Path(local).expanduser()
         if not path.is_file():
             raise InputError(f"ISO {path} does not exist", hint="pass --iso PATH to a boot2docker.iso")
+        iso.check_bootable(path)  # also when no remaster will read it
         return path, f"using local ISO {path}"
     if profile.iso.build == "guest":
         built = built_guest()
@@ -134,6 +135,7 @@ def source_iso_change(profile, iso_path=None) -> Tuple[Optional[Path], str]:
     sha256 = profile.iso.require_sha256()
     cached = isocache.source_path(sha256)
     if cached.is_file():
+        iso.check_bootable(cached)
         return cached, f"ISO {cached.name} is in the cache (sha256 verified when stored)"
     return None, f"download {profile.iso.urls[0]} and verify sha256 {sha256[:12]}…"
 
@@ -175,15 +177,8 @@ def boot_iso(profile, source: Path, log: Log = _quiet) -> Path:
         return hit
     from . import isocache
 
-    folder = paths.ensure_dir(isocache.remastered_dir())
-    with atomic.locked_dir(folder):
-        hit = isocache.lookup(source, codes)  # another b2dkit made it while we waited
-        if hit:
-            return hit
-        log(f"ISO: remastering with {' '.join(codes)}")
-        key = isocache.remaster_key(isocache.source_digest(source), codes)
-        _remove_leftovers(folder, f".{key}.iso.*.part")  # a killed run's temp file: 60 MB of garbage
-        return isocache.cached_remaster(source, codes)
+    log(f"ISO: remastering with {' '.join(codes)}")
+    return isocache.cached_remaster(source, codes)  # under the cache's lock
 
 
 

@@ -12,6 +12,7 @@ import pytest
 from b2dkit import machines
 from cli import run, run_failing
 from fakevbox import install
+from isofixtures import build_iso, tools_available
 
 
 
@@ -21,11 +22,13 @@ def fake(tmp_path, monkeypatch):
     return install(tmp_path / "fakevbox", monkeypatch)
 
 
-@pytest.fixture
-def iso(tmp_path):
-    path = tmp_path / "boot2docker.iso"
-    path.write_bytes(b"\0" * 4096)
-    return path
+@pytest.fixture(scope="session")
+def iso(tmp_path_factory):
+    """A real boot2docker-shaped ISO: every source ISO is checked (El Torito, isolinux config)."""
+    missing = tools_available()
+    if missing:
+        pytest.skip(missing)
+    return build_iso(tmp_path_factory.mktemp("iso") / "boot2docker.iso")
 
 
 @pytest.fixture
@@ -284,3 +287,16 @@ def test_a_create_the_hypervisor_refuses_leaves_no_record_of_a_vm_that_does_not_
     assert machines.all_machines() == [] and machines.active_name() is None
     run("vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}", "--no-start")  # then it works
     assert machines.active_name() == "dev"
+
+
+@pytest.mark.parametrize("content", [b"", b"junk" * 1000, b"\0" * 40960])
+def test_a_source_iso_that_cannot_boot_is_refused_even_without_a_remaster(fake, small, tmp_path, capsys,
+                                                                         content):
+    junk = tmp_path / "junk.iso"
+    junk.write_bytes(content)
+    code, out = run_failing(capsys, "vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={junk}",
+                            "--no-start")
+    assert code == 2 and len(out.err.strip().splitlines()) == 1 and "junk.iso" in out.err
+    assert "Traceback" not in out.err and fake.machine("dev") is None
+    assert not (machines.paths.vm_dir("dev") / "boot2docker.iso").exists() and machines.all_machines() == []
+    assert junk.read_bytes() == content  # the user's file is never touched

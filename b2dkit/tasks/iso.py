@@ -87,7 +87,8 @@ def show(c, iso, json=False):
 def cache(c, list=False, clear=False):
     """List or clear cached source and remastered ISOs."""
     if clear:
-        say(f"removed {isocache.clear_cache()} cached ISO(s)")
+        waiting = lambda folder: say(f"waiting for the download or remaster writing in {folder} to finish…")  # noqa: E731
+        say(f"removed {isocache.clear_cache(on_wait=waiting)} cached ISO(s)")
         return
     rows = isocache.list_cache()
     if not rows:
