@@ -95,6 +95,10 @@ class MountError(MachineError):
     """An sshfs mount could not be made, checked or removed."""
 
 
+class DamagedRecord(MachineError):
+    """A file b2dkit wrote about a VM (b2dkit.json, machine.json) is not what b2dkit writes."""
+
+
 class ChecksFailed(MachineError):
     """Pre-flight checks (doctor) found something missing on this machine."""
 

@@ -8,10 +8,10 @@ hypervisor cannot tell us: that b2dkit made the VM, with which provider and prof
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-from . import atomic, paths
-from .errors import InputError, VMNotFound
+from . import atomic, paths, records
+from .errors import DamagedRecord, InputError, VMNotFound
 from .profile import Mount
 
 RECORD = "b2dkit.json"
@@ -104,22 +104,38 @@ def save(machine: Machine) -> None:
     atomic.write_bytes(vm_dir / RECORD, json.dumps(machine.to_dict(), indent=2, sort_keys=True).encode())
 
 
+_FIELDS = {"name": str, "provider": str, "profile": str, "mounts": list, "persistent_dirs": list,
+           "boot_codes": list}
+
+
+def _repair(name: str) -> str:
+    return (f"rewrite it with `b2dkit vm.create --name={name} --profile=PROFILE` (the VM and its disk are kept)")
+
+
 def load(name: str) -> Machine:
+    """The VM's record, checked: a damaged one is one line naming the file and the repair."""
+    from .hypervisors import PROVIDERS
+
     path = paths.vm_dir(name) / RECORD
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    repair = _repair(name)
+    data = records.read(path, _FIELDS, repair)
+    if data is None:
         raise VMNotFound(
             f"no b2dkit VM named {name!r}", hint="see `b2dkit vm.list`, or create it with `b2dkit vm.create`"
-        ) from None
-    except ValueError:
-        raise InputError(f"{path} is corrupt; delete it and re-run `b2dkit vm.create`") from None
-    known = {k: v for k, v in data.items() if k in Machine.__dataclass_fields__}
-    try:
-        known["mounts"] = [Mount(guest=m["guest"], host=Path(m["host"])) for m in known.get("mounts", [])]
-        return Machine(**known)
-    except (TypeError, KeyError):
-        raise InputError(f"{path} is corrupt; delete it and re-run `b2dkit vm.create`") from None
+        )
+    if data["name"] != name:
+        raise records.damaged(path, f"it names VM {data['name']!r}, not {name!r}", repair)
+    if data["provider"] not in PROVIDERS:
+        raise records.damaged(path, f"unknown provider {data['provider']!r}", repair)
+    for key in ("persistent_dirs", "boot_codes"):
+        if not all(isinstance(v, str) for v in data[key]):
+            raise records.damaged(path, f"{key!r} must be a list of text", repair)
+    mounts = []
+    for m in data["mounts"]:
+        if not (isinstance(m, dict) and set(m) == {"guest", "host"} and all(isinstance(v, str) for v in m.values())):
+            raise records.damaged(path, "each of 'mounts' must be {guest: text, host: text}", repair)
+        mounts.append(Mount(guest=m["guest"], host=Path(m["host"])))
+    return Machine(**dict(data, mounts=mounts))
 
 
 def forget(name: str) -> None:
@@ -134,8 +150,27 @@ def all_machines() -> List[Machine]:
     for record in sorted(root.glob(f"*/{RECORD}")) if root.is_dir() else []:
         try:
             found.append(load(record.parent.name))
-        except (VMNotFound, InputError):
+        except (VMNotFound, InputError, DamagedRecord):
             continue
+    return found
+
+
+def broken() -> List[Tuple[str, str]]:
+    """(name, what is wrong) of every VM folder whose record cannot be read: vm.list shows them,
+    so a truncated record never makes a VM silently vanish."""
+    root = paths.data_dir() / "vms"
+    found = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if not folder.is_dir() or folder.name.startswith("."):
+            continue
+        if not (folder / RECORD).exists():
+            if any((folder / f).exists() for f in ("machine.json", "disk.img")):
+                found.append((folder.name, f"{folder / RECORD} is missing ({_repair(folder.name)})"))
+            continue
+        try:
+            load(folder.name)
+        except (InputError, DamagedRecord) as exc:
+            found.append((folder.name, str(exc)))
     return found
 
 

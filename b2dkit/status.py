@@ -85,7 +85,9 @@ def list_all() -> List[dict]:
         except B2dkitError as exc:
             state = f"unknown ({exc})"
         rows.append({"name": m.name, "provider": m.provider, "state": state, "active": m.name == active})
-    return rows
+    for name, why in machines.broken():
+        rows.append({"name": name, "provider": "?", "state": f"broken: {why}", "active": name == active})
+    return sorted(rows, key=lambda r: r["name"])
 
 
 def mounts(machine: Machine) -> List[dict]:

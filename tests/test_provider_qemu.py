@@ -351,3 +351,32 @@ def test_restart_rotates_serial_log_and_destroy_stops_first(running):
     vm.destroy()
     assert not qemu.process_alive(pid, str(vm.pidfile)) and vm.state() == VMState.ABSENT
     assert vm.disk_path() is not None
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda d: [], "a JSON list"),
+    (lambda d: {k: v for k, v in d.items() if k != "cpus"}, "missing key 'cpus'"),
+    (lambda d: dict(d, colour="blue"), "unknown key 'colour'"),
+    (lambda d: dict(d, memory_mb="lots"), "'memory_mb' is str"),
+    (lambda d: dict(d, forwards=[{"host_port": 2022}]), "forward"),
+    (lambda d: dict(d, forwards=[{"host_port": 2022, "guest_port": 22, "proto": "sctp"}]), "sctp"),
+])
+def test_a_damaged_definition_is_one_line_and_create_rebuilds_it_keeping_the_disk(tiny_iso, damage, why):
+    from b2dkit.errors import DamagedRecord
+
+    vm = QemuProvider("dev")
+    vm.create(_spec(tiny_iso, forwards=[parse_spec("2022:22")]))
+    img = vm.disk_path()
+    with open(img, "r+b") as f:  # the user's data on the persistent disk
+        f.seek(1 << 20)
+        f.write(b"precious")
+    data = json.loads(vm.machine_file.read_text())
+    vm.machine_file.write_text(json.dumps(damage(data)))
+    with pytest.raises(DamagedRecord, match=why) as err:
+        vm.forwards()
+    assert str(vm.machine_file) in str(err.value) and "b2dkit vm.create --name=dev" in str(err.value)
+    assert vm.create(_spec(tiny_iso, forwards=[parse_spec("2022:22")])).created
+    assert vm.forwards() == [Forward(2022, 22)]
+    with open(img, "rb") as f:
+        f.seek(1 << 20)
+        assert f.read(8) == b"precious"

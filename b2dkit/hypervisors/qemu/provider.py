@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
-from ... import atomic, disk, paths
+from ... import atomic, disk, paths, records
 from ... import forwards as fw
-from ...errors import HypervisorError, InputError, VMNotFound
+from ...errors import DamagedRecord, HypervisorError, InputError, VMNotFound
 from ...forwards import Forward
 from ...sshkeys import KEY_NAME
 from ..base import ApplyReport, MachineSpec, Provider, VMState
@@ -59,17 +59,24 @@ class QemuProvider(Provider):
     def qmp_socket(self) -> Path:
         return qemu.socket_path(self.dir / SOCKET)
 
+    _FIELDS = {"format": int, "name": str, "memory_mb": int, "cpus": int, "disk_mb": int, "iso": str,
+               "forwards": list}
+
     def _load(self) -> Optional[dict]:
-        try:
-            data = json.loads(self.machine_file.read_text())
-        except FileNotFoundError:
+        """The VM definition, checked (``records.read``); None when there is none."""
+        repair = (f"rebuild it from the profile with `b2dkit vm.create --name={self.vm} --profile=PROFILE` "
+                  "(the disk is kept)")
+        data = records.read(self.machine_file, self._FIELDS, repair)
+        if data is None:
             return None
-        except (OSError, ValueError) as exc:
-            raise HypervisorError(
-                f"VM definition {self.machine_file} is unreadable ({exc}); "
-                f"fix or delete it and run `b2dkit vm.create` again"
-            ) from None
-        data["forwards"] = [Forward(**f) for f in data.get("forwards", [])]
+        if data["format"] != FORMAT or data["name"] != self.vm:
+            raise records.damaged(self.machine_file, f"format {data['format']} of VM {data['name']!r}, "
+                                  f"not format {FORMAT} of {self.vm!r}", repair)
+        try:
+            data["forwards"] = fw.check_rules([Forward(**f) for f in data["forwards"]])
+        except (TypeError, InputError) as exc:
+            why = exc.message if isinstance(exc, InputError) else "a forward is not {host_port, guest_port, ...}"
+            raise records.damaged(self.machine_file, why, repair) from None
         return data
 
     def _require(self) -> dict:
@@ -146,7 +153,12 @@ class QemuProvider(Provider):
         disk.header_tar(spec.public_key)
         disk.size_bytes(spec.disk_mb)
         iso = Path(spec.iso).expanduser().resolve()
-        old = self._load()
+        try:
+            old = self._load()
+        except DamagedRecord:  # b2dkit can rebuild its own definition from the spec (the disk stays)
+            if self._pid() is not None:
+                raise
+            old = None
         wanted = {
             "format": FORMAT,
             "name": self.vm,
