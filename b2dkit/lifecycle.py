@@ -386,6 +386,18 @@ def _powered_off(machine: Machine, timeout: float, synced: bool) -> str:
                   " (next time give it longer: `b2dkit vm.stop --timeout=120`)")
 
 
+def stop_target(name: Optional[str]) -> Machine:
+    """The VM ``vm.stop`` acts on: a known VM, or a QEMU still running after its folder was deleted."""
+    try:
+        return machines.resolve(name)
+    except B2dkitError:
+        from .hypervisors.qemu.provider import running_qemus
+
+        if name and str(name).strip() in running_qemus():
+            return Machine(name=str(name).strip(), provider="qemu")
+        raise
+
+
 def stop(machine: Machine, log: Log = _quiet, timeout=STOP_TIMEOUT) -> Outcome:
     """``vm.stop``: unmount b2dkit's sshfs mounts first (a dead server wedges them), flush, then shut down."""
     seconds = stop_timeout(timeout)  # bad input fails before anything is touched

@@ -87,6 +87,14 @@ def list_all() -> List[dict]:
         rows.append({"name": m.name, "provider": m.provider, "state": state, "active": m.name == active})
     for name, why in machines.broken():
         rows.append({"name": name, "provider": "?", "state": f"broken: {why}", "active": name == active})
+    from .hypervisors.qemu.provider import running_qemus
+
+    listed = {r["name"] for r in rows}
+    for name, (pid, _rules) in running_qemus().items():
+        if name not in listed:  # its folder (and record) is gone, its QEMU is not
+            rows.append({"name": name, "provider": "qemu", "active": False,
+                         "state": f"orphaned: QEMU pid {pid} runs without its VM folder; "
+                                  f"stop it with `b2dkit vm.stop --name={name}`"})
     return sorted(rows, key=lambda r: r["name"])
 
 

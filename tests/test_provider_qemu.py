@@ -380,3 +380,43 @@ def test_a_damaged_definition_is_one_line_and_create_rebuilds_it_keeping_the_dis
     with open(img, "rb") as f:
         f.seek(1 << 20)
         assert f.read(8) == b"precious"
+
+
+@pytest.fixture
+def orphan(running):
+    """The running VM's QEMU, killed at the end even when its pid file is gone."""
+    vm, ssh = running
+    pid = qemu.read_pid(vm.pidfile)
+    yield vm, ssh, pid
+    qemu.kill(pid)
+    qemu.wait_exit(pid, 10.0)
+
+
+@pytest.mark.slow
+def test_a_qemu_whose_pid_file_is_gone_is_still_found_running_and_stopped(orphan):
+    vm, ssh, pid = orphan
+    vm.pidfile.unlink()
+    assert vm.state() == VMState.RUNNING  # found by its -pidfile marker, not reported as stopped
+    assert vm.qmp_socket.exists()  # and its monitor socket was not deleted as a stale leftover
+    assert vm.forwards() == [Forward(ssh, 22), Forward(ssh, 53, proto="udp")]
+    vm.stop(timeout=1)  # the tiny guest ignores ACPI: the fallback quit must reach the orphan
+    assert not qemu.process_alive(pid)
+    assert vm.state() == VMState.STOPPED
+
+
+@pytest.mark.slow
+def test_a_qemu_whose_vm_folder_is_gone_is_listed_blocks_ports_by_name_and_is_stopped(orphan, tiny_iso, capsys):
+    from b2dkit import status
+    from cli import run
+
+    vm, ssh, pid = orphan
+    shutil.rmtree(vm.dir)
+    rows = {r["name"]: r for r in status.list_all()}
+    assert f"QEMU pid {pid}" in rows["dev"]["state"] and "vm.stop --name=dev" in rows["dev"]["state"]
+    other = QemuProvider("other")
+    other.create(_spec(tiny_iso, name="other", forwards=[Forward(ssh, 22)]))
+    with pytest.raises(PortInUse, match=f"QEMU VM 'dev' \\(pid {pid}"):
+        other.start()
+    run("vm.stop", "--name=dev", "--timeout=1")
+    assert not qemu.process_alive(pid)
+    assert "dev" not in {r["name"] for r in status.list_all()}

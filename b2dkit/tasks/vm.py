@@ -45,7 +45,7 @@ def start(c, name=None):
 def stop(c, name=None, timeout=None):
     """Unmount the VM's folders, sync the guest's disks, then shut it down (ACPI; power-off after a timeout)."""
     seconds = lifecycle.stop_timeout(timeout)  # checked before the VM is looked up
-    out = lifecycle.stop(_machine(name), log=say, timeout=seconds)
+    out = lifecycle.stop(lifecycle.stop_target(name), log=say, timeout=seconds)
     for line in out.kept + [f"warning: {w}" for w in out.warnings]:
         say(line)
 

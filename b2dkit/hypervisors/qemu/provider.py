@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from ... import atomic, disk, paths, records
 from ... import forwards as fw
@@ -100,6 +100,9 @@ class QemuProvider(Provider):
         pid = qemu.read_pid(self.pidfile)
         if pid and qemu.process_alive(pid, str(self.pidfile)):
             return pid
+        orphan = running_qemus().get(self.vm)  # pid file gone, QEMU not: found by its own -pidfile marker
+        if orphan:
+            return orphan[0]
         self._clean_runtime()
         return None
 
@@ -120,7 +123,7 @@ class QemuProvider(Provider):
             return None
 
     def state(self) -> VMState:
-        if not self.machine_file.exists():
+        if not self.machine_file.exists() and self.vm not in running_qemus():
             return VMState.ABSENT
         if self._pid() is None:
             return VMState.STOPPED
@@ -191,7 +194,10 @@ class QemuProvider(Provider):
                 mon.execute("cont")
             return
         if state == VMState.BUSY:
-            raise HypervisorError(f"VM {self.vm!r} is busy (QEMU's monitor does not answer); try again")
+            raise HypervisorError(
+                f"QEMU (pid {self._pid()}) of VM {self.vm!r} runs but its monitor does not answer",
+                hint=f"stop it with `b2dkit vm.stop --name={self.vm}`, then start again",
+            )
         iso, disk_file = Path(data["iso"]), self.dir / DISK
         if not iso.is_file():
             raise InputError(f"boot ISO {iso} of VM {self.vm!r} is gone; run `b2dkit vm.create` again")
@@ -235,9 +241,9 @@ class QemuProvider(Provider):
             time.sleep(0.1)
 
     def stop(self, timeout: float = 30.0) -> bool:
-        self._require()
-        pid = self._pid()
+        pid = self._pid()  # also an orphan whose VM folder is gone: it is still this VM's QEMU
         if pid is None:
+            self._require()
             return True
         marker = str(self.pidfile)
         asked = False
@@ -334,15 +340,15 @@ class QemuProvider(Provider):
         fw.require_free(fwd, neighbours=self._neighbours)
 
     def _neighbours(self) -> Iterator[Tuple[str, List[Forward]]]:
-        """(label, rules) of every other b2dkit QEMU VM whose process runs."""
-        for machine in sorted((paths.data_dir() / "vms").glob(f"*/{MACHINE}")):
-            name = machine.parent.name
-            pidfile = machine.parent / PIDFILE
-            pid = qemu.read_pid(pidfile)
-            if name == self.vm or not (pid and qemu.process_alive(pid, str(pidfile))):
+        """(label, rules) of every other b2dkit QEMU whose process runs, orphans included."""
+        for name, (pid, argv_rules) in sorted(running_qemus().items()):
+            if name == self.vm:
                 continue
+            rules = argv_rules
             with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-                yield f"QEMU VM {name!r}", [Forward(**f) for f in json.loads(machine.read_text())["forwards"]]
+                machine = paths.data_dir() / "vms" / name / MACHINE
+                rules = rules + [Forward(**f) for f in json.loads(machine.read_text())["forwards"]]
+            yield f"QEMU VM {name!r} (pid {pid}; `b2dkit vm.stop --name={name}` stops it)", rules
 
     # -- where things are -------------------------------------------------------------------
     def ssh_endpoint(self) -> Tuple[str, int]:
@@ -418,3 +424,14 @@ def _accel_from_argv(pid: int) -> Optional[str]:
         if "-accel" in argv:
             return argv[argv.index("-accel") + 1]
     return None
+
+
+def running_qemus() -> Dict[str, Tuple[int, List[Forward]]]:
+    """VM name → (pid, forwards on its command line) of every b2dkit QEMU that runs, found by the
+    ``-pidfile`` in its argv: pid file or VM folder may be gone, the process is still named."""
+    root = paths.data_dir() / "vms"
+    found: Dict[str, Tuple[int, List[Forward]]] = {}
+    for pid, pidfile, argv in qemu.processes_by_pidfile(root):
+        if pidfile.name == PIDFILE and pidfile.parent.parent == root:
+            found[pidfile.parent.name] = (pid, qemu.forwards_in_argv(argv))
+    return found
