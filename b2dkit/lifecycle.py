@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Tuple
 from . import forwards as fw
 from . import atomic, iso, machines, paths, sshkeys
 from .boot2docker import DEFAULT_USER
-from .errors import B2dkitError, InputError, MountError, PortInUse, ToolMissing
+from .errors import B2dkitError, HypervisorError, InputError, MountError, PortInUse, ToolMissing
 from .forwards import Forward
 from .machines import Machine
 from .hypervisors import get_provider
@@ -320,7 +320,7 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     log(f"waiting for SSH on {host}:{port}…")
     with guest.wait_for_session(
         host, port, key_path(machine.name), known_hosts_path(machine.name),
-        timeout=SSH_TIMEOUT, log_path=provider.log_path(),
+        timeout=SSH_TIMEOUT, log_path=provider.log_path(), check=lambda: _not_halted(machine, provider),
     ) as session:  # set-up reuses the connection that proved SSH ready: one handshake, not two
         report = guest.setup(session, machine.persistent_dirs)
     out.done += [f"created {d}" for d in report.created] + [f"fixed owner of {d}" for d in report.fixed]
@@ -340,6 +340,13 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     for line in out.warnings:
         log(f"warning: {line}")
     return out
+
+
+def _not_halted(machine: Machine, provider: Provider) -> None:
+    """Stop waiting for SSH at once when the hypervisor has halted the guest (a full host disk)."""
+    why = provider.halted()
+    if why:
+        raise HypervisorError(f"VM {machine.name} is halted: {why}")
 
 
 STOP_TIMEOUT = 30.0

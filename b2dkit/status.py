@@ -57,7 +57,7 @@ def render(info: dict) -> str:
     lines = [
         f"VM:         {info['name']}{' (active)' if info['active'] else ''}",
         f"provider:   {info['provider']}",
-        f"state:      {info['state']}",
+        f"state:      {info['state']}" + (f" ({info['halted']})" if info.get("halted") else ""),
         f"boot codes: {' '.join(info['boot_codes']) or '-'}",
         f"ISO:        {info['iso']}",
         f"disk:       {info['disk'] or '-'}",

@@ -166,6 +166,10 @@ class Provider(ABC):
         """Extra provider facts for ``vm.status`` (ISO path, memory...). Optional."""
         return {}
 
+    def halted(self) -> Optional[str]:
+        """Why the hypervisor has halted a running guest (disk full, panic), or None."""
+        return None
+
     def status(self) -> "Status":
         """State, forwards and facts together, in as few hypervisor calls as the provider can.
 

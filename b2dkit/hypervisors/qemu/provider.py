@@ -122,6 +122,9 @@ class QemuProvider(Provider):
         except HypervisorError:
             return None
 
+    def halted(self) -> Optional[str]:
+        return qemu.halted_reason(self._status()) if self._pid() is not None else None
+
     def state(self) -> VMState:
         if not self.machine_file.exists() and self.vm not in running_qemus():
             return VMState.ABSENT
@@ -380,6 +383,7 @@ class QemuProvider(Provider):
             with contextlib.suppress(HypervisorError):
                 with self._qmp(timeout=2.0) as mon:
                     facts["qemu_status"] = mon.status()
+                    facts["halted"] = qemu.halted_reason(facts["qemu_status"])
                     facts["accel"] = "kvm" if mon.kvm_enabled() else _accel_from_argv(pid)
         return facts
 

@@ -45,6 +45,21 @@ _PAUSED = ("paused", "suspended", "internal-error", "io-error", "guest-panicked"
 STATES = {"running": VMState.RUNNING, **dict.fromkeys(_PAUSED, VMState.PAUSED)}
 
 
+# Why QEMU halted a guest, for users: ``vm.status`` shows it and ``vm.start`` stops waiting on it.
+HALTED = {
+    "io-error": "QEMU paused the guest because a write to its disk failed, most likely because the host "
+                "disk is full: free space there, then `b2dkit vm.start` resumes it",
+    "guest-panicked": "the guest's kernel panicked (see its console log); `b2dkit vm.stop`, then `b2dkit vm.start`",
+    "internal-error": "QEMU stopped the guest on an internal error (see its console log); `b2dkit vm.stop`, "
+                      "then `b2dkit vm.start`",
+    "watchdog": "the guest's watchdog fired; `b2dkit vm.stop`, then `b2dkit vm.start`",
+}
+
+
+def halted_reason(status: Optional[str]) -> Optional[str]:
+    return HALTED.get(status or "")
+
+
 def map_state(status: str) -> VMState:
     """QEMU's run state → b2dkit's; anything else (prelaunch, migrating...) is BUSY."""
     return STATES.get(status, VMState.BUSY)
