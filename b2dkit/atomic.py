@@ -12,7 +12,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, cannot_write
 
 
 def check_output(target) -> Path:
@@ -52,16 +52,22 @@ def atomic_path(target, mode=0o644):
         raise InputError(f"output directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output directory {parent} is not writable")
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=parent)
+    except OSError as exc:
+        raise cannot_write(exc, target) or exc from None
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            tmp.unlink()  # a full disk or a Ctrl-C leaves no temp file behind
+        refused = cannot_write(exc, target) if isinstance(exc, OSError) else None
+        if refused is not None:
+            raise refused from None
         raise
 
 

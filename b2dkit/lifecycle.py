@@ -194,13 +194,12 @@ def install_iso(boot: Path, name: str) -> Path:
     target = vm_dir / VM_ISO
     if target.exists() and paths.same_content(target, boot):
         return target
-    tmp = vm_dir / f".{VM_ISO}.part"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(boot, tmp)
-    except OSError:
-        shutil.copyfile(boot, tmp)
-    os.replace(tmp, target)
+    with atomic.atomic_path(target) as tmp:  # a full disk names the VM's copy, never the source
+        tmp.unlink()
+        try:
+            os.link(boot, tmp)
+        except OSError:
+            shutil.copyfile(boot, tmp)
     return target
 
 

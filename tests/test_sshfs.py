@@ -199,3 +199,11 @@ def test_missing_guest_dir_is_explained(live):
     live["remote_dir"] = live["remote_dir"] + "/nope"
     with pytest.raises(MountError, match="guest dir does not exist"):
         _mount(live)
+
+
+def test_a_host_dir_on_a_read_only_disk_is_a_mount_error_not_a_traceback(small_fs, tmp_path):
+    if shutil.which("sshfs") is None:
+        pytest.skip("needs sshfs")
+    ro = small_fs(tmp_path / "ro", read_only=True)
+    with pytest.raises(MountError, match="(?i)cannot create the mount point .*read-only"):
+        sshfs.mount("127.0.0.1", 22, tmp_path / "key", tmp_path / "kh", "/mnt/sda1/dev", ro / "workspace" / "dev")

@@ -74,3 +74,4 @@ def test_a_bug_is_one_line_naming_a_log_with_the_traceback(tmp_path):
     logs = list((home / "data" / "logs").glob("crash-*.log"))
     assert len(logs) == 1 and str(logs[0]) in lines[0]
     assert "Traceback" in logs[0].read_text() and "TypeError" in logs[0].read_text()
+
