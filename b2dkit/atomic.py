@@ -10,7 +10,9 @@ import fcntl
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
+from typing import List
 
 from .errors import InputError, cannot_write
 
@@ -52,6 +54,7 @@ def atomic_path(target, mode=0o644):
         raise InputError(f"output directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output directory {parent} is not writable")
+    remove_stale_temps(parent)
     try:
         fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=parent)
     except OSError as exc:
@@ -69,6 +72,34 @@ def atomic_path(target, mode=0o644):
         if refused is not None:
             raise refused from None
         raise
+
+
+STALE_AFTER = 3600.0  # seconds: no b2dkit write takes this long, so an older temp file is a killed run's
+
+
+def is_temp(path: Path) -> bool:
+    """A temp file of ``atomic_path`` (``.NAME.XXXX.part``); never a resumable download (``NAME.part``)."""
+    return path.name.startswith(".") and path.name.endswith(".part")
+
+
+def remove_stale_temps(folder, older_than: float = STALE_AFTER) -> List[str]:
+    """Delete temp files a killed run left in ``folder`` (every write does this in its own folder).
+
+    Only those older than ``older_than`` seconds, as another process may be writing one now;
+    under the folder's ``locked_dir`` pass 0.
+    """
+    gone: List[str] = []
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            path = Path(entry.path)
+            if not is_temp(path) or not entry.is_file(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime >= older_than:
+                    path.unlink()
+                    gone.append(path.name)
+    return gone
 
 
 def write_bytes(target, data: bytes, mode=0o644):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional
 
 from . import bootcfg, iso
-from .atomic import locked_dir, write_bytes
+from .atomic import is_temp, locked_dir, remove_stale_temps, write_bytes
 from .digests import check_sha256, file_sha256, is_sha256
 from .errors import InputError
 from .paths import cache_dir, ensure_dir
@@ -121,13 +121,8 @@ def cached_remaster(
 
 
 def remove_leftovers(folder: Path) -> List[str]:
-    """Delete temp files (``*.part``) a killed run left in ``folder``; call only under its lock."""
-    gone = []
-    for stale in folder.glob("*.part") if folder.is_dir() else ():
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
-            gone.append(stale.name)
-    return gone
+    """Delete temp files a killed run left in ``folder``, whatever their age; only under its lock."""
+    return remove_stale_temps(folder, older_than=0)
 
 
 def _remaster_locked(src: Path, target: Path, digest: str, set_codes, remove, label) -> Path:
@@ -169,6 +164,13 @@ def list_cache() -> List[dict]:
                 row["codes"] = meta.get("set", [])
                 row["removed"] = meta.get("remove", [])
             rows.append(row)
+    for folder in (sources_dir(), remastered_dir()):  # what else takes room there
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if not path.is_file() or not path.name.endswith(".part"):
+                continue
+            kind = "temp" if is_temp(path) else "partial"  # partial: a download the next fetch resumes
+            rows.append({"type": kind, "path": str(path), "size": path.stat().st_size,
+                         "key": path.name.split(".")[0] or path.name, "source": None})
     return rows
 
 

@@ -182,12 +182,6 @@ def boot_iso(profile, source: Path, log: Log = _quiet) -> Path:
 
 
 
-def _remove_leftovers(folder: Path, pattern: str) -> None:
-    for stale in folder.glob(pattern):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
-
-
 def install_iso(boot: Path, name: str) -> Path:
     """Give the VM its own link to the boot ISO, so clearing the ISO cache never breaks a VM."""
     vm_dir = paths.ensure_dir(paths.vm_dir(name))
@@ -245,7 +239,7 @@ def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=Tr
     else:
         boot = boot_iso(profile, source_iso(profile, iso_path, log), log)
     with atomic.locked_dir(paths.ensure_dir(paths.vm_dir(machine.name))):
-        _remove_leftovers(paths.vm_dir(machine.name), ".*.part")  # temp files of a killed create
+        atomic.remove_stale_temps(paths.vm_dir(machine.name), older_than=0)  # a killed create's, under the lock
         _create_locked(profile, machine, provider, boot, out)
     for line in out.done + out.kept:
         log(line)

@@ -110,3 +110,27 @@ def test_a_full_data_disk_while_creating_a_qemu_vm_is_one_line_and_leaves_no_tem
     assert "no space left" in out.err and str(data) in out.err
     assert _temp_files(data) == []
     run("vm.list")  # and b2dkit still works: nothing half-written is mistaken for a VM
+
+
+def test_every_write_cleans_the_temp_files_a_killed_run_left_in_its_folder(folder):
+    old = folder / ".b2dkit.json.x1y2.part"
+    fresh = folder / ".b2dkit.json.z3w4.part"  # maybe another process writing now: kept
+    download = folder / ("0" * 64 + ".iso.part")  # a resumable download, never a temp file
+    for path in (old, fresh, download):
+        path.write_bytes(b"half")
+    hours_ago = os.path.getmtime(old) - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    atomic.write_bytes(folder / "active", b"dev\n")
+    assert not old.exists() and fresh.exists() and download.exists()
+
+
+def test_iso_cache_lists_unfinished_downloads_and_leftovers_with_the_total(b2dkit_home, capsys):
+    from b2dkit import isocache
+
+    isocache.sources_dir().mkdir(parents=True)
+    (isocache.sources_dir() / ("a" * 64 + ".iso.part")).write_bytes(b"x" * 1000)
+    (isocache.sources_dir() / ".meta.json.k.part").write_bytes(b"y" * 500)
+    run("iso.cache")
+    out = capsys.readouterr().out
+    assert "partial" in out and "unfinished download" in out and "temp" in out
+    assert f"2 file(s), 0.0 MB in {isocache.cache_dir()}" in out

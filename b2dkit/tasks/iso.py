@@ -96,6 +96,9 @@ def cache(c, list=False, clear=False):
         return
     for row in rows:
         codes = " ".join(row.get("codes") or [])
-        source = row.get("source") or "?"
+        source = row.get("source") or {"partial": "(unfinished download; the next fetch resumes it)",
+                                       "temp": "(left by a killed run; removed by the next write there)"}.get(
+                                           row["type"], "?")
         size = f"{row['size'] / 1e6:.1f} MB"
         say(f"{row['type']:<10} {size:>9}  {row['key']}  {source}" + (f"  [{codes}]" if codes else ""))
+    say(f"{len(rows)} file(s), {sum(r['size'] for r in rows) / 1e6:.1f} MB in {isocache.cache_dir()}")
