@@ -295,7 +295,7 @@ def require_free(fwd: Forward, neighbours: Optional[Neighbours] = None) -> None:
     holder = owner(fwd, neighbours)
     raise PortInUse(
         f"host port {where} is already in use" + (f" by {holder}" if holder else ""),
-        hint="free it, pick another host port (HOST:GUEST), or use --auto-correct",
+        hint="free it, or pick another host port (HOST:GUEST)",
     )
 
 

@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Tuple
 from . import forwards as fw
 from . import atomic, iso, machines, paths, sshkeys
 from .boot2docker import DEFAULT_USER
-from .errors import B2dkitError, HypervisorError, InputError, MountError, PortInUse, ToolMissing
+from .errors import B2dkitError, HypervisorError, InputError, Interrupted, MountError, PortInUse, ToolMissing
 from .forwards import Forward
 from .machines import Machine
 from .hypervisors import get_provider
@@ -40,6 +40,7 @@ class Outcome:
     done: List[str] = field(default_factory=list)
     kept: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    running: Optional[bool] = None  # create: is the VM running afterwards (``--no-start`` keeps it as it was)
 
 
 # -- where things are -------------------------------------------------------------------------
@@ -243,6 +244,7 @@ def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=Tr
         _create_locked(profile, machine, provider, boot, out)
     for line in out.done + out.kept:
         log(line)
+    out.running = provider.state() == VMState.RUNNING if not start_vm else True
     if start_vm:
         sub = start(machine, log=log)
         out.done += sub.done
@@ -294,6 +296,19 @@ def _existing(name: str) -> Optional[Machine]:
 
 def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     """``vm.start``: boot if needed, wait for SSH, create persistent dirs, set the clock, mount."""
+    booted = []
+    try:
+        return _start(machine, log, mount, booted)
+    except KeyboardInterrupt:
+        if not booted:
+            raise
+        raise Interrupted(  # the truth: the VM runs on, half set up
+            f"interrupted; VM {machine.name} was started and keeps running, not fully set up",
+            hint="run `b2dkit vm.start` again to finish, or `b2dkit vm.stop` to stop it",
+        ) from None
+
+
+def _start(machine: Machine, log: Log, mount: bool, booted: list) -> Outcome:
     from . import guest
 
     out = Outcome()
@@ -302,10 +317,12 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     if snap.state == VMState.ABSENT:
         raise InputError(f"VM {machine.name!r} does not exist on {machine.provider}; run `b2dkit vm.create`")
     if snap.state == VMState.RUNNING:
+        booted.append(True)
         out.kept.append(f"VM {machine.name} is already running")
     else:
         _check_other_vms(machine.name, snap.forwards)
         log(f"starting {machine.name} ({machine.provider})…")
+        booted.append(True)  # from here on an interrupt leaves a running VM behind
         provider.start()
         out.done.append(f"started VM {machine.name}")
     ssh = fw.ssh_forward(snap.forwards)
@@ -437,7 +454,8 @@ def destroy(machine: Machine, purge: bool = False, log: Log = _quiet) -> Outcome
         shutil.rmtree(paths.vm_dir(machine.name), ignore_errors=True)
         out.done.append(f"destroyed VM {machine.name} and deleted its disk")
     else:
-        out.done.append(f"destroyed VM {machine.name}; kept its disk {disk} (use --purge to delete it)")
+        out.done.append(f"destroyed VM {machine.name}; kept its disk {disk} (use --purge to delete it)" if disk
+                        else f"destroyed VM {machine.name} (it had no persistent disk)")
     for line in out.done:
         log(line)
     return out
@@ -492,9 +510,10 @@ def forward(machine: Machine, rule: Forward, auto_correct: bool = False, force: 
                 fw.refuse_clash(rule, held, machine.name)
             fw.require_free(rule, neighbours=lambda: [(f"VM {machine.name!r}", current)])
         provider.add_forward(rule)
-    except PortInUse:
-        if not auto_correct:
-            raise
+    except PortInUse as exc:
+        if not auto_correct:  # only vm.forward has the flag, so only its hint names it
+            raise PortInUse(exc.message, hint=f"{exc.hint or 'pick another host port'}, or pass --auto-correct") \
+                from None
         port = fw.pick_free_port(rule.host_ip, rule.proto, taken={f.host_port for f in provider.forwards()})
         log(f"Fixed port collision for {rule.guest_port} => {rule.host_port}. Now on port {port}.")
         rule = Forward(host_port=port, guest_port=rule.guest_port, proto=rule.proto, host_ip=rule.host_ip)

@@ -300,3 +300,59 @@ def test_a_source_iso_that_cannot_boot_is_refused_even_without_a_remaster(fake, 
     assert "Traceback" not in out.err and fake.machine("dev") is None
     assert not (machines.paths.vm_dir("dev") / "boot2docker.iso").exists() and machines.all_machines() == []
     assert junk.read_bytes() == content  # the user's file is never touched
+
+
+# -- hints that work ----------------------------------------------------------------------------
+
+def _own_ports_profile(tmp_path, ssh_port):
+    path = tmp_path / "own.yaml"
+    path.write_text(f"extends: default\ndisk: 1024\nforwards:\n  - {{host: 2022, remove: true}}\n"
+                    f"  - {{host: {ssh_port}, guest: 22}}\n")
+    return f"--profile={path}"
+
+
+def test_a_busy_port_at_start_never_suggests_a_flag_vm_start_lacks(fake, iso, tmp_path, capsys):
+    port = _free_port()
+    run("vm.create", _own_ports_profile(tmp_path, port), "--provider=virtualbox", "--name=dev", f"--iso={iso}",
+        "--no-start")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        code, out = run_failing(capsys, "vm.start")
+        assert code == 3 and "already in use" in out.err and "--auto-correct" not in out.err
+        code, out = run_failing(capsys, "vm.forward", f"{port}:8000")
+        assert code == 3 and "--auto-correct" in out.err  # vm.forward has it
+
+
+def test_create_no_start_on_a_running_vm_does_not_say_not_started(created, iso, small, capsys):
+    import subprocess
+
+    subprocess.run([str(created.exe), "startvm", "dev", "--type", "headless"], check=True, env=created.env(),
+                   capture_output=True)
+    capsys.readouterr()
+    run("vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}", "--no-start")
+    out = capsys.readouterr().out
+    assert "not started" not in out and "running" in out
+
+
+def test_ctrl_c_while_waiting_for_ssh_says_the_vm_keeps_running(created, monkeypatch, capsys):
+    from b2dkit import guest
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt  # the user's Ctrl-C while the guest boots
+
+    monkeypatch.setattr(guest, "wait_for_session", interrupted)
+    code, out = run_failing(capsys, "vm.start")
+    assert code == 130 and "keeps running" in out.err and "nothing half-done" not in out.err
+    assert "b2dkit vm.stop" in out.err
+
+
+def test_destroying_a_vm_whose_disk_is_gone_never_says_none(iso, small, capsys):
+    from b2dkit.hypervisors import get_provider
+
+    run("vm.create", small, "--provider=qemu", "--name=dev", f"--iso={iso}", "--no-start")
+    get_provider("qemu", "dev").disk_path().unlink()  # the user deleted it by hand
+    capsys.readouterr()
+    run("vm.destroy", "--yes")
+    out = capsys.readouterr().out
+    assert "None" not in out and "destroyed VM dev" in out

@@ -29,7 +29,11 @@ def create(c, profile="default", provider=None, name=None, iso=None, no_start=Fa
     """Create the VM from a profile (idempotent), then boot it, wait for SSH and set it up."""
     prof = profiles.load(profile, provider=provider, name=name)
     out = lifecycle.create(prof, iso_path=iso, start_vm=not no_start, log=say)
-    say(f"{prof.name} is ready" if not no_start else f"{prof.name} created (not started)")
+    if not no_start:
+        say(f"{prof.name} is ready")
+    else:
+        say(f"{prof.name} is created and running (--no-start leaves a running VM as it is)" if out.running
+            else f"{prof.name} created (not started)")
     return out
 
 
