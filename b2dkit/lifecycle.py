@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Tuple
 from . import forwards as fw
 from . import atomic, iso, machines, paths, sshkeys
 from .boot2docker import DEFAULT_USER
-from .errors import B2dkitError, HypervisorError, InputError, Interrupted, MountError, PortInUse, ToolMissing
+from .errors import B2dkitError, DamagedRecord, HypervisorError, InputError, Interrupted, MountError, PortInUse, ToolMissing
 from .forwards import Forward
 from .machines import Machine
 from .hypervisors import get_provider
@@ -123,7 +123,8 @@ def source_iso_change(profile, iso_path=None) -> Tuple[Optional[Path], str]:
     if local:
         path = Path(local).expanduser()
         if not path.is_file():
-            raise InputError(f"ISO {path} does not exist", hint="pass --iso PATH to a boot2docker.iso")
+            what = "is not a regular file" if path.exists() else "does not exist"
+            raise InputError(f"ISO {path} {what}", hint="pass --iso PATH to a boot2docker.iso")
         iso.check_bootable(path)  # also when no remaster will read it
         return path, f"using local ISO {path}"
     if profile.iso.build == "guest":
@@ -443,7 +444,11 @@ def destroy(machine: Machine, purge: bool = False, log: Log = _quiet) -> Outcome
     unmount_all(machine, log=log)
     provider = provider_for(machine)
     disk = provider.disk_path()
-    if not purge and provider.state() == VMState.RUNNING:
+    try:
+        running = provider.state() == VMState.RUNNING
+    except DamagedRecord:  # a damaged definition of a VM that does not run: destroy must still work
+        running = False
+    if not purge and running:
         flush_guest(machine, provider, log)  # the kept disk must hold what was saved before the power-off
     provider.destroy(purge=purge)
     host_port = _ssh_port_or_none(machine)
@@ -530,8 +535,8 @@ def unforward(machine: Machine, name: str, force: bool = False, log: Log = _quie
         ssh = fw.ssh_forward(provider.forwards())
         if ssh is not None and ssh.name == name:
             raise InputError(
-                f"refusing to remove {name}: it is VM {machine.name!r}'s SSH route (b2dkit could no longer "
-                "reach, mount or cleanly stop the guest)",
+                f"refusing to remove {name}: it is the SSH route of VM {machine.name!r} (without it b2dkit "
+                "could no longer reach, mount or cleanly stop the guest)",
                 hint=f"pass --force to remove it anyway; `b2dkit vm.create` adds it back",
             )
     provider.remove_forward(name)

@@ -164,7 +164,7 @@ def broken() -> List[Tuple[str, str]]:
         if not folder.is_dir() or folder.name.startswith("."):
             continue
         if not (folder / RECORD).exists():
-            if any((folder / f).exists() for f in ("machine.json", "disk.img")):
+            if (folder / "machine.json").exists():  # a kept disk alone is a destroyed VM, not a broken one
                 found.append((folder.name, f"{folder / RECORD} is missing ({_repair(folder.name)})"))
             continue
         try:
@@ -180,11 +180,25 @@ def set_active(name: str) -> None:
 
 
 def active_name() -> Optional[str]:
+    path = _active_file()
     try:
-        name = _active_file().read_text().strip()
+        name = path.read_text().strip()
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError):
+        name = "\ufffd"
+    if name and not _VALID_NAME(name):
+        raise records.damaged(path, "not a VM name", "pass --name, or delete that file and run "
+                              "`b2dkit vm.create` to set the active VM again")
     return name or None
+
+
+def _VALID_NAME(name: str) -> bool:
+    try:
+        paths.check_vm_name(name)
+        return True
+    except InputError:
+        return False
 
 
 def resolve(name: Optional[str] = None) -> Machine:

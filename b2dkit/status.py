@@ -78,7 +78,10 @@ def render(info: dict) -> str:
 
 def list_all() -> List[dict]:
     rows = []
-    active = machines.active_name()
+    try:
+        active = machines.active_name()
+    except B2dkitError:  # a damaged active-VM file must not hide the list
+        active = None
     for m in machines.all_machines():
         try:
             state = str(lifecycle.provider_for(m).state())

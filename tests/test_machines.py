@@ -75,3 +75,14 @@ def test_a_truncated_record_is_listed_as_broken_never_silently_dropped(capsys):
     assert "b2dkit vm.create --name=dev" in row["state"]
     run("vm.list")
     assert "dev" in capsys.readouterr().out
+
+
+def test_a_damaged_active_vm_file_is_one_line_and_vm_list_still_lists(capsys):
+    from b2dkit import paths
+
+    machines.save(machines.Machine(name="dev", provider="qemu", profile="default"))
+    (paths.data_dir() / "active").write_bytes(b"\xff\xfe../x")
+    code, out = run_failing(capsys, "vm.status")
+    assert code == 3 and "active is damaged" in out.err and "Traceback" not in out.err
+    run("vm.list")
+    assert "dev" in capsys.readouterr().out

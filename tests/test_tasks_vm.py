@@ -356,3 +356,24 @@ def test_destroying_a_vm_whose_disk_is_gone_never_says_none(iso, small, capsys):
     run("vm.destroy", "--yes")
     out = capsys.readouterr().out
     assert "None" not in out and "destroyed VM dev" in out
+
+
+def test_a_vm_whose_definition_is_damaged_is_listed_so_and_can_still_be_destroyed(iso, small, capsys):
+    from b2dkit import paths
+
+    run("vm.create", small, "--provider=qemu", "--name=dev", f"--iso={iso}", "--no-start")
+    (paths.vm_dir("dev") / "machine.json").write_text('{"format": 1')
+    capsys.readouterr()
+    run("vm.list", "--json")
+    (row,) = json.loads(capsys.readouterr().out)
+    assert "damaged" in row["state"]  # not "stopped" until the next start fails
+    run("vm.destroy", "--yes")
+    assert "kept its disk" in capsys.readouterr().out
+    run("vm.list", "--json")
+    assert json.loads(capsys.readouterr().out) == []  # a kept disk is not a broken VM
+
+
+def test_an_iso_that_is_not_a_regular_file_is_called_that(fake, small, capsys):
+    code, out = run_failing(capsys, "vm.create", small, "--provider=virtualbox", "--name=dev", "--iso=/dev/null",
+                            "--no-start")
+    assert code == 2 and "/dev/null is not a regular file" in out.err

@@ -183,5 +183,7 @@ def mounts(c, name=None, json=False):
     if json:
         print_json(rows)
         return
+    if not rows:
+        say("no mounts in this VM's profile")
     for row in rows:
         say(f"{row['guest']} -> {row['host']}: {row['status']}")

@@ -129,6 +129,7 @@ class QemuProvider(Provider):
         if not self.machine_file.exists() and self.vm not in running_qemus():
             return VMState.ABSENT
         if self._pid() is None:
+            self._load()  # a damaged definition says so here, not "stopped" until the next start
             return VMState.STOPPED
         status = self._status()
         if status is None:
@@ -246,8 +247,9 @@ class QemuProvider(Provider):
     def stop(self, timeout: float = 30.0) -> bool:
         pid = self._pid()  # also an orphan whose VM folder is gone: it is still this VM's QEMU
         if pid is None:
-            self._require()
-            return True
+            if not self.machine_file.exists():
+                raise VMNotFound(f"no QEMU VM named {self.vm!r}", hint="create it with `b2dkit vm.create`")
+            return True  # nothing runs: stopped, even if the definition is damaged (destroy must work)
         marker = str(self.pidfile)
         asked = False
         with contextlib.suppress(HypervisorError):
