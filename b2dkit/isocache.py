@@ -91,7 +91,7 @@ def remaster_key(
 
 def _target(src: Path, set_codes, remove, label):
     if not src.is_file():
-        raise InputError(f"ISO {src} does not exist")
+        raise InputError(f"ISO {src} " + ("is not a regular file" if src.exists() else "does not exist"))
     digest = source_digest(src)
     return digest, remastered_dir() / f"{remaster_key(digest, set_codes, remove, label)}.iso"
 
