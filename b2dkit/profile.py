@@ -668,8 +668,9 @@ def _check_mount_overlap(path, mounts) -> None:
     one "busy" at every unmount, and a guest dir inside another is the same files twice."""
     for i, a in enumerate(mounts):
         for b in mounts[i + 1:]:
-            for side, x, y in (("host", Path(a.host), Path(b.host)), ("guest", PurePosixPath(a.guest),
-                                                                      PurePosixPath(b.guest))):
+            for side, x, y in (("host", Path(os.path.normpath(a.host)), Path(os.path.normpath(b.host))),
+                               ("guest", PurePosixPath(posixpath.normpath(a.guest)),
+                                PurePosixPath(posixpath.normpath(b.guest)))):
                 if _inside(x, y) or _inside(y, x):
                     same = "is used by both" if x == y else "overlaps between"
                     raise ProfileError(

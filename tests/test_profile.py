@@ -420,6 +420,7 @@ def test_not_utf8_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("second", [
     "{guest: /mnt/sda1/other, host: /srv/dev/inner}",   # host dir inside another mount's host dir
     "{guest: /mnt/sda1/dev/sub, host: /srv/elsewhere}",  # guest dir inside another mount's guest dir
+    "{guest: /mnt/sda1/other, host: /srv/x/../dev/inner}",  # the same, spelt with ..
 ])
 def test_overlapping_mounts_are_refused(tmp_path, second):
     path = tmp_path / "nested.yaml"
