@@ -109,7 +109,7 @@ _WHY = {
 }
 
 
-def cannot_write(exc: OSError, path=None) -> Optional[CannotWrite]:
+def cannot_write(exc: OSError, path: object = None) -> Optional[CannotWrite]:
     """The one line for a write the host refused, naming the path and what to do; None for other errors."""
     why = _WHY.get(exc.errno or 0)
     if why is None:

@@ -6,7 +6,6 @@ run that failed half-way is finished by the next one.  Providers know their hype
 this module knows the order of things and what to tell the user.
 """
 
-import contextlib
 import math
 import os
 import shutil
@@ -17,7 +16,8 @@ from typing import Callable, List, Optional, Tuple
 from . import forwards as fw
 from . import atomic, iso, machines, paths, sshkeys
 from .boot2docker import DEFAULT_USER
-from .errors import B2dkitError, DamagedRecord, HypervisorError, InputError, Interrupted, MountError, PortInUse, ToolMissing
+from .errors import (B2dkitError, DamagedRecord, HypervisorError, InputError, Interrupted, MountError, PortInUse,
+                     ToolMissing)
 from .forwards import Forward
 from .machines import Machine
 from .hypervisors import get_provider
@@ -297,7 +297,7 @@ def _existing(name: str) -> Optional[Machine]:
 
 def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     """``vm.start``: boot if needed, wait for SSH, create persistent dirs, set the clock, mount."""
-    booted = []
+    booted: List[bool] = []
     try:
         return _start(machine, log, mount, booted)
     except KeyboardInterrupt:
@@ -309,7 +309,7 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
         ) from None
 
 
-def _start(machine: Machine, log: Log, mount: bool, booted: list) -> Outcome:
+def _start(machine: Machine, log: Log, mount: bool, booted: List[bool]) -> Outcome:
     from . import guest
 
     out = Outcome()
@@ -537,7 +537,7 @@ def unforward(machine: Machine, name: str, force: bool = False, log: Log = _quie
             raise InputError(
                 f"refusing to remove {name}: it is the SSH route of VM {machine.name!r} (without it b2dkit "
                 "could no longer reach, mount or cleanly stop the guest)",
-                hint=f"pass --force to remove it anyway; `b2dkit vm.create` adds it back",
+                hint="pass --force to remove it anyway; `b2dkit vm.create` adds it back",
             )
     provider.remove_forward(name)
     log(f"removed forward {name}")
@@ -599,15 +599,16 @@ def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False, endpoi
         local = mount_dir(m.host)
         current = live.get(local)
         source = sshfs.source_of(host, m.guest, GUEST_USER)
-        made = mine.get(local)
-        ours = current is not None and made is not None and current.source == made.source
+        here = mine.get(local)
+        ours = current is not None and here is not None and current.source == here.source
         try:
             if current is not None and not ours:
                 owner = machines.mount_owner(local, current.source)
                 who = f"VM {owner.vm!r}'s mount" if owner else f"a mount of {current.source} b2dkit did not make"
                 fix = f"`b2dkit vm.unmount --name={owner.vm}`" if owner else f"`fusermount -u {local}`"
                 raise MountError(f"{local} already holds {who}; free it with {fix} or change the profile's host dir")
-            if ours and current.alive and not remount and made.port == port and made.source == source:
+            if ours and current is not None and here is not None and current.alive and not remount \
+                    and here.port == port and here.source == source:
                 out.kept.append(f"{m.guest} already mounted on {local}")
                 continue
             if ours:

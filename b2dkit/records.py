@@ -7,14 +7,14 @@ traceback or a silently half-read VM.
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Mapping, Optional, Tuple, Union
 
 from .errors import DamagedRecord
 
 Kind = Union[type, Tuple[type, ...]]
 
 
-def read(path: Path, fields: Dict[str, Kind], repair: str, optional: Tuple[str, ...] = ()) -> Optional[dict]:
+def read(path: Path, fields: Mapping[str, Kind], repair: str, optional: Tuple[str, ...] = ()) -> Optional[dict]:
     """The record at ``path`` checked against ``fields`` (key → type), or None when there is none.
 
     ``repair`` is the advice every error ends with; ``optional`` keys may be missing (older records).
@@ -51,5 +51,5 @@ def damaged(path: Path, why: str, repair: str) -> DamagedRecord:
 
 def _kind_name(kind: Kind) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({"str": "text", "int": "a number", "list": "a list", "dict": "an object"}.get(k.__name__, k.__name__)
-                       for k in kinds)
+    names = {"str": "text", "int": "a number", "list": "a list", "dict": "an object"}
+    return " or ".join(names.get(k.__name__, k.__name__) for k in kinds)

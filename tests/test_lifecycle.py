@@ -102,11 +102,11 @@ def test_a_missing_build_tool_for_the_demo_guest_is_tool_missing_not_a_traceback
 
 # -- mounts: real sshfs against the test SSH server, two VMs sharing one host dir ---------------
 
-from sshserver import ssh_keys, ssh_user, sshd  # noqa: E402,F401,F811
+from sshserver import ssh_keys, ssh_user, sshd  # noqa: E402,F401,F811  # ruff: F811 below is the fixture use
 
 
 @pytest.fixture
-def two_vms(sshd, ssh_keys, ssh_user, b2dkit_home, monkeypatch, tmp_path):
+def two_vms(sshd, ssh_keys, ssh_user, b2dkit_home, monkeypatch, tmp_path):  # noqa: F811
     """VMs ``a`` and ``b`` whose profiles mount guest dirs on the same host dir (as cst-based ones do)."""
     import os
     import shutil
