@@ -245,7 +245,6 @@ def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=Tr
         _create_locked(profile, machine, provider, boot, out)
     for line in out.done + out.kept:
         log(line)
-    out.running = provider.state() == VMState.RUNNING if not start_vm else True
     if start_vm:
         sub = start(machine, log=log)
         out.done += sub.done
@@ -273,6 +272,7 @@ def _create_locked(profile, machine: Machine, provider: Provider, boot: Path, ou
         raise
     if machines.active_name() != machine.name:  # only a VM that exists becomes the active one
         machines.set_active(machine.name)
+    out.running = report.running
     if report.created:
         out.done.append(f"created VM {machine.name} on {machine.provider}")
     elif report.changes:

@@ -92,6 +92,7 @@ class ApplyReport:
 
     created: bool = False
     changes: List[str] = field(default_factory=list)
+    running: bool = False  # the VM runs (create never starts or stops one): `--no-start` must not say "not started"
 
 
 class Provider(ABC):

@@ -145,7 +145,8 @@ class QemuProvider(Provider):
     def create(self, spec: MachineSpec) -> ApplyReport:
         """Decide (``_decide``: every input error before anything is written), then act."""
         old, wanted, changes = self._decide(spec)
-        report = ApplyReport(created=old is None, changes=[] if old is None else changes)
+        report = ApplyReport(created=old is None, changes=[] if old is None else changes,
+                             running=old is not None and self._pid() is not None)
         paths.ensure_dir(self.dir)
         disk_file = self.dir / DISK
         if not disk_file.exists():

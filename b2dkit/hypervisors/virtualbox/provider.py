@@ -179,6 +179,7 @@ class VirtualBoxProvider(Provider):
         for text, action in decision.storage:
             action(decision.header, decision.total)
             report.changes.append(text)
+        report.running = info is not None and info.state in (VMState.RUNNING, VMState.PAUSED)
         return report
 
     def _decide(self, spec: MachineSpec) -> "_Decision":
