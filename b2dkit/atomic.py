@@ -10,9 +10,11 @@ import fcntl
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
+from typing import List
 
-from .errors import InputError
+from .errors import InputError, cannot_write
 
 
 def check_output(target) -> Path:
@@ -52,17 +54,52 @@ def atomic_path(target, mode=0o644):
         raise InputError(f"output directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output directory {parent} is not writable")
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=parent)
+    remove_stale_temps(parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=parent)
+    except OSError as exc:
+        raise cannot_write(exc, target) or exc from None
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, mode)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            tmp.unlink()  # a full disk or a Ctrl-C leaves no temp file behind
+        refused = cannot_write(exc, target) if isinstance(exc, OSError) else None
+        if refused is not None:
+            raise refused from None
         raise
+
+
+STALE_AFTER = 3600.0  # seconds: no b2dkit write takes this long, so an older temp file is a killed run's
+
+
+def is_temp(path: Path) -> bool:
+    """A temp file of ``atomic_path`` (``.NAME.XXXX.part``); never a resumable download (``NAME.part``)."""
+    return path.name.startswith(".") and path.name.endswith(".part")
+
+
+def remove_stale_temps(folder, older_than: float = STALE_AFTER) -> List[str]:
+    """Delete temp files a killed run left in ``folder`` (every write does this in its own folder).
+
+    Only those older than ``older_than`` seconds, as another process may be writing one now;
+    under the folder's ``locked_dir`` pass 0.
+    """
+    gone: List[str] = []
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            path = Path(entry.path)
+            if not is_temp(path) or not entry.is_file(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime >= older_than:
+                    path.unlink()
+                    gone.append(path.name)
+    return gone
 
 
 def write_bytes(target, data: bytes, mode=0o644):
@@ -71,15 +108,21 @@ def write_bytes(target, data: bytes, mode=0o644):
 
 
 @contextlib.contextmanager
-def locked_dir(folder):
+def locked_dir(folder, on_wait=None):
     """One b2dkit process at a time writes in ``folder``.
 
     So a temp file found there while holding the lock was left by a killed run and can go.
-    flock on the directory: the kernel drops the lock with a killed holder.
+    flock on the directory: the kernel drops the lock with a killed holder.  ``on_wait()`` is
+    called once if another process holds it (so a user knows why nothing happens).
     """
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

@@ -321,8 +321,22 @@ def _rewrite_append(line: _Line, set_codes, remove) -> None:
     after = _edit_tokens(before, set_codes, remove)
     if after == before or (not before and not after):
         return
+    check_command_line(_join(after))
     sep = line.sep or " "
     line.text = f"{line.indent}{line.raw_keyword}{sep}{_join(after)}{line.trail}"
+
+
+KERNEL_CMDLINE_MAX = 2047  # x86 Linux COMMAND_LINE_SIZE is 2048 with the NUL: the rest is cut off silently
+
+
+def check_command_line(value: str) -> str:
+    """Refuse an append line the kernel would truncate: the codes at its end would be lost unseen."""
+    if len(value.encode()) > KERNEL_CMDLINE_MAX:
+        raise InputError(
+            f"the boot codes make a kernel command line of {len(value.encode())} bytes; Linux keeps only the "
+            f"first {KERNEL_CMDLINE_MAX}, so shorten or drop some boot codes"
+        )
+    return value
 
 
 def _new_append_line(block: List[_Line], sibling_indent: Optional[str], value: str, newline: str) -> _Line:
@@ -335,7 +349,7 @@ def _new_append_line(block: List[_Line], sibling_indent: Optional[str], value: s
     else:
         indent = label_line.indent + "\t"
     upper = any(ln.raw_keyword.isupper() for ln in block if ln.keyword)
-    text = f"{indent}{'APPEND' if upper else 'append'} {value}"
+    text = f"{indent}{'APPEND' if upper else 'append'} {check_command_line(value)}"
     return _Line(-1, text, newline, keyword="append")
 
 

@@ -24,7 +24,7 @@ import urllib3
 from tqdm import tqdm
 
 from . import atomic, isocache, paths
-from .digests import check_sha256
+from .digests import check_sha256, file_sha256
 from .errors import B2dkitError, DownloadError, InputError
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -108,6 +108,9 @@ class Downloader:
                     result.failures.append(f"{url}: {exc}")
                     if index + 1 < len(urls):  # after the last one, the error below says it all
                         self.notify(f"{url}: {exc}; trying the next mirror")
+                    continue
+                if not _same_on_disk(part, sha256):  # stored by digest: the name must be the truth
+                    result.failures.append(f"{url}: the downloaded file changed on disk before it was stored")
                     continue
                 os.chmod(part, 0o644)
                 os.replace(part, target)
@@ -305,6 +308,19 @@ class Downloader:
         if status in (408, 429) or status >= 500:
             raise _Retry(f"HTTP {status} {response.reason}")
         raise _MirrorFailed(f"HTTP {status} {response.reason}".strip())
+
+
+def _same_on_disk(part: Path, sha256: str) -> bool:
+    """Re-hash the finished ``.part`` as it is on disk (something may have cut or replaced it since
+    the streamed hash was taken); a mismatch is deleted, never stored under ``sha256``."""
+    try:
+        if file_sha256(part) == sha256:
+            return True
+    except FileNotFoundError:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        part.unlink()
+    return False
 
 
 class _Partial:

@@ -12,6 +12,7 @@ Subsystems subclass one of them (``VBoxError(HypervisorError)``, ``QMPError``...
 class tells the task layer the exit code and the user whose move it is.
 """
 
+import errno
 from typing import Optional
 
 
@@ -93,6 +94,35 @@ class DownloadError(MachineError):
 
 class MountError(MachineError):
     """An sshfs mount could not be made, checked or removed."""
+
+
+class CannotWrite(MachineError):
+    """The host refused a write: disk full, read-only file system, no permission."""
+
+
+_WHY = {
+    errno.ENOSPC: ("there is no space left on its disk", "free some space there"),
+    errno.EDQUOT: ("your disk quota is used up", "free some space there"),
+    errno.EROFS: ("its file system is read-only", "remount it read-write"),
+    errno.EACCES: ("permission denied", "check the folder's owner and permissions"),
+    errno.EPERM: ("the operation is not permitted", "check the folder's owner and permissions"),
+}
+
+
+def cannot_write(exc: OSError, path: object = None) -> Optional[CannotWrite]:
+    """The one line for a write the host refused, naming the path and what to do; None for other errors."""
+    why = _WHY.get(exc.errno or 0)
+    if why is None:
+        return None
+    where = path if path is not None else (exc.filename or "a file")
+    return CannotWrite(
+        f"cannot write {where}: {why[0]}",
+        hint=f"{why[1]}, or point B2DKIT_HOME at another folder, then run the command again",
+    )
+
+
+class DamagedRecord(MachineError):
+    """A file b2dkit wrote about a VM (b2dkit.json, machine.json) is not what b2dkit writes."""
 
 
 class ChecksFailed(MachineError):

@@ -51,7 +51,7 @@ class Forward:
 
 def ssh_forward(rules: Iterable["Forward"]) -> Optional["Forward"]:
     """The rule that reaches the guest's sshd, if any (b2dkit always makes one)."""
-    return next((f for f in rules if f.guest_port == SSH_GUEST_PORT and f.proto == "tcp"), None)
+    return next((f for f in rules if is_ssh(f)), None)
 
 
 def connect_address(fwd: "Forward") -> Tuple[str, int]:
@@ -173,6 +173,16 @@ def clash(fwd: Forward, rules: Iterable[Forward]) -> Optional[Forward]:
     return next((r for r in rules if r.name != fwd.name and same_socket(fwd, r)), None)
 
 
+def holder(fwd: Forward, rules: Iterable[Forward]) -> Optional[Forward]:
+    """The rule other than ``fwd`` that already has its host port (by name or socket): for
+    ``vm.forward`` that is a clash, never a replace (it could be the VM's SSH route)."""
+    return next((r for r in rules if r != fwd and (r.name == fwd.name or same_socket(fwd, r))), None)
+
+
+def is_ssh(fwd: Forward) -> bool:
+    return fwd.guest_port == SSH_GUEST_PORT and fwd.proto == "tcp"
+
+
 def describe(fwd: Forward) -> str:
     """``127.0.0.1:8080 → 80/tcp``: how change lines and errors show a rule."""
     return f"{fwd.host_ip or '*'}:{fwd.host_port} → {fwd.guest_port}/{fwd.proto}"
@@ -180,13 +190,14 @@ def describe(fwd: Forward) -> str:
 
 def refuse_clash(fwd: Forward, other: Forward, vm: str) -> None:
     """The one error for a rule whose host socket another rule of the same VM has (both providers)."""
-    removable = other.name == rule_name(other.proto, other.host_port)
+    removable = other.name == rule_name(other.proto, other.host_port) and not is_ssh(other)
     spec = str(other.host_port) + ("/udp" if other.proto == "udp" else "")
+    what = " (the VM's SSH route)" if is_ssh(other) else ""
     raise PortInUse(
         f"host port {fwd.host_ip or '*'}:{fwd.host_port}/{fwd.proto} is already forwarded by rule "
-        f"{other.name!r} of VM {vm!r}",
+        f"{other.name!r}{what} of VM {vm!r}",
         hint=(f"remove it first with `b2dkit vm.unforward {spec}` or " if removable else "")
-        + "pick another host port",
+        + "pick another host port (HOST:GUEST)",
     )
 
 
@@ -334,7 +345,7 @@ def require_free(fwd: Forward, neighbours: Optional[Neighbours] = None) -> None:
     holder = owner(fwd, neighbours)
     raise PortInUse(
         f"host port {where} is already in use" + (f" by {holder}" if holder else ""),
-        hint="free it, pick another host port (HOST:GUEST), or use --auto-correct",
+        hint="free it, or pick another host port (HOST:GUEST)",
     )
 
 

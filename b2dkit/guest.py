@@ -263,7 +263,7 @@ PROBE_PATIENCE = 4.0  # how long one try may wait for the banner before it is dr
 HANDSHAKE_TIMEOUT = 10.0  # key exchange + auth once the banner is there: seconds under TCG
 
 
-def _await_banner(host: str, port: int, deadline: float):
+def _await_banner(host: str, port: int, deadline: float, check=None):
     """(socket whose server has sent ``SSH-``, peeked so paramiko still reads it, or None; last problem)."""
     pending = {}  # socket -> when to give up on it
     last = "no answer yet"
@@ -275,6 +275,8 @@ def _await_banner(host: str, port: int, deadline: float):
                 return None, last
             if now >= next_try:
                 next_try = now + PROBE_EVERY
+                if check is not None:
+                    check()  # raises when waiting is pointless (the hypervisor halted the guest)
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.settimeout(min(PROBE_EVERY, deadline - now))
                 try:
@@ -320,8 +322,11 @@ def wait_for_session(
     log_path=None,
     poll: float = 0.5,
     user: str = DEFAULT_USER,
+    check=None,
 ) -> GuestSession:
     """The first session the booting guest accepts, or GuestError pointing at the log.
+
+    ``check()`` runs about every probe and may raise to stop waiting (a guest the hypervisor halted).
 
     Raw TCP tries watch for the server's banner first (see ``PROBE_EVERY``): before the
     guest has an IP, QEMU's user-mode NAT accepts the connection and then never answers,
@@ -332,7 +337,7 @@ def wait_for_session(
     """
     deadline = time.monotonic() + timeout
     while True:
-        sock, last = _await_banner(host, port, deadline)
+        sock, last = _await_banner(host, port, deadline, check)
         if sock is not None:
             left = min(HANDSHAKE_TIMEOUT, max(deadline - time.monotonic(), 2.0))
             try:

@@ -69,6 +69,30 @@ def _check_source(src) -> Path:
     return src
 
 
+def check_bootable(src) -> Path:
+    """Refuse, in one line, a source ISO that cannot boot as boot2docker does: ISO 9660, an El
+    Torito boot entry and an isolinux config.  Byte-level (isoprobe), a few sectors: every
+    source is checked, also when no remaster reads it (a junk or empty file once became a
+    0-byte boot ISO)."""
+    src = _check_source(src)
+    hint = "give the path of a boot2docker .iso (`b2dkit iso.show PATH` shows what a file holds)"
+    try:
+        with open(src, "rb") as fp:
+            isoprobe.volume_descriptors(fp)
+            if not isoprobe.boot_entries(fp):
+                raise IsoError(f"{src} has no El Torito boot entry, so it cannot boot from CD", hint)
+            if not any(isoprobe.locate(fp, path) for path in CFG_PATHS):
+                raise IsoError(f"{src} has no isolinux config (looked for {' and '.join(CFG_PATHS)}); "
+                               "is it a boot2docker ISO?", hint)
+    except isoprobe.NotAnIso:
+        raise IsoError(f"{src} is not an ISO 9660 image", hint) from None
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError):
+        raise IsoError(f"{src} is a damaged ISO image", hint) from None
+    except OSError as exc:
+        raise IsoError(f"cannot read ISO {src}: {exc.strerror or exc}") from None
+    return src
+
+
 @contextlib.contextmanager
 def _opened(src: Path):
     """pycdlib on ``src``, read-only; pycdlib's complaints become one IsoError line."""

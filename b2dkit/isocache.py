@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional
 
 from . import bootcfg, iso
-from .atomic import locked_dir, write_bytes
+from .atomic import is_temp, locked_dir, remove_stale_temps, write_bytes
 from .digests import check_sha256, file_sha256, is_sha256
 from .errors import InputError
 from .paths import cache_dir, ensure_dir
@@ -91,7 +91,7 @@ def remaster_key(
 
 def _target(src: Path, set_codes, remove, label):
     if not src.is_file():
-        raise InputError(f"ISO {src} does not exist")
+        raise InputError(f"ISO {src} " + ("is not a regular file" if src.exists() else "does not exist"))
     digest = source_digest(src)
     return digest, remastered_dir() / f"{remaster_key(digest, set_codes, remove, label)}.iso"
 
@@ -112,7 +112,20 @@ def cached_remaster(
     digest, target = _target(src, set_codes, remove, label)
     if target.is_file():
         return target
-    ensure_dir(remastered_dir())
+    folder = ensure_dir(remastered_dir())
+    with locked_dir(folder):  # one writer at a time; ``clear_cache`` waits for it
+        if target.is_file():  # another b2dkit made it while we waited
+            return target
+        remove_leftovers(folder)  # under the lock, a temp file is a killed run's garbage
+        return _remaster_locked(src, target, digest, set_codes, remove, label)
+
+
+def remove_leftovers(folder: Path) -> List[str]:
+    """Delete temp files a killed run left in ``folder``, whatever their age; only under its lock."""
+    return remove_stale_temps(folder, older_than=0)
+
+
+def _remaster_locked(src: Path, target: Path, digest: str, set_codes, remove, label) -> Path:
     result = iso.remaster(src, target, set_codes, remove, label)
     meta = {
         "source": str(src.resolve()),
@@ -151,19 +164,27 @@ def list_cache() -> List[dict]:
                 row["codes"] = meta.get("set", [])
                 row["removed"] = meta.get("remove", [])
             rows.append(row)
+    for folder in (sources_dir(), remastered_dir()):  # what else takes room there
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if not path.is_file() or not path.name.endswith(".part"):
+                continue
+            kind = "temp" if is_temp(path) else "partial"  # partial: a download the next fetch resumes
+            rows.append({"type": kind, "path": str(path), "size": path.stat().st_size,
+                         "key": path.name.split(".")[0] or path.name, "source": None})
     return rows
 
 
-def clear_cache() -> int:
+def clear_cache(on_wait=None) -> int:
     """Delete cached ISOs, their metadata, leftovers of killed writes and the digest memo.
 
-    Returns the number of ISOs removed.
+    Waits for a download or remaster that is writing there now (their lock); ``on_wait(folder)``
+    says so.  Returns the number of ISOs removed.
     """
     removed = 0
     for folder in (sources_dir(), remastered_dir()):
         if not folder.is_dir():
             continue
-        with locked_dir(folder):  # not under a download or remaster that is writing there now
+        with locked_dir(folder, on_wait=lambda f=folder: on_wait and on_wait(f)):
             for path in folder.iterdir():
                 if path.is_file() and (path.suffix in (".iso", ".json") or path.name.endswith(".part")):
                     removed += path.suffix == ".iso"

@@ -6,7 +6,6 @@ run that failed half-way is finished by the next one.  Providers know their hype
 this module knows the order of things and what to tell the user.
 """
 
-import contextlib
 import math
 import os
 import shutil
@@ -15,8 +14,10 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from . import forwards as fw
-from . import atomic, machines, paths, sshkeys
-from .errors import B2dkitError, InputError, IsoError, PortInUse, ToolMissing
+from . import atomic, iso, machines, paths, sshkeys
+from .boot2docker import DEFAULT_USER
+from .errors import (B2dkitError, DamagedRecord, HypervisorError, InputError, Interrupted, IsoError, MountError,
+                     PortInUse, ToolMissing)
 from .forwards import Forward
 from .machines import Machine
 from .hypervisors import PROVIDERS, get_provider
@@ -39,6 +40,7 @@ class Outcome:
     done: List[str] = field(default_factory=list)
     kept: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    running: Optional[bool] = None  # create: is the VM running afterwards (``--no-start`` keeps it as it was)
 
 
 # -- where things are -------------------------------------------------------------------------
@@ -121,7 +123,8 @@ def source_iso_change(profile, iso_path=None) -> Tuple[Optional[Path], str]:
     if local:
         path = Path(local).expanduser()
         if not path.is_file():
-            raise InputError(f"ISO {path} does not exist", hint="pass --iso PATH to a boot2docker.iso")
+            what = "is not a regular file" if path.exists() else "does not exist"
+            raise InputError(f"ISO {path} {what}", hint="pass --iso PATH to a boot2docker.iso")
         if not iso_path and profile.iso.pinned:  # iso.path with a sha256 (iso.pin --from): check it
             from . import isocache
 
@@ -131,6 +134,7 @@ def source_iso_change(profile, iso_path=None) -> Tuple[Optional[Path], str]:
                     f"ISO {path} has sha256 {digest}, not the {profile.iso.sha256} the profile pins",
                     hint="put the pinned file there, or pin this one with `b2dkit iso.pin --from PATH`",
                 )
+        iso.check_bootable(path)  # also when no remaster will read it
         return path, f"using local ISO {path}"
     if profile.iso.build == "guest":
         try:
@@ -145,6 +149,7 @@ def source_iso_change(profile, iso_path=None) -> Tuple[Optional[Path], str]:
     sha256 = profile.iso.require_sha256()
     cached = isocache.source_path(sha256)
     if cached.is_file():
+        iso.check_bootable(cached)
         return cached, f"ISO {cached.name} is in the cache (sha256 verified when stored)"
     return None, f"download {profile.iso.urls[0]} and verify sha256 {sha256[:12]}…"
 
@@ -186,22 +191,9 @@ def boot_iso(profile, source: Path, log: Log = _quiet) -> Path:
         return hit
     from . import isocache
 
-    folder = paths.ensure_dir(isocache.remastered_dir())
-    with atomic.locked_dir(folder):
-        hit = isocache.lookup(source, codes)  # another b2dkit made it while we waited
-        if hit:
-            return hit
-        log(f"ISO: remastering with {' '.join(codes)}")
-        key = isocache.remaster_key(isocache.source_digest(source), codes)
-        _remove_leftovers(folder, f".{key}.iso.*.part")  # a killed run's temp file: 60 MB of garbage
-        return isocache.cached_remaster(source, codes)
+    log(f"ISO: remastering with {' '.join(codes)}")
+    return isocache.cached_remaster(source, codes)  # under the cache's lock
 
-
-
-def _remove_leftovers(folder: Path, pattern: str) -> None:
-    for stale in folder.glob(pattern):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
 
 
 def install_iso(boot: Path, name: str) -> Path:
@@ -210,13 +202,12 @@ def install_iso(boot: Path, name: str) -> Path:
     target = vm_dir / VM_ISO
     if target.exists() and paths.same_content(target, boot):
         return target
-    tmp = vm_dir / f".{VM_ISO}.part"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(boot, tmp)
-    except OSError:
-        shutil.copyfile(boot, tmp)
-    os.replace(tmp, target)
+    with atomic.atomic_path(target) as tmp:  # a full disk names the VM's copy, never the source
+        tmp.unlink()
+        try:
+            os.link(boot, tmp)
+        except OSError:
+            shutil.copyfile(boot, tmp)
     return target
 
 
@@ -262,7 +253,7 @@ def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=Tr
     else:
         boot = boot_iso(profile, source_iso(profile, iso_path, log), log)
     with atomic.locked_dir(paths.ensure_dir(paths.vm_dir(machine.name))):
-        _remove_leftovers(paths.vm_dir(machine.name), ".*.part")  # temp files of a killed create
+        atomic.remove_stale_temps(paths.vm_dir(machine.name), older_than=0)  # a killed create's, under the lock
         _create_locked(profile, machine, provider, boot, out)
     for line in out.done + out.kept:
         log(line)
@@ -277,21 +268,36 @@ def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=Tr
 def _create_locked(profile, machine: Machine, provider: Provider, boot: Path, out: Outcome) -> None:
     vm_iso = install_iso(boot, machine.name)
     _, public_key = sshkeys.ensure_keypair(paths.vm_dir(machine.name), comment=f"b2dkit@{machine.name}")
-    # Before the hypervisor: a half-made VM is still ours to finish or destroy.  Written only
-    # when different, so a re-run with nothing to do writes nothing.
-    if _existing(machine.name) != machine:
-        machines.save(machine)
-    if machines.active_name() != machine.name:
-        machines.set_active(machine.name)
     spec = MachineSpec.from_profile(profile, vm_iso, public_key)
+    spec.check(machine.name)  # decide and check first: a create refused here leaves no record behind
     _check_other_vms(machine.name, spec.forwards)
-    report = provider.create(spec)
+    previous = _existing(machine.name)
+    # Before the hypervisor: a half-made VM (a killed run) is still ours to finish or destroy.
+    # Written only when different, so a re-run with nothing to do writes nothing.
+    if previous != machine:
+        machines.save(machine)
+    try:
+        report = provider.create(spec)
+    except BaseException:
+        if previous is None and _absent(provider):  # nothing was made: the record would name a ghost
+            machines.forget(machine.name)
+        raise
+    if machines.active_name() != machine.name:  # only a VM that exists becomes the active one
+        machines.set_active(machine.name)
+    out.running = report.running
     if report.created:
         out.done.append(f"created VM {machine.name} on {machine.provider}")
     elif report.changes:
         out.done.extend(report.changes)
     else:
         out.kept.append(f"VM {machine.name} already matches the profile")
+
+
+def _absent(provider: Provider) -> bool:
+    try:
+        return provider.state() == VMState.ABSENT
+    except B2dkitError:
+        return False
 
 
 def _existing(name: str) -> Optional[Machine]:
@@ -303,6 +309,19 @@ def _existing(name: str) -> Optional[Machine]:
 
 def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     """``vm.start``: boot if needed, wait for SSH, create persistent dirs, set the clock, mount."""
+    booted: List[bool] = []
+    try:
+        return _start(machine, log, mount, booted)
+    except KeyboardInterrupt:
+        if not booted:
+            raise
+        raise Interrupted(  # the truth: the VM runs on, half set up
+            f"interrupted; VM {machine.name} was started and keeps running, not fully set up",
+            hint="run `b2dkit vm.start` again to finish, or `b2dkit vm.stop` to stop it",
+        ) from None
+
+
+def _start(machine: Machine, log: Log, mount: bool, booted: List[bool]) -> Outcome:
     from . import guest
 
     out = Outcome()
@@ -311,11 +330,13 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     if snap.state == VMState.ABSENT:
         raise InputError(f"VM {machine.name!r} does not exist on {machine.provider}; run `b2dkit vm.create`")
     if snap.state == VMState.RUNNING:
+        booted.append(True)
         out.kept.append(f"VM {machine.name} is already running")
     else:
         _stop_watcher(machine, Outcome())  # one left by a VM stopped outside b2dkit holds its [::1] relays
         _check_other_vms(machine.name, snap.forwards)
         log(f"starting {machine.name} ({machine.provider})…")
+        booted.append(True)  # from here on an interrupt leaves a running VM behind
         provider.start()
         out.done.append(f"started VM {machine.name}")
     ssh = fw.ssh_forward(snap.forwards)
@@ -323,7 +344,7 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     log(f"waiting for SSH on {host}:{port}…")
     with guest.wait_for_session(
         host, port, key_path(machine.name), known_hosts_path(machine.name),
-        timeout=SSH_TIMEOUT, log_path=provider.log_path(),
+        timeout=SSH_TIMEOUT, log_path=provider.log_path(), check=lambda: _not_halted(machine, provider),
     ) as session:  # set-up reuses the connection that proved SSH ready: one handshake, not two
         report = guest.setup(session, machine.persistent_dirs)
     out.done += [f"created {d}" for d in report.created] + [f"fixed owner of {d}" for d in report.fixed]
@@ -331,8 +352,12 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     if report.clock_set:
         drift = f" (drift now {report.drift:+.2f} s)" if report.drift is not None else ""
         out.done.append(f"set the guest clock from the host{drift}")
-    if mount and machine.mounts:
-        sub = mount_all(machine, log=log, endpoint=(host, port))
+    if mount and (machine.mounts or machines.made_mounts(machine.name)):
+        try:  # a wanted mount that was not made is a failure (exit 3), as in onboarding
+            sub = mount_all(machine, log=log, endpoint=(host, port), strict=True)
+        except MountError as exc:
+            raise MountError(f"VM {machine.name} is running, but {exc.message}",
+                             hint="fix that, then run `b2dkit vm.mount`") from None
         out.done += sub.done
         out.kept += sub.kept
         out.warnings += sub.warnings
@@ -364,6 +389,13 @@ def _stop_watcher(machine: Machine, out: Outcome) -> None:
 
     if watcher.stop(machine.name):
         out.done.append("stopped the watcher")
+
+
+def _not_halted(machine: Machine, provider: Provider) -> None:
+    """Stop waiting for SSH at once when the hypervisor has halted the guest (a full host disk)."""
+    why = provider.halted()
+    if why:
+        raise HypervisorError(f"VM {machine.name} is halted: {why}")
 
 
 STOP_TIMEOUT = 30.0
@@ -410,6 +442,18 @@ def _powered_off(machine: Machine, timeout: float, synced: bool) -> str:
                   " (next time give it longer: `b2dkit vm.stop --timeout=120`)")
 
 
+def stop_target(name: Optional[str]) -> Machine:
+    """The VM ``vm.stop`` acts on: a known VM, or a QEMU still running after its folder was deleted."""
+    try:
+        return machines.resolve(name)
+    except B2dkitError:
+        from .hypervisors.qemu.provider import running_qemus
+
+        if name and str(name).strip() in running_qemus():
+            return Machine(name=str(name).strip(), provider="qemu")
+        raise
+
+
 def stop(machine: Machine, log: Log = _quiet, timeout=STOP_TIMEOUT) -> Outcome:
     """``vm.stop``: unmount b2dkit's sshfs mounts first (a dead server wedges them), flush, then shut down."""
     seconds = stop_timeout(timeout)  # bad input fails before anything is touched
@@ -453,7 +497,11 @@ def destroy(machine: Machine, purge: bool = False, log: Log = _quiet) -> Outcome
     unmount_all(machine, log=log)
     provider = provider_for(machine)
     disk = provider.disk_path()
-    if not purge and provider.state() == VMState.RUNNING:
+    try:
+        running = provider.state() == VMState.RUNNING
+    except DamagedRecord:  # a damaged definition of a VM that does not run: destroy must still work
+        running = False
+    if not purge and running:
         flush_guest(machine, provider, log)  # the kept disk must hold what was saved before the power-off
     provider.destroy(purge=purge)
     host_port = _ssh_port_or_none(machine)
@@ -464,7 +512,8 @@ def destroy(machine: Machine, purge: bool = False, log: Log = _quiet) -> Outcome
         shutil.rmtree(paths.vm_dir(machine.name), ignore_errors=True)
         out.done.append(f"destroyed VM {machine.name} and deleted its disk")
     else:
-        out.done.append(f"destroyed VM {machine.name}; kept its disk {disk} (use --purge to delete it)")
+        out.done.append(f"destroyed VM {machine.name}; kept its disk {disk} (use --purge to delete it)" if disk
+                        else f"destroyed VM {machine.name} (it had no persistent disk)")
     for line in out.done:
         log(line)
     return out
@@ -544,15 +593,19 @@ def forward(machine: Machine, rule: Forward, auto_correct: bool = False, force: 
             if rule in current:
                 log(f"forward {rule.host_ip}:{rule.host_port} -> {rule.guest_port}/{rule.proto} already in place")
                 return rule
-            if not any(f.name == rule.name for f in current):  # busy, and not because of us
-                fw.require_free(rule, neighbours=lambda: [(f"VM {machine.name!r}", current)])
-    except PortInUse:
-        if not auto_correct:
-            raise
-        port = fw.pick_free_port(rule.host_ip, rule.proto)
+            held = fw.holder(rule, current)
+            if held:  # this VM's own rule (maybe its SSH route): a clash, never a replace
+                fw.refuse_clash(rule, held, machine.name)
+            fw.require_free(rule, neighbours=lambda: [(f"VM {machine.name!r}", current)])
+        provider.add_forward(rule)
+    except PortInUse as exc:
+        if not auto_correct:  # only vm.forward has the flag, so only its hint names it
+            raise PortInUse(exc.message, hint=f"{exc.hint or 'pick another host port'}, or pass --auto-correct") \
+                from None
+        port = fw.pick_free_port(rule.host_ip, rule.proto, taken={f.host_port for f in provider.forwards()})
         log(f"Fixed port collision for {rule.guest_port} => {rule.host_port}. Now on port {port}.")
         rule = Forward(host_port=port, guest_port=rule.guest_port, proto=rule.proto, host_ip=rule.host_ip)
-    provider.add_forward(rule)
+        provider.add_forward(rule)
     log(f"forwarding {rule.host_ip}:{rule.host_port} -> guest {rule.guest_port}/{rule.proto}")
     _poke_watcher(machine)
     return rule
@@ -565,9 +618,19 @@ def _poke_watcher(machine: Machine) -> None:
     watcher.poke(machine.name)
 
 
-def unforward(machine: Machine, name: str, log: Log = _quiet) -> str:
-    """``vm.unforward 8000``: remove the rule (named by ``unforward_name``)."""
-    provider_for(machine).remove_forward(name)
+def unforward(machine: Machine, name: str, force: bool = False, log: Log = _quiet) -> str:
+    """``vm.unforward 8000``: remove the rule (named by ``unforward_name``); the SSH route only
+    with ``force``, since without it b2dkit can no longer reach, set up or flush the guest."""
+    provider = provider_for(machine)
+    if not force:
+        ssh = fw.ssh_forward(provider.forwards())
+        if ssh is not None and ssh.name == name:
+            raise InputError(
+                f"refusing to remove {name}: it is the SSH route of VM {machine.name!r} (without it b2dkit "
+                "could no longer reach, mount or cleanly stop the guest)",
+                hint="pass --force to remove it anyway; `b2dkit vm.create` adds it back",
+            )
+    provider.remove_forward(name)
     _poke_watcher(machine)
     log(f"removed forward {name}")
     return name
@@ -589,9 +652,21 @@ def unforward_name(spec: str) -> str:
 # -- mounts -------------------------------------------------------------------------------------
 
 
-def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False, endpoint=None) -> Outcome:
-    """Mount each profile mount with sshfs; problems become warnings so a running VM stays usable.
+GUEST_USER = DEFAULT_USER
 
+
+def mount_dir(host_dir: Path) -> str:
+    """A profile's host dir as the mount table shows it (absolute, symlinks resolved)."""
+    return os.path.realpath(Path(host_dir).expanduser())
+
+
+def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False, endpoint=None,
+              strict: bool = False) -> Outcome:
+    """Mount each profile mount with sshfs, and unmount what b2dkit mounted that the profile dropped.
+
+    Only this VM's own mounts (``machines.made_mounts``) count as mounted: another VM's mount of the
+    same host dir is reported, never adopted.  Problems become warnings so a running VM stays
+    usable; ``strict`` raises MountError once every mount was tried (``vm.start``, ``vm.mount``).
     ``endpoint``: the guest's (host, port) when the caller already knows it (saves a hypervisor query).
     """
     from . import sshfs
@@ -599,39 +674,68 @@ def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False, endpoi
     out = Outcome()
     host, port = endpoint or provider_for(machine).ssh_endpoint()
     live = {str(m.local_dir): m for m in sshfs.list_mounts()}
+    mine = {r.local_dir: r for r in machines.made_mounts(machine.name)}
+    wanted = {mount_dir(m.host) for m in machine.mounts}
+    for local, made in mine.items():
+        current = live.get(local)
+        if current is None or current.source != made.source:
+            machines.forget_mount(machine.name, local)  # gone: the mount table is the truth
+        elif local not in wanted:  # dropped from the profile: it would only go stale
+            try:
+                sshfs.unmount(local)
+                machines.forget_mount(machine.name, local)
+                out.done.append(f"unmounted {local} (no longer in the profile)")
+            except B2dkitError as exc:
+                out.warnings.append(f"{local} is no longer in the profile but could not be unmounted: {exc}")
     for m in machine.mounts:
-        local = m.host.expanduser()
-        current = live.get(str(local))
+        local = mount_dir(m.host)
+        current = live.get(local)
+        source = sshfs.source_of(host, m.guest, GUEST_USER)
+        here = mine.get(local)
+        ours = current is not None and here is not None and current.source == here.source
         try:
-            if current and current.alive and not remount:
+            if current is not None and not ours:
+                owner = machines.mount_owner(local, current.source)
+                who = f"VM {owner.vm!r}'s mount" if owner else f"a mount of {current.source} b2dkit did not make"
+                fix = f"`b2dkit vm.unmount --name={owner.vm}`" if owner else f"`fusermount -u {local}`"
+                raise MountError(f"{local} already holds {who}; free it with {fix} or change the profile's host dir")
+            if ours and current is not None and here is not None and current.alive and not remount \
+                    and here.port == port and here.source == source:
                 out.kept.append(f"{m.guest} already mounted on {local}")
                 continue
-            if current and (remount or not current.alive):
-                sshfs.remount(host, port, key_path(machine.name), known_hosts_path(machine.name),
-                              m.guest, local)
-                out.done.append(f"remounted {m.guest} on {local}")
-                continue
-            sshfs.mount(host, port, key_path(machine.name), known_hosts_path(machine.name), m.guest, local)
-            out.done.append(f"mounted {m.guest} on {local}")
+            if ours:
+                sshfs.unmount(local, lazy=True)  # stale, moved port or asked to remount: mount afresh
+                machines.forget_mount(machine.name, local)
+                verb = "remounted"
+            else:
+                verb = "mounted"
+            sshfs.mount(host, port, key_path(machine.name), known_hosts_path(machine.name), m.guest, local,
+                        user=GUEST_USER)
+            machines.record_mount(machines.MadeMount(machine.name, source, int(port), local, m.guest))
+            out.done.append(f"{verb} {m.guest} on {local}")
         except B2dkitError as exc:
             out.warnings.append(f"{m.guest} not mounted on {local}: {exc}")
     for line in out.done:
         log(line)
+    if strict and out.warnings:
+        raise MountError("; ".join(out.warnings))
     return out
 
 
 def unmount_all(machine: Machine, log: Log = _quiet) -> Outcome:
+    """Unmount what b2dkit mounted for this VM, and nothing else (another VM may use the same dir)."""
     from . import sshfs
 
     out = Outcome()
-    wanted = {str(m.host.expanduser()) for m in machine.mounts}
     try:
-        live = sshfs.list_mounts()
+        live = {str(m.local_dir): m for m in sshfs.list_mounts(check=False)}
     except B2dkitError:
         return out
-    for m in live:
-        if str(m.local_dir) in wanted:
-            sshfs.unmount(m.local_dir)
-            out.done.append(f"unmounted {m.local_dir}")
-            log(f"unmounted {m.local_dir}")
+    for made in machines.made_mounts(machine.name):
+        current = live.get(made.local_dir)
+        if current is not None and current.source == made.source:
+            sshfs.unmount(made.local_dir)
+            out.done.append(f"unmounted {made.local_dir}")
+            log(f"unmounted {made.local_dir}")
+        machines.forget_mount(machine.name, made.local_dir)
     return out

@@ -23,7 +23,7 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import yaml
@@ -685,6 +685,26 @@ def _check_mounts(check, where, value):
     return result
 
 
+def _inside(a: PurePath, b: PurePath) -> bool:
+    return a == b or b in a.parents
+
+
+def _check_mount_overlap(path, mounts) -> None:
+    """No mount inside another, on either side: a host dir under another sshfs mount makes that
+    one "busy" at every unmount, and a guest dir inside another is the same files twice."""
+    for i, a in enumerate(mounts):
+        for b in mounts[i + 1:]:
+            for side, x, y in (("host", Path(os.path.normpath(a.host)), Path(os.path.normpath(b.host))),
+                               ("guest", PurePosixPath(posixpath.normpath(a.guest)),
+                                PurePosixPath(posixpath.normpath(b.guest)))):
+                if _inside(x, y) or _inside(y, x):
+                    same = "is used by both" if x == y else "overlaps between"
+                    raise ProfileError(
+                        f"{display_path(path)}: mounts: {side} dir {str(x)!r} {same} {a.guest!r} and "
+                        f"{b.guest!r} ({str(y)!r}); give each mount its own {side} dir, none inside another"
+                    )
+
+
 _CHECKS = {
     "extends": _check_extends,
     "description": _check_description,
@@ -757,14 +777,7 @@ def _finish(merged: dict, path: Path, chain: List[Path], provider, name) -> Prof
             hint="add e.g. {host: 2022, guest: 22}",
         )
     mounts = list(merged.get("mounts", {}).values())
-    hosts: Dict[Path, str] = {}
-    for mount in mounts:
-        if mount.host in hosts:
-            raise ProfileError(
-                f"{display_path(path)}: mounts: host dir {str(mount.host)!r} is used by both "
-                f"{hosts[mount.host]!r} and {mount.guest!r}; give each mount its own host dir"
-            )
-        hosts[mount.host] = mount.guest
+    _check_mount_overlap(path, mounts)
     return Profile(
         name=merged["name"],
         provider=_auto_provider() if chosen == "auto" else chosen,

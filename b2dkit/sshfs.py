@@ -230,7 +230,11 @@ def mount(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DE
         raise MountError(f"{local} exists and is not a directory; choose another mount point")
     if local.is_dir() and any(local.iterdir()):
         raise MountError(f"{local} is not empty; move its files away or choose another mount point")
-    local.mkdir(parents=True, exist_ok=True)
+    try:
+        local.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MountError(f"cannot create the mount point {local}: {exc.strerror or exc}; "
+                         "choose a host dir you can write to") from None
     if not guest.pinned_keys(known_hosts_path, host, port):
         _diagnose(host, port, key_path, known_hosts_path, user, source, local)  # pins on first contact
     argv = sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, local, user)

@@ -78,7 +78,7 @@ def render(info: dict) -> str:
     lines = [
         f"VM:         {info['name']}{' (active)' if info['active'] else ''}",
         f"provider:   {info['provider']}",
-        f"state:      {info['state']}",
+        f"state:      {info['state']}" + (f" ({info['halted']})" if info.get("halted") else ""),
         f"boot codes: {' '.join(info['boot_codes']) or '-'}",
         f"ISO:        {info['iso']}",
         f"disk:       {info['disk'] or '-'}",
@@ -101,14 +101,27 @@ def render(info: dict) -> str:
 
 def list_all() -> List[dict]:
     rows = []
-    active = machines.active_name()
+    try:
+        active = machines.active_name()
+    except B2dkitError:  # a damaged active-VM file must not hide the list
+        active = None
     for m in machines.all_machines():
         try:
             state = str(lifecycle.provider_for(m).state())
         except B2dkitError as exc:
             state = f"unknown ({exc})"
         rows.append({"name": m.name, "provider": m.provider, "state": state, "active": m.name == active})
-    return rows
+    for name, why in machines.broken():
+        rows.append({"name": name, "provider": "?", "state": f"broken: {why}", "active": name == active})
+    from .hypervisors.qemu.provider import running_qemus
+
+    listed = {r["name"] for r in rows}
+    for name, (pid, _rules) in running_qemus().items():
+        if name not in listed:  # its folder (and record) is gone, its QEMU is not
+            rows.append({"name": name, "provider": "qemu", "active": False,
+                         "state": f"orphaned: QEMU pid {pid} runs without its VM folder; "
+                                  f"stop it with `b2dkit vm.stop --name={name}`"})
+    return sorted(rows, key=lambda r: r["name"])
 
 
 def mounts(machine: Machine) -> List[dict]:
@@ -118,11 +131,18 @@ def mounts(machine: Machine) -> List[dict]:
         live = {str(m.local_dir): m for m in sshfs.list_mounts()}
     except B2dkitError:
         live = {}
+    mine = {r.local_dir: r for r in machines.made_mounts(machine.name)}
     rows = []
     for m in machine.mounts:
-        local = str(m.host.expanduser())
+        local = lifecycle.mount_dir(m.host)
         cur = live.get(local)
-        status = "not mounted" if cur is None else cur.state
+        if cur is None:
+            status = "not mounted"
+        elif local in mine and mine[local].source == cur.source:
+            status = cur.state
+        else:  # the dir holds a mount, but not this VM's: never report it as ours
+            owner = machines.mount_owner(local, cur.source)
+            status = f"mounted by VM {owner.vm!r}" if owner else f"holds another mount ({cur.source})"
         rows.append({"guest": m.guest, "host": local, "status": status})
     return rows
 

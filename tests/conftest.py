@@ -56,3 +56,28 @@ def fixture_text(*parts) -> str:
 
 def kvm_usable() -> bool:
     return os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """``small_fs(folder, size="64k", read_only=False)``: a real tmpfs mounted at ``folder`` (a full
+    disk or a read-only one, for the kernel's own ENOSPC/EROFS); unmounted at the end."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs")
+    mounted = []
+
+    def make(folder: Path, size: str = "64k", read_only: bool = False) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)

@@ -254,3 +254,12 @@ def test_no_labels_is_an_error():
 def test_non_utf8_bytes_survive():
     cfg = b"label a\n menu label Caf\xe9 \x85\x0c\n kernel /k\n append x\n"
     assert bootcfg.apply(cfg, ["tz=CST-8"]) == cfg.replace(b"append x", b"append x tz=CST-8")
+
+
+def test_boot_codes_the_kernel_would_cut_off_are_refused():
+    cfg = b"DEFAULT b\nLABEL b\n  KERNEL /boot/vmlinuz\n  APPEND loglevel=3\n"
+    with pytest.raises(InputError, match="Linux keeps only the first 2047"):
+        bootcfg.apply(cfg, ["x=" + "a" * 3000])
+    with pytest.raises(InputError, match="Linux keeps only the first 2047"):  # a label without an append line
+        bootcfg.apply(b"LABEL b\n  KERNEL /boot/vmlinuz\n", ["x=" + "a" * 3000])
+    assert b"x=" + b"a" * 1000 in bootcfg.apply(cfg, ["x=" + "a" * 1000])  # long but whole: fine

@@ -4,6 +4,7 @@ import functools
 import hashlib
 import random
 import socket
+import threading
 import time
 
 import httpmirror
@@ -266,3 +267,55 @@ def test_unpinned_fetch_rejected_by_the_check_leaves_nothing_and_says_why(mirror
     with pytest.raises(IsoError, match="b2d.iso is not what we want"):
         fetch_unpinned([mirror.url("/b2d.iso")], accept=refuse)
     assert leftovers() == []
+
+
+def _wait_for(condition, seconds=20.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def _fetch_in_background(mirror, done):
+    def run():
+        try:
+            done["result"] = fetch([mirror.url("/b2d.iso")], read_timeout=30.0)
+        except DownloadError as exc:
+            done["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    part = iso_dir() / f"{SHA}.iso.part"
+    _wait_for(lambda: part.exists() and len(mirror.requests) == 1)
+    return worker, part
+
+
+def test_clearing_the_cache_waits_for_a_running_download_and_never_cuts_its_part_file(mirror):
+    mirror.routes["/b2d.iso"] = Route(hold_at=100_000)
+    done = {}
+    worker, part = _fetch_in_background(mirror, done)
+    waited = threading.Event()
+    clearer = threading.Thread(target=lambda: done.setdefault("removed", isocache.clear_cache(
+        on_wait=lambda folder: waited.set())))
+    clearer.start()
+    assert waited.wait(20)  # the download holds the cache lock, so the clear waits for it
+    assert part.exists()
+    mirror.release.set()
+    worker.join(30)
+    clearer.join(30)
+    assert done["result"].path.name == f"{SHA}.iso"
+    assert done["removed"] == 1 and leftovers() == []  # it ran after the download, and cleared it whole
+
+
+def test_a_part_file_changed_on_disk_during_the_download_is_never_stored_under_the_digest(mirror):
+    mirror.routes["/b2d.iso"] = Route(hold_at=100_000)
+    done = {}
+    worker, part = _fetch_in_background(mirror, done)
+    _wait_for(lambda: part.stat().st_size > 0)
+    with open(part, "r+b") as f:  # something outside b2dkit's lock cuts the file under the download
+        f.truncate(10)
+    mirror.release.set()
+    worker.join(30)
+    assert "changed on disk" in str(done["error"])
+    assert not (iso_dir() / f"{SHA}.iso").exists() and leftovers() == []

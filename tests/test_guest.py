@@ -362,3 +362,20 @@ def test_docker_client_certs_are_copied_when_the_guest_has_them(vm, tmp_path):
         path = tmp_path / "certs" / name
         assert path.read_text() == f"-----BEGIN {name[:-4]}-----\n"
         assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_waiting_for_ssh_stops_at_once_when_the_check_says_the_guest_is_halted(tmp_path, ssh_keys):
+    from b2dkit.errors import HypervisorError
+
+    calls = []
+
+    def check():
+        calls.append(time.monotonic())
+        if len(calls) >= 2:  # the hypervisor reports the guest halted (a full host disk)
+            raise HypervisorError("VM dev is halted: the host disk is full")
+
+    started = time.monotonic()
+    with pytest.raises(HypervisorError, match="halted"):
+        guest.wait_for_session("127.0.0.1", free_port(), ssh_keys["private"], tmp_path / "kh", timeout=60,
+                               check=check)
+    assert time.monotonic() - started < 20  # not the whole 60 s timeout

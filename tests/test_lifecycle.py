@@ -101,3 +101,97 @@ def test_a_missing_build_tool_for_the_demo_guest_is_tool_missing_not_a_traceback
     assert (found, step) == (None, "build the boot2docker-compatible guest ISO from Debian packages")
     with pytest.raises(ToolMissing, match="guest ISO"):
         lifecycle.source_iso(demo)
+
+
+# -- mounts: real sshfs against the test SSH server, two VMs sharing one host dir ---------------
+
+from sshserver import ssh_keys, ssh_user, sshd  # noqa: E402,F401,F811  # ruff: F811 below is the fixture use
+
+
+@pytest.fixture
+def two_vms(sshd, ssh_keys, ssh_user, b2dkit_home, monkeypatch, tmp_path):  # noqa: F811
+    """VMs ``a`` and ``b`` whose profiles mount guest dirs on the same host dir (as cst-based ones do)."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from b2dkit import paths, sshfs
+    from b2dkit.profile import Mount
+
+    if not os.path.exists("/dev/fuse") or shutil.which("sshfs") is None:
+        pytest.skip("needs /dev/fuse and sshfs")
+    monkeypatch.setattr(lifecycle, "GUEST_USER", ssh_user["name"])
+    remotes = []
+    for _ in range(3):
+        remote = Path(tempfile.mkdtemp(prefix="b2dkit-guest-", dir="/tmp"))
+        remote.chmod(0o755)
+        os.chown(remote, ssh_user["uid"], ssh_user["gid"])
+        remotes.append(remote)
+    work = b2dkit_home / "workspace"
+    vms = {}
+    for name in ("a", "b"):
+        folder = paths.ensure_dir(paths.vm_dir(name))
+        shutil.copy(ssh_keys["private"], folder / "id_ed25519")
+        (folder / "id_ed25519").chmod(0o600)
+        vms[name] = machines.Machine(name=name, provider="qemu",
+                                     mounts=[Mount(guest=str(remotes[0]), host=work / "dev")])
+        machines.save(vms[name])
+    yield {"vms": vms, "endpoint": ("127.0.0.1", sshd.port), "work": work, "remotes": remotes}
+    for info in sshfs.list_mounts(check=False):
+        if str(info.local_dir).startswith(str(work)):
+            sshfs.unmount(info.local_dir, lazy=True)
+    for remote in remotes:
+        shutil.rmtree(remote)
+
+
+def _live(work):
+    from b2dkit import sshfs
+
+    return sorted(str(m.local_dir) for m in sshfs.list_mounts(check=False) if str(m.local_dir).startswith(str(work)))
+
+
+def test_a_vm_never_takes_or_unmounts_another_vms_mount_of_the_same_dir(two_vms):
+    from b2dkit import status
+
+    a, b, at = two_vms["vms"]["a"], two_vms["vms"]["b"], two_vms["endpoint"]
+    dev = str(two_vms["work"] / "dev")
+    assert lifecycle.mount_all(a, endpoint=at).done == [f"mounted {a.mounts[0].guest} on {dev}"]
+    out = lifecycle.mount_all(b, endpoint=at)
+    assert out.kept == [] and len(out.warnings) == 1 and "VM 'a'" in out.warnings[0]
+    assert [r["status"] for r in status.mounts(b)] == ["mounted by VM 'a'"]
+    assert [r["status"] for r in status.mounts(a)] == ["alive"]
+    assert lifecycle.unmount_all(b).done == []  # vm.unmount --name=b / destroying b leaves a's mount
+    assert _live(two_vms["work"]) == [dev]
+    assert lifecycle.unmount_all(a).done == [f"unmounted {dev}"]
+    assert _live(two_vms["work"]) == []
+    # Now b may have it, and it is b's from then on.
+    assert lifecycle.mount_all(b, endpoint=at).done and machines.made_mounts("a") == []
+    assert lifecycle.unmount_all(a).done == [] and _live(two_vms["work"]) == [dev]
+
+
+def test_a_mount_dropped_from_the_profile_is_unmounted(two_vms):
+    from b2dkit.profile import Mount
+
+    a, at, work, remotes = two_vms["vms"]["a"], two_vms["endpoint"], two_vms["work"], two_vms["remotes"]
+    a.mounts.append(Mount(guest=str(remotes[1]), host=work / "other"))
+    lifecycle.mount_all(a, endpoint=at)
+    assert _live(work) == [str(work / "dev"), str(work / "other")]
+    a.mounts.pop()
+    out = lifecycle.mount_all(a, endpoint=at)
+    assert out.done == [f"unmounted {work / 'other'} (no longer in the profile)"]
+    assert _live(work) == [str(work / "dev")]
+
+
+def test_a_wanted_mount_that_was_not_made_fails_strict_callers_after_trying_the_rest(two_vms):
+    from b2dkit.errors import MountError
+    from b2dkit.profile import Mount
+
+    a, at, work, remotes = two_vms["vms"]["a"], two_vms["endpoint"], two_vms["work"], two_vms["remotes"]
+    (work / "busy").mkdir(parents=True)
+    (work / "busy" / "notes.txt").write_text("mine")
+    a.mounts.insert(0, Mount(guest=str(remotes[1]), host=work / "busy"))
+    with pytest.raises(MountError, match="not empty"):
+        lifecycle.mount_all(a, endpoint=at, strict=True)
+    assert _live(work) == [str(work / "dev")]  # the other mount was still made
+    assert (work / "busy" / "notes.txt").read_text() == "mine"

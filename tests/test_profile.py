@@ -444,3 +444,16 @@ def test_host_ip_ipv6_loopback_is_accepted(tmp_path):
     path = write(tmp_path, "v6.yaml", CORE + forwards)
     p = profile.load(str(path))
     assert [(f.host_ip, f.host_port) for f in p.forwards] == [("127.0.0.1", 2022), ("127.0.0.1", 8000)]
+
+
+@pytest.mark.parametrize("second", [
+    "{guest: /mnt/sda1/other, host: /srv/dev/inner}",   # host dir inside another mount's host dir
+    "{guest: /mnt/sda1/dev/sub, host: /srv/elsewhere}",  # guest dir inside another mount's guest dir
+    "{guest: /mnt/sda1/other, host: /srv/x/../dev/inner}",  # the same, spelt with ..
+])
+def test_overlapping_mounts_are_refused(tmp_path, second):
+    path = tmp_path / "nested.yaml"
+    path.write_text("extends: default\nmounts:\n  - {guest: /mnt/sda1/dev, host: /srv/dev}\n"
+                    f"  - {second}\n")
+    with pytest.raises(ProfileError, match="overlaps"):
+        profile.load(str(path))

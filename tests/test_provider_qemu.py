@@ -151,8 +151,11 @@ def test_forwards_while_stopped_live_in_the_definition(tiny_iso):
     vm.add_forward(parse_spec("8000"))
     vm.add_forward(parse_spec("8000"))  # identical: no-op
     assert vm.forwards() == [Forward(2022, 22), Forward(8000, 8000)]
-    vm.add_forward(Forward(8000, 8080))  # same name tcp-8000: replaced
-    assert vm.forwards() == [Forward(2022, 22), Forward(8000, 8080)]
+    with pytest.raises(PortInUse, match="tcp-8000"):  # same host port, other guest port: a clash, not a replace
+        vm.add_forward(Forward(8000, 8080))
+    with pytest.raises(PortInUse, match="SSH route"):
+        vm.add_forward(Forward(2022, 8000))
+    assert vm.forwards() == [Forward(2022, 22), Forward(8000, 8000)]
     vm.remove_forward("tcp-8000")
     assert vm.forwards() == [Forward(2022, 22)]
     with pytest.raises(InputError, match="'tcp-9999'"):
@@ -251,8 +254,9 @@ def test_live_forward_add_and_remove_bind_and_free_host_ports(running):
     assert not host_port_free(port)
     assert Forward(port, 8000) in vm.forwards()
     vm.add_forward(Forward(port, 8000))  # identical: no-op
-    vm.add_forward(Forward(port, 8080))  # same name: replaced live
-    assert [f for f in vm.forwards() if f.host_port == port] == [Forward(port, 8080)]
+    with pytest.raises(PortInUse):  # same host port, another guest port: a clash, never a replace
+        vm.add_forward(Forward(port, 8080))
+    assert [f for f in vm.forwards() if f.host_port == port] == [Forward(port, 8000)]
     vm.remove_forward(f"tcp-{port}")
     assert host_port_free(port)
     assert all(f.host_port != port for f in vm.forwards())
@@ -347,3 +351,72 @@ def test_restart_rotates_serial_log_and_destroy_stops_first(running):
     vm.destroy()
     assert not qemu.process_alive(pid, str(vm.pidfile)) and vm.state() == VMState.ABSENT
     assert vm.disk_path() is not None
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda d: [], "a JSON list"),
+    (lambda d: {k: v for k, v in d.items() if k != "cpus"}, "missing key 'cpus'"),
+    (lambda d: dict(d, colour="blue"), "unknown key 'colour'"),
+    (lambda d: dict(d, memory_mb="lots"), "'memory_mb' is str"),
+    (lambda d: dict(d, forwards=[{"host_port": 2022}]), "forward"),
+    (lambda d: dict(d, forwards=[{"host_port": 2022, "guest_port": 22, "proto": "sctp"}]), "sctp"),
+])
+def test_a_damaged_definition_is_one_line_and_create_rebuilds_it_keeping_the_disk(tiny_iso, damage, why):
+    from b2dkit.errors import DamagedRecord
+
+    vm = QemuProvider("dev")
+    vm.create(_spec(tiny_iso, forwards=[parse_spec("2022:22")]))
+    img = vm.disk_path()
+    with open(img, "r+b") as f:  # the user's data on the persistent disk
+        f.seek(1 << 20)
+        f.write(b"precious")
+    data = json.loads(vm.machine_file.read_text())
+    vm.machine_file.write_text(json.dumps(damage(data)))
+    with pytest.raises(DamagedRecord, match=why) as err:
+        vm.forwards()
+    assert str(vm.machine_file) in str(err.value) and "b2dkit vm.create --name=dev" in str(err.value)
+    assert vm.create(_spec(tiny_iso, forwards=[parse_spec("2022:22")])).created
+    assert vm.forwards() == [Forward(2022, 22)]
+    with open(img, "rb") as f:
+        f.seek(1 << 20)
+        assert f.read(8) == b"precious"
+
+
+@pytest.fixture
+def orphan(running):
+    """The running VM's QEMU, killed at the end even when its pid file is gone."""
+    vm, ssh = running
+    pid = qemu.read_pid(vm.pidfile)
+    yield vm, ssh, pid
+    qemu.kill(pid)
+    qemu.wait_exit(pid, 10.0)
+
+
+@pytest.mark.slow
+def test_a_qemu_whose_pid_file_is_gone_is_still_found_running_and_stopped(orphan):
+    vm, ssh, pid = orphan
+    vm.pidfile.unlink()
+    assert vm.state() == VMState.RUNNING  # found by its -pidfile marker, not reported as stopped
+    assert vm.qmp_socket.exists()  # and its monitor socket was not deleted as a stale leftover
+    assert vm.forwards() == [Forward(ssh, 22), Forward(ssh, 53, proto="udp")]
+    vm.stop(timeout=1)  # the tiny guest ignores ACPI: the fallback quit must reach the orphan
+    assert not qemu.process_alive(pid)
+    assert vm.state() == VMState.STOPPED
+
+
+@pytest.mark.slow
+def test_a_qemu_whose_vm_folder_is_gone_is_listed_blocks_ports_by_name_and_is_stopped(orphan, tiny_iso, capsys):
+    from b2dkit import status
+    from cli import run
+
+    vm, ssh, pid = orphan
+    shutil.rmtree(vm.dir)
+    rows = {r["name"]: r for r in status.list_all()}
+    assert f"QEMU pid {pid}" in rows["dev"]["state"] and "vm.stop --name=dev" in rows["dev"]["state"]
+    other = QemuProvider("other")
+    other.create(_spec(tiny_iso, name="other", forwards=[Forward(ssh, 22)]))
+    with pytest.raises(PortInUse, match=f"QEMU VM 'dev' \\(pid {pid}"):
+        other.start()
+    run("vm.stop", "--name=dev", "--timeout=1")
+    assert not qemu.process_alive(pid)
+    assert "dev" not in {r["name"] for r in status.list_all()}

@@ -250,7 +250,8 @@ def test_modifyvm_never_called_on_a_running_vm(vb, fake, spec):
     mark = len(fake.calls())
     web = parse_spec(f"{free_port()}:80")
     vb.add_forward(web)
-    vb.add_forward(dataclasses.replace(web, guest_port=81))  # replace live
+    with pytest.raises(PortInUse, match=web.name):  # the same host port again is a clash, never a replace
+        vb.add_forward(dataclasses.replace(web, guest_port=81))
     vb.remove_forward(web.name)
     vb.create(spec)
     vb.stop(timeout=1)

@@ -426,3 +426,16 @@ def test_parse_usernet_groups_by_netdev_and_ignores_connections():
     assert [f.host_port for f in parsed["n0"]] == [2022, 2023, 5353]
     assert parsed["n1"] == [Forward(9000, 90)]
     assert qemu.parse_usernet("") == {}
+
+
+def test_a_guest_qemu_halted_on_a_disk_error_is_explained_and_named_in_text_status():
+    from b2dkit import status
+    from b2dkit.hypervisors.base import VMState
+
+    why = qemu.halted_reason("io-error")
+    assert "disk is full" in why and "b2dkit vm.start" in why
+    assert qemu.halted_reason("running") is None and qemu.halted_reason(None) is None
+    assert qemu.map_state("io-error") == VMState.PAUSED
+    info = {"name": "dev", "active": True, "provider": "qemu", "state": "paused", "halted": why,
+            "boot_codes": [], "iso": "-", "disk": None, "forwards": [], "mounts": []}
+    assert f"state:      paused ({why})" in status.render(info).splitlines()

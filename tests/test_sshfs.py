@@ -261,3 +261,11 @@ def test_a_change_on_either_side_is_seen_on_the_other_within_a_second(live):
     _seen_within(lambda: not (local / "new.txt").exists(), 1.0, since)
     (local / "host.txt").write_text("from the host\n")  # the host's writes are there at close
     assert (remote / "host.txt").read_text() == "from the host\n"
+
+
+def test_a_host_dir_on_a_read_only_disk_is_a_mount_error_not_a_traceback(small_fs, tmp_path):
+    if shutil.which("sshfs") is None:
+        pytest.skip("needs sshfs")
+    ro = small_fs(tmp_path / "ro", read_only=True)
+    with pytest.raises(MountError, match="(?i)cannot create the mount point .*read-only"):
+        sshfs.mount("127.0.0.1", 22, tmp_path / "key", tmp_path / "kh", "/mnt/sda1/dev", ro / "workspace" / "dev")

@@ -66,15 +66,20 @@ def test_a_bug_is_one_line_naming_a_log_with_the_traceback(tmp_path):
     home = tmp_path / "home"
     vm = home / "data" / "vms" / "dev"
     vm.mkdir(parents=True)
-    (vm / "b2dkit.json").write_text(json.dumps({"name": "dev", "provider": "qemu"}))
-    (vm / "machine.json").write_text(json.dumps({"forwards": [{"bogus": 1}]}))  # valid JSON, wrong shape
+    (vm / "b2dkit.json").write_text("{}")
+    # A bug on purpose: the record reader is replaced by one that fails as a bug would (damaged records
+    # themselves are handled now: DamagedRecord, exit 3).
+    crash = ("import sys, runpy; from b2dkit import records\n"
+             "def broken(*a, **k): raise ZeroDivisionError('division by zero')\n"
+             "records.read = broken\n"
+             "sys.argv = ['b2dkit', 'vm.forwards', '--name', 'dev']; runpy.run_module('b2dkit', run_name='__main__')")
     env = {"PATH": "/usr/bin:/bin", "B2DKIT_HOME": str(home)}
-    proc = subprocess.run([sys.executable, "-m", "b2dkit", "vm.forwards", "--name", "dev"], capture_output=True,
-                          text=True, cwd=tmp_path, env=env)
+    proc = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, cwd=REPO, env=env)
     assert proc.returncode == 70
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("b2dkit: internal error") and "please report" in lines[0]
     logs = list((home / "data" / "logs").glob("crash-*.log"))
     assert len(logs) == 1 and str(logs[0]) in lines[0]
-    assert "Traceback" in logs[0].read_text() and "TypeError" in logs[0].read_text()
+    assert "Traceback" in logs[0].read_text() and "ZeroDivisionError" in logs[0].read_text()
+

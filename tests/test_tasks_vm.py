@@ -14,6 +14,7 @@ from b2dkit import machines
 from cli import run, run_failing
 from conftest import ONE_VBOX_VERSION
 from fakevbox import install
+from isofixtures import build_iso, tools_available
 
 
 
@@ -23,11 +24,13 @@ def fake(tmp_path, monkeypatch, vbox_version):
     return install(tmp_path / "fakevbox", monkeypatch)
 
 
-@pytest.fixture
-def iso(tmp_path):
-    path = tmp_path / "boot2docker.iso"
-    path.write_bytes(b"\0" * 4096)
-    return path
+@pytest.fixture(scope="session")
+def iso(tmp_path_factory):
+    """A real boot2docker-shaped ISO: every source ISO is checked (El Torito, isolinux config)."""
+    missing = tools_available()
+    if missing:
+        pytest.skip(missing)
+    return build_iso(tmp_path_factory.mktemp("iso") / "boot2docker.iso")
 
 
 @pytest.fixture
@@ -280,3 +283,155 @@ def test_item4_create_and_status_work_for_a_russian_user(fake, iso, small, capsy
     assert "dev created (not started)" in capsys.readouterr().out
     run("vm.status", "--json")
     assert json.loads(capsys.readouterr().out)["state"] == "stopped"
+
+
+@pytest.fixture(params=["virtualbox", "qemu"])
+def any_provider(request, tmp_path, monkeypatch, iso, small, capsys):
+    """A stopped VM ``dev`` on each provider (VirtualBox through the fake VBoxManage)."""
+    if request.param == "virtualbox":
+        install(tmp_path / "fakevbox", monkeypatch)
+    run("vm.create", small, f"--provider={request.param}", "--name=dev", f"--iso={iso}", "--no-start")
+    capsys.readouterr()
+    return request.param
+
+
+def _rules(capsys):
+    capsys.readouterr()
+    run("vm.forwards", "--json")
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_ssh_route_is_never_replaced_or_removed_without_force(any_provider, capsys):
+    before = _rules(capsys)
+    (ssh,) = [r for r in before if r["guest_port"] == 22]
+    code, out = run_failing(capsys, "vm.forward", f"{ssh['host_port']}:8000")
+    assert code == 3 and "SSH route" in out.err and "unforward" not in out.err
+    assert _rules(capsys) == before
+    code, out = run_failing(capsys, "vm.unforward", str(ssh["host_port"]))
+    assert code == 2 and "SSH route" in out.err and "--force" in out.err
+    assert _rules(capsys) == before
+    run("vm.unforward", str(ssh["host_port"]), "--force")
+    assert [r for r in _rules(capsys) if r["guest_port"] == 22] == []
+
+
+def test_a_forward_on_a_port_the_vm_already_forwards_is_a_clash(any_provider, capsys):
+    port = _free_port()
+    run("vm.forward", f"{port}:80")
+    before = _rules(capsys)
+    code, out = run_failing(capsys, "vm.forward", f"{port}:81")
+    assert code == 3 and f"vm.unforward {port}" in out.err
+    assert _rules(capsys) == before
+
+
+def test_a_create_refused_on_a_port_clash_records_nothing_and_keeps_the_active_vm(any_provider, iso, small,
+                                                                                  capsys):
+    # ``small`` forwards ssh on 2022, which ``dev`` already has: the second create must fail cleanly.
+    code, out = run_failing(capsys, "vm.create", small, f"--provider={any_provider}", "--name=second",
+                            f"--iso={iso}", "--no-start")
+    assert code == 3 and "'dev'" in out.err
+    assert machines.active_name() == "dev"
+    assert [m.name for m in machines.all_machines()] == ["dev"]
+    assert not (machines.paths.vm_dir("second") / machines.RECORD).exists()
+    run("vm.list", "--json")
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["dev"]
+
+
+def test_a_create_the_hypervisor_refuses_leaves_no_record_of_a_vm_that_does_not_exist(fake, iso, small,
+                                                                                        capsys, monkeypatch):
+    monkeypatch.setenv("FAKEVBOX_FAULTS", "createvm=exit0-error*1")  # VirtualBox refuses the first createvm
+    code, out = run_failing(capsys, "vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}",
+                            "--no-start")
+    assert code == 3 and "VT-x" in out.err
+    assert machines.all_machines() == [] and machines.active_name() is None
+    run("vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}", "--no-start")  # then it works
+    assert machines.active_name() == "dev"
+
+
+@pytest.mark.parametrize("content", [b"", b"junk" * 1000, b"\0" * 40960])
+def test_a_source_iso_that_cannot_boot_is_refused_even_without_a_remaster(fake, small, tmp_path, capsys,
+                                                                         content):
+    junk = tmp_path / "junk.iso"
+    junk.write_bytes(content)
+    code, out = run_failing(capsys, "vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={junk}",
+                            "--no-start")
+    assert code == 2 and len(out.err.strip().splitlines()) == 1 and "junk.iso" in out.err
+    assert "Traceback" not in out.err and fake.machine("dev") is None
+    assert not (machines.paths.vm_dir("dev") / "boot2docker.iso").exists() and machines.all_machines() == []
+    assert junk.read_bytes() == content  # the user's file is never touched
+
+
+# -- hints that work ----------------------------------------------------------------------------
+
+def _own_ports_profile(tmp_path, ssh_port):
+    path = tmp_path / "own.yaml"
+    path.write_text(f"extends: default\ndisk: 1024\nforwards:\n  - {{host: 2022, remove: true}}\n"
+                    f"  - {{host: {ssh_port}, guest: 22}}\n")
+    return f"--profile={path}"
+
+
+def test_a_busy_port_at_start_never_suggests_a_flag_vm_start_lacks(fake, iso, tmp_path, capsys):
+    port = _free_port()
+    run("vm.create", _own_ports_profile(tmp_path, port), "--provider=virtualbox", "--name=dev", f"--iso={iso}",
+        "--no-start")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        code, out = run_failing(capsys, "vm.start")
+        assert code == 3 and "already in use" in out.err and "--auto-correct" not in out.err
+        code, out = run_failing(capsys, "vm.forward", f"{port}:8000")
+        assert code == 3 and "--auto-correct" in out.err  # vm.forward has it
+
+
+def test_create_no_start_on_a_running_vm_does_not_say_not_started(created, iso, small, capsys):
+    import subprocess
+
+    subprocess.run([str(created.exe), "startvm", "dev", "--type", "headless"], check=True, env=created.env(),
+                   capture_output=True)
+    capsys.readouterr()
+    run("vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}", "--no-start")
+    out = capsys.readouterr().out
+    assert "not started" not in out and "running" in out
+
+
+def test_ctrl_c_while_waiting_for_ssh_says_the_vm_keeps_running(created, monkeypatch, capsys):
+    from b2dkit import guest
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt  # the user's Ctrl-C while the guest boots
+
+    monkeypatch.setattr(guest, "wait_for_session", interrupted)
+    code, out = run_failing(capsys, "vm.start")
+    assert code == 130 and "keeps running" in out.err and "nothing half-done" not in out.err
+    assert "b2dkit vm.stop" in out.err
+
+
+def test_destroying_a_vm_whose_disk_is_gone_never_says_none(iso, small, capsys):
+    from b2dkit.hypervisors import get_provider
+
+    run("vm.create", small, "--provider=qemu", "--name=dev", f"--iso={iso}", "--no-start")
+    get_provider("qemu", "dev").disk_path().unlink()  # the user deleted it by hand
+    capsys.readouterr()
+    run("vm.destroy", "--yes")
+    out = capsys.readouterr().out
+    assert "None" not in out and "destroyed VM dev" in out
+
+
+def test_a_vm_whose_definition_is_damaged_is_listed_so_and_can_still_be_destroyed(iso, small, capsys):
+    from b2dkit import paths
+
+    run("vm.create", small, "--provider=qemu", "--name=dev", f"--iso={iso}", "--no-start")
+    (paths.vm_dir("dev") / "machine.json").write_text('{"format": 1')
+    capsys.readouterr()
+    run("vm.list", "--json")
+    (row,) = json.loads(capsys.readouterr().out)
+    assert "damaged" in row["state"]  # not "stopped" until the next start fails
+    run("vm.destroy", "--yes")
+    assert "kept its disk" in capsys.readouterr().out
+    run("vm.list", "--json")
+    assert json.loads(capsys.readouterr().out) == []  # a kept disk is not a broken VM
+
+
+def test_an_iso_that_is_not_a_regular_file_is_called_that(fake, small, capsys):
+    code, out = run_failing(capsys, "vm.create", small, "--provider=virtualbox", "--name=dev", "--iso=/dev/null",
+                            "--no-start")
+    assert code == 2 and "/dev/null is not a regular file" in out.err

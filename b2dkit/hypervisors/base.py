@@ -96,6 +96,7 @@ class ApplyReport:
 
     created: bool = False
     changes: List[str] = field(default_factory=list)
+    running: bool = False  # the VM runs (create never starts or stops one): `--no-start` must not say "not started"
 
 
 class Provider(ABC):
@@ -169,6 +170,10 @@ class Provider(ABC):
     def info(self) -> dict:
         """Extra provider facts for ``vm.status`` (ISO path, memory...). Optional."""
         return {}
+
+    def halted(self) -> Optional[str]:
+        """Why the hypervisor has halted a running guest (disk full, panic), or None."""
+        return None
 
     def status(self) -> "Status":
         """State, forwards and facts together, in as few hypervisor calls as the provider can.

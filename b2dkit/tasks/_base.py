@@ -13,7 +13,7 @@ from invoke import Exit
 from invoke import task as _invoke_task
 
 from .. import paths
-from ..errors import B2dkitError, InternalError
+from ..errors import B2dkitError, InternalError, cannot_write
 
 REPORT_TO = "https://github.com/b2dkit/b2dkit/issues"
 
@@ -71,6 +71,11 @@ def task(*args, **kwargs):
                 ) from None
             except Exit:
                 raise
+            except OSError as exc:  # a full or read-only disk is the machine's, not a bug
+                refused = cannot_write(exc)
+                if refused is None:
+                    raise bug_exit(exc) from None
+                raise Exit(f"b2dkit: error: {refused}", code=refused.exit_code) from None
             except Exception as exc:
                 raise bug_exit(exc) from None
 

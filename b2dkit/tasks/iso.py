@@ -88,7 +88,8 @@ def show(c, iso, json=False):
 def cache(c, list=False, clear=False):
     """List or clear cached source and remastered ISOs."""
     if clear:
-        say(f"removed {isocache.clear_cache()} cached ISO(s)")
+        waiting = lambda folder: say(f"waiting for the download or remaster writing in {folder} to finish…")  # noqa: E731
+        say(f"removed {isocache.clear_cache(on_wait=waiting)} cached ISO(s)")
         return
     rows = isocache.list_cache()
     if not rows:
@@ -96,9 +97,12 @@ def cache(c, list=False, clear=False):
         return
     for row in rows:
         codes = " ".join(row.get("codes") or [])
-        source = row.get("source") or "?"
+        source = row.get("source") or {"partial": "(unfinished download; the next fetch resumes it)",
+                                       "temp": "(left by a killed run; removed by the next write there)"}.get(
+                                           row["type"], "?")
         size = f"{row['size'] / 1e6:.1f} MB"
         say(f"{row['type']:<10} {size:>9}  {row['key']}  {source}" + (f"  [{codes}]" if codes else ""))
+    say(f"{len(rows)} file(s), {sum(r['size'] for r in rows) / 1e6:.1f} MB in {isocache.cache_dir()}")
 
 
 @task(

@@ -29,7 +29,11 @@ def create(c, profile="default", provider=None, name=None, iso=None, no_start=Fa
     """Create the VM from a profile (idempotent), then boot it, wait for SSH and set it up."""
     prof = profiles.load(profile, provider=provider, name=name)
     out = lifecycle.create(prof, iso_path=iso, start_vm=not no_start, log=say)
-    say(f"{prof.name} is ready" if not no_start else f"{prof.name} created (not started)")
+    if not no_start:
+        say(f"{prof.name} is ready")
+    else:
+        say(f"{prof.name} is created and running (--no-start leaves a running VM as it is)" if out.running
+            else f"{prof.name} created (not started)")
     return out
 
 
@@ -45,7 +49,7 @@ def start(c, name=None):
 def stop(c, name=None, timeout=None):
     """Unmount the VM's folders, sync the guest's disks, then shut it down (ACPI; power-off after a timeout)."""
     seconds = lifecycle.stop_timeout(timeout)  # checked before the VM is looked up
-    out = lifecycle.stop(_machine(name), log=say, timeout=seconds)
+    out = lifecycle.stop(lifecycle.stop_target(name), log=say, timeout=seconds)
     for line in out.kept + [f"warning: {w}" for w in out.warnings]:
         say(line)
 
@@ -118,11 +122,12 @@ def forward(c, spec, name=None, host_ip="127.0.0.1", auto_correct=False, force=F
     lifecycle.forward(_machine(name), rule, auto_correct=auto_correct, force=force, log=say)
 
 
-@task(help={"spec": "host PORT (or PORT/udp) of the forward to remove", "name": NAME_HELP},
+@task(help={"spec": "host PORT (or PORT/udp) of the forward to remove", "name": NAME_HELP,
+            "force": "also remove the VM's SSH route (b2dkit then cannot reach the guest)"},
       auto_shortflags=False)
-def unforward(c, spec, name=None):
+def unforward(c, spec, name=None, force=False):
     """Remove a port forward, live if the VM is running."""
-    lifecycle.unforward(_machine(name), lifecycle.unforward_name(spec), log=say)
+    lifecycle.unforward(_machine(name), lifecycle.unforward_name(spec), force=force, log=say)
 
 
 @task(help={"name": NAME_HELP, "json": "machine-readable output"}, auto_shortflags=False)
@@ -181,11 +186,9 @@ def env(c, name=None):
       auto_shortflags=False)
 def mount(c, name=None, remount=False):
     """Mount the profile's VM folders on the host with sshfs (e.g. /mnt/sda1/dev -> ~/workspace/dev)."""
-    out = lifecycle.mount_all(_machine(name), log=say, remount=remount)
+    out = lifecycle.mount_all(_machine(name), log=say, remount=remount, strict=True)
     for line in out.kept:
         say(line)
-    if out.warnings:
-        raise InputError("; ".join(out.warnings))
 
 
 @task(help={"name": NAME_HELP}, auto_shortflags=False)
@@ -204,5 +207,7 @@ def mounts(c, name=None, json=False):
     if json:
         print_json(jsonout.vm_mounts(machine.name, rows))
         return
+    if not rows:
+        say("no mounts in this VM's profile")
     for row in rows:
         say(f"{row['guest']} -> {row['host']}: {row['status']}")

@@ -20,11 +20,11 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
-from ... import atomic, disk, paths
+from ... import atomic, disk, paths, records
 from ... import forwards as fw
-from ...errors import HypervisorError, InputError, VMNotFound
+from ...errors import DamagedRecord, HypervisorError, InputError, VMNotFound
 from ...forwards import Forward
 from ...sshkeys import KEY_NAME
 from ..base import ApplyReport, MachineSpec, Provider, VMState
@@ -59,17 +59,24 @@ class QemuProvider(Provider):
     def qmp_socket(self) -> Path:
         return qemu.socket_path(self.dir / SOCKET)
 
+    _FIELDS = {"format": int, "name": str, "memory_mb": int, "cpus": int, "disk_mb": int, "iso": str,
+               "forwards": list}
+
     def _load(self) -> Optional[dict]:
-        try:
-            data = json.loads(self.machine_file.read_text())
-        except FileNotFoundError:
+        """The VM definition, checked (``records.read``); None when there is none."""
+        repair = (f"rebuild it from the profile with `b2dkit vm.create --name={self.vm} --profile=PROFILE` "
+                  "(the disk is kept)")
+        data = records.read(self.machine_file, self._FIELDS, repair)
+        if data is None:
             return None
-        except (OSError, ValueError) as exc:
-            raise HypervisorError(
-                f"VM definition {self.machine_file} is unreadable ({exc}); "
-                f"fix or delete it and run `b2dkit vm.create` again"
-            ) from None
-        data["forwards"] = [Forward(**f) for f in data.get("forwards", [])]
+        if data["format"] != FORMAT or data["name"] != self.vm:
+            raise records.damaged(self.machine_file, f"format {data['format']} of VM {data['name']!r}, "
+                                  f"not format {FORMAT} of {self.vm!r}", repair)
+        try:
+            data["forwards"] = fw.check_rules([Forward(**f) for f in data["forwards"]])
+        except (TypeError, InputError) as exc:
+            why = exc.message if isinstance(exc, InputError) else "a forward is not {host_port, guest_port, ...}"
+            raise records.damaged(self.machine_file, why, repair) from None
         return data
 
     def _require(self) -> dict:
@@ -93,6 +100,9 @@ class QemuProvider(Provider):
         pid = qemu.read_pid(self.pidfile)
         if pid and qemu.process_alive(pid, str(self.pidfile)):
             return pid
+        orphan = running_qemus().get(self.vm)  # pid file gone, QEMU not: found by its own -pidfile marker
+        if orphan:
+            return orphan[0]
         self._clean_runtime()
         return None
 
@@ -112,10 +122,14 @@ class QemuProvider(Provider):
         except HypervisorError:
             return None
 
+    def halted(self) -> Optional[str]:
+        return qemu.halted_reason(self._status()) if self._pid() is not None else None
+
     def state(self) -> VMState:
-        if not self.machine_file.exists():
+        if not self.machine_file.exists() and self.vm not in running_qemus():
             return VMState.ABSENT
         if self._pid() is None:
+            self._load()  # a damaged definition says so here, not "stopped" until the next start
             return VMState.STOPPED
         status = self._status()
         if status is None:
@@ -131,7 +145,8 @@ class QemuProvider(Provider):
     def create(self, spec: MachineSpec) -> ApplyReport:
         """Decide (``_decide``: every input error before anything is written), then act."""
         old, wanted, changes = self._decide(spec)
-        report = ApplyReport(created=old is None, changes=[] if old is None else changes)
+        report = ApplyReport(created=old is None, changes=[] if old is None else changes,
+                             running=old is not None and self._pid() is not None)
         paths.ensure_dir(self.dir)
         disk_file = self.dir / DISK
         if not disk_file.exists():
@@ -146,7 +161,12 @@ class QemuProvider(Provider):
         disk.header_tar(spec.public_key)
         disk.size_bytes(spec.disk_mb)
         iso = Path(spec.iso).expanduser().resolve()
-        old = self._load()
+        try:
+            old = self._load()
+        except DamagedRecord:  # b2dkit can rebuild its own definition from the spec (the disk stays)
+            if self._pid() is not None:
+                raise
+            old = None
         wanted = {
             "format": FORMAT,
             "name": self.vm,
@@ -179,7 +199,10 @@ class QemuProvider(Provider):
                 mon.execute("cont")
             return
         if state == VMState.BUSY:
-            raise HypervisorError(f"VM {self.vm!r} is busy (QEMU's monitor does not answer); try again")
+            raise HypervisorError(
+                f"QEMU (pid {self._pid()}) of VM {self.vm!r} runs but its monitor does not answer",
+                hint=f"stop it with `b2dkit vm.stop --name={self.vm}`, then start again",
+            )
         iso, disk_file = Path(data["iso"]), self.dir / DISK
         if not iso.is_file():
             raise InputError(f"boot ISO {iso} of VM {self.vm!r} is gone; run `b2dkit vm.create` again")
@@ -223,10 +246,11 @@ class QemuProvider(Provider):
             time.sleep(0.1)
 
     def stop(self, timeout: float = 30.0) -> bool:
-        self._require()
-        pid = self._pid()
+        pid = self._pid()  # also an orphan whose VM folder is gone: it is still this VM's QEMU
         if pid is None:
-            return True
+            if not self.machine_file.exists():
+                raise VMNotFound(f"no QEMU VM named {self.vm!r}", hint="create it with `b2dkit vm.create`")
+            return True  # nothing runs: stopped, even if the definition is damaged (destroy must work)
         marker = str(self.pidfile)
         asked = False
         with contextlib.suppress(HypervisorError):
@@ -290,22 +314,13 @@ class QemuProvider(Provider):
         current = self.forwards() if running else data["forwards"]
         if fwd in current:
             return
-        same_name = [f for f in current if f.name == fwd.name]
-        clash = fw.clash(fwd, current)
-        if clash:
-            fw.refuse_clash(fwd, clash, self.vm)
+        held = fw.holder(fwd, current)
+        if held:
+            fw.refuse_clash(fwd, held, self.vm)
         if running:
             with self._qmp() as mon:
-                for old in same_name:
-                    mon.hostfwd_remove(old)
-                try:
-                    self._require_free(fwd)
-                    mon.hostfwd_add(fwd)
-                except BaseException:
-                    for old in same_name:  # put back what we replaced: nothing is lost on error
-                        with contextlib.suppress(HypervisorError):
-                            mon.hostfwd_add(old)
-                    raise
+                self._require_free(fwd)
+                mon.hostfwd_add(fwd)
         data["forwards"] = [f for f in data["forwards"] if f.name != fwd.name] + [fwd]
         self._save(data)
 
@@ -331,15 +346,15 @@ class QemuProvider(Provider):
         fw.require_free(fwd, neighbours=self._neighbours)
 
     def _neighbours(self) -> Iterator[Tuple[str, List[Forward]]]:
-        """(label, rules) of every other b2dkit QEMU VM whose process runs."""
-        for machine in sorted((paths.data_dir() / "vms").glob(f"*/{MACHINE}")):
-            name = machine.parent.name
-            pidfile = machine.parent / PIDFILE
-            pid = qemu.read_pid(pidfile)
-            if name == self.vm or not (pid and qemu.process_alive(pid, str(pidfile))):
+        """(label, rules) of every other b2dkit QEMU whose process runs, orphans included."""
+        for name, (pid, argv_rules) in sorted(running_qemus().items()):
+            if name == self.vm:
                 continue
+            rules = argv_rules
             with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-                yield f"QEMU VM {name!r}", [Forward(**f) for f in json.loads(machine.read_text())["forwards"]]
+                machine = paths.data_dir() / "vms" / name / MACHINE
+                rules = rules + [Forward(**f) for f in json.loads(machine.read_text())["forwards"]]
+            yield f"QEMU VM {name!r} (pid {pid}; `b2dkit vm.stop --name={name}` stops it)", rules
 
     # -- where things are -------------------------------------------------------------------
     def ssh_endpoint(self) -> Tuple[str, int]:
@@ -371,6 +386,7 @@ class QemuProvider(Provider):
             with contextlib.suppress(HypervisorError):
                 with self._qmp(timeout=2.0) as mon:
                     facts["qemu_status"] = mon.status()
+                    facts["halted"] = qemu.halted_reason(facts["qemu_status"])
                     facts["accel"] = "kvm" if mon.kvm_enabled() else _accel_from_argv(pid)
         return facts
 
@@ -415,3 +431,14 @@ def _accel_from_argv(pid: int) -> Optional[str]:
         if "-accel" in argv:
             return argv[argv.index("-accel") + 1]
     return None
+
+
+def running_qemus() -> Dict[str, Tuple[int, List[Forward]]]:
+    """VM name → (pid, forwards on its command line) of every b2dkit QEMU that runs, found by the
+    ``-pidfile`` in its argv: pid file or VM folder may be gone, the process is still named."""
+    root = paths.data_dir() / "vms"
+    found: Dict[str, Tuple[int, List[Forward]]] = {}
+    for pid, pidfile, argv in qemu.processes_by_pidfile(root):
+        if pidfile.name == PIDFILE and pidfile.parent.parent == root:
+            found[pidfile.parent.name] = (pid, qemu.forwards_in_argv(argv))
+    return found

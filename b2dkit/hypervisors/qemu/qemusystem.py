@@ -45,6 +45,21 @@ _PAUSED = ("paused", "suspended", "internal-error", "io-error", "guest-panicked"
 STATES = {"running": VMState.RUNNING, **dict.fromkeys(_PAUSED, VMState.PAUSED)}
 
 
+# Why QEMU halted a guest, for users: ``vm.status`` shows it and ``vm.start`` stops waiting on it.
+HALTED = {
+    "io-error": "QEMU paused the guest because a write to its disk failed, most likely because the host "
+                "disk is full: free space there, then `b2dkit vm.start` resumes it",
+    "guest-panicked": "the guest's kernel panicked (see its console log); `b2dkit vm.stop`, then `b2dkit vm.start`",
+    "internal-error": "QEMU stopped the guest on an internal error (see its console log); `b2dkit vm.stop`, "
+                      "then `b2dkit vm.start`",
+    "watchdog": "the guest's watchdog fired; `b2dkit vm.stop`, then `b2dkit vm.start`",
+}
+
+
+def halted_reason(status: Optional[str]) -> Optional[str]:
+    return HALTED.get(status or "")
+
+
 def map_state(status: str) -> VMState:
     """QEMU's run state → b2dkit's; anything else (prelaunch, migrating...) is BUSY."""
     return STATES.get(status, VMState.BUSY)
@@ -312,6 +327,44 @@ def process_alive(pid: int, marker: Optional[str] = None) -> bool:
     except (OSError, ValueError, IndexError):
         return False
     return marker is None or os.fsencode(str(marker)) in argv
+
+
+def processes_by_pidfile(under: Path) -> List[Tuple[int, Path, List[str]]]:
+    """(pid, pidfile, argv) of every live QEMU whose own ``-pidfile`` argument lies under ``under``.
+
+    b2dkit's marker survives the pid file and even the VM folder being deleted: the kernel keeps
+    QEMU's argv, so an orphan can still be named and stopped.  Linux (/proc) only.
+    """
+    found: List[Tuple[int, Path, List[str]]] = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    prefix = os.fsencode(str(under)) + b"/"
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-pidfile" not in argv[:-1] or not os.path.basename(argv[0]).startswith(b"qemu-system"):
+            continue
+        pidfile = argv[argv.index(b"-pidfile") + 1]
+        if pidfile.startswith(prefix) and process_alive(int(entry.name), os.fsdecode(pidfile)):
+            found.append((int(entry.name), Path(os.fsdecode(pidfile)), [os.fsdecode(a) for a in argv if a]))
+    return found
+
+
+def forwards_in_argv(argv: List[str]) -> List[Forward]:
+    """The ``hostfwd=`` rules a QEMU command line holds (to name an orphan that has a port)."""
+    found = []
+    for item in argv:
+        for part in item.split(","):
+            match = re.match(r"^hostfwd=(tcp|udp):([\d.]*):(\d+)-[\d.]*:(\d+)$", part)
+            if match:
+                proto, ip, host, guest = match.groups()
+                found.append(Forward(host_port=int(host), guest_port=int(guest), proto=proto, host_ip=ip))
+    return found
 
 
 def wait_exit(pid: int, timeout: float, marker: Optional[str] = None) -> bool:

@@ -211,6 +211,7 @@ class VirtualBoxProvider(Provider):
         for text, action in decision.storage:
             action(decision.header, decision.total)
             report.changes.append(text)
+        report.running = info is not None and info.state in (VMState.RUNNING, VMState.PAUSED)
         return report
 
     def _decide(self, spec: MachineSpec) -> "_Decision":
@@ -474,18 +475,14 @@ class VirtualBoxProvider(Provider):
         have = current.get(fwd.name)
         if have == fwd:
             return  # deterministic names: re-adding the same rule is a no-op
-        clash = fw.clash(fwd, current.values())
-        if clash:
-            fw.refuse_clash(fwd, clash, self.vm)
-        live = info.state in (VMState.RUNNING, VMState.PAUSED)
-        held_by_us = live and have is not None and fw.same_socket(fwd, have)
-        if not held_by_us:
-            self._require_free(fwd)
-        if live:
-            self._add_live(info, fwd, replace=have is not None)
+        held = fw.holder(fwd, current.values())
+        if held:
+            fw.refuse_clash(fwd, held, self.vm)  # a clash, never a replace: it may be the SSH route
+        self._require_free(fwd)
+        if info.state in (VMState.RUNNING, VMState.PAUSED):
+            self._add_live(info, fwd, replace=False)
         else:
-            args = ["--natpf1", "delete", fwd.name] if have is not None else []
-            self.vbox.run(["modifyvm", self.vm, *args, "--natpf1", natpf_rule(fwd)])
+            self.vbox.run(["modifyvm", self.vm, "--natpf1", natpf_rule(fwd)])
 
     def _add_live(self, info: VMInfo, fwd: Forward, replace: bool):
         log = self._log_of(info)
