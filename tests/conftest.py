@@ -81,3 +81,14 @@ def small_fs(tmp_path):
     yield make
     for folder in reversed(mounted):
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def boot2docker_iso(tmp_path_factory):
+    """A real boot2docker-shaped ISO (El Torito, isolinux config): every source ISO is checked."""
+    from isofixtures import build_iso, tools_available
+
+    missing = tools_available()
+    if missing:
+        pytest.skip(missing)
+    return build_iso(tmp_path_factory.mktemp("iso") / "boot2docker.iso")

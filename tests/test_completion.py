@@ -51,11 +51,11 @@ def _bash_quote(text):
 
 
 @pytest.fixture
-def vms(tmp_path, monkeypatch):
+def vms(tmp_path, monkeypatch, boot2docker_iso):
     """Two VMs on the fake VirtualBox; ``dev`` (active, made last) has two more forwards."""
     fake = install(tmp_path / "fv", monkeypatch)
     iso = tmp_path / "b2d.iso"
-    iso.write_bytes(b"\0" * 4096)
+    shutil.copyfile(boot2docker_iso, iso)
     profile = tmp_path / "small.yaml"
     profile.write_text("extends: default\ndisk: 1024\n")
     other = tmp_path / "other.yaml"

@@ -3,6 +3,7 @@ validated against the shipped, versioned JSON Schemas (fake VBoxManage and the Q
 VMs created with --no-start; the running guest is validated in test_e2e.py)."""
 
 import json
+import shutil
 
 import pytest
 from jsonschemas import jsonschema, validate, validator
@@ -25,12 +26,12 @@ def run_json(capsys, *argv, code=0):
 
 
 @pytest.fixture
-def vms(tmp_path, monkeypatch, capsys):
+def vms(tmp_path, monkeypatch, capsys, boot2docker_iso):
     """``vb`` on the fake VirtualBox (forwards added, one mount) and ``qm`` on QEMU, both not started."""
     install(tmp_path / "fv", monkeypatch)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     iso = tmp_path / "b2d.iso"
-    iso.write_bytes(b"\0" * 4096)
+    shutil.copyfile(boot2docker_iso, iso)
     vb = tmp_path / "vb.yaml"
     vb.write_text("extends: default\ndisk: 1024\npersistent_dirs: [/mnt/sda1/dev]\n"  # no boot codes: no remaster
                   "mounts:\n  - {guest: /mnt/sda1/dev, host: ~/workspace/dev}\n")

@@ -70,7 +70,7 @@ def test_a_truncated_record_is_listed_as_broken_never_silently_dropped(capsys):
     path.write_text(path.read_text()[:20])
     capsys.readouterr()
     run("vm.list", "--json")
-    (row,) = _json.loads(capsys.readouterr().out)
+    (row,) = _json.loads(capsys.readouterr().out)["vms"]
     assert row["name"] == "dev" and row["state"].startswith("broken:") and "truncated" in row["state"]
     assert "b2dkit vm.create --name=dev" in row["state"]
     run("vm.list")

@@ -35,10 +35,10 @@ def task_output(capsys, *argv):
 
 
 @needs_ssh
-def test_the_block_for_a_virtualbox_vm_is_what_ssh_reads(tmp_path, monkeypatch, capsys):
+def test_the_block_for_a_virtualbox_vm_is_what_ssh_reads(tmp_path, monkeypatch, capsys, boot2docker_iso):
     install(tmp_path / "fv", monkeypatch)
     iso = tmp_path / "boot2docker.iso"
-    iso.write_bytes(b"\0" * 4096)
+    shutil.copyfile(boot2docker_iso, iso)
     profile = tmp_path / "small.yaml"
     profile.write_text("extends: default\ndisk: 1024\n")
     make_program().run(["b2dkit", "vm.create", f"--profile={profile}", "--provider=virtualbox", "--name=dev",

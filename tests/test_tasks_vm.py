@@ -14,7 +14,6 @@ from b2dkit import machines
 from cli import run, run_failing
 from conftest import ONE_VBOX_VERSION
 from fakevbox import install
-from isofixtures import build_iso, tools_available
 
 
 
@@ -24,13 +23,9 @@ def fake(tmp_path, monkeypatch, vbox_version):
     return install(tmp_path / "fakevbox", monkeypatch)
 
 
-@pytest.fixture(scope="session")
-def iso(tmp_path_factory):
-    """A real boot2docker-shaped ISO: every source ISO is checked (El Torito, isolinux config)."""
-    missing = tools_available()
-    if missing:
-        pytest.skip(missing)
-    return build_iso(tmp_path_factory.mktemp("iso") / "boot2docker.iso")
+@pytest.fixture
+def iso(boot2docker_iso):
+    return boot2docker_iso
 
 
 @pytest.fixture
@@ -298,7 +293,7 @@ def any_provider(request, tmp_path, monkeypatch, iso, small, capsys):
 def _rules(capsys):
     capsys.readouterr()
     run("vm.forwards", "--json")
-    return json.loads(capsys.readouterr().out)
+    return json.loads(capsys.readouterr().out)["forwards"]
 
 
 def test_the_ssh_route_is_never_replaced_or_removed_without_force(any_provider, capsys):
@@ -333,7 +328,7 @@ def test_a_create_refused_on_a_port_clash_records_nothing_and_keeps_the_active_v
     assert [m.name for m in machines.all_machines()] == ["dev"]
     assert not (machines.paths.vm_dir("second") / machines.RECORD).exists()
     run("vm.list", "--json")
-    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["dev"]
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)["vms"]] == ["dev"]
 
 
 def test_a_create_the_hypervisor_refuses_leaves_no_record_of_a_vm_that_does_not_exist(fake, iso, small,
@@ -423,12 +418,12 @@ def test_a_vm_whose_definition_is_damaged_is_listed_so_and_can_still_be_destroye
     (paths.vm_dir("dev") / "machine.json").write_text('{"format": 1')
     capsys.readouterr()
     run("vm.list", "--json")
-    (row,) = json.loads(capsys.readouterr().out)
+    (row,) = json.loads(capsys.readouterr().out)["vms"]
     assert "damaged" in row["state"]  # not "stopped" until the next start fails
     run("vm.destroy", "--yes")
     assert "kept its disk" in capsys.readouterr().out
     run("vm.list", "--json")
-    assert json.loads(capsys.readouterr().out) == []  # a kept disk is not a broken VM
+    assert json.loads(capsys.readouterr().out)["vms"] == []  # a kept disk is not a broken VM
 
 
 def test_an_iso_that_is_not_a_regular_file_is_called_that(fake, small, capsys):

@@ -55,11 +55,11 @@ def gone(pid) -> bool:
 
 
 @pytest.fixture
-def running_fake_vm(tmp_path, monkeypatch):
+def running_fake_vm(tmp_path, monkeypatch, boot2docker_iso):
     """A VirtualBox VM that the fake says is running (its guest is unreachable: no SSH)."""
     install(tmp_path / "fakevbox", monkeypatch)
     iso = tmp_path / "boot2docker.iso"
-    iso.write_bytes(b"\0" * 4096)
+    shutil.copyfile(boot2docker_iso, iso)
     prof = tmp_path / "small.yaml"
     prof.write_text(f"extends: default\ndisk: 1024\nforwards:\n  - {{host: 2022, remove: true}}\n"
                     f"  - {{host: {free_port()}, guest: 22}}\n")  # fmt: skip
