@@ -86,14 +86,14 @@ def guest_builder():
     return module
 
 
-def build_guest(log: Log = _quiet) -> Path:
+def build_guest(log: Log = _quiet, flavour: str = "guest") -> Path:
     builder = guest_builder()
-    iso = builder.cached()
+    iso = builder.cached(flavour=flavour)
     if iso:
         return iso
-    log("ISO: building the boot2docker-compatible guest from Debian packages…")
+    log(f"ISO: building the boot2docker-compatible guest ({flavour}) from Debian packages…")
     try:
-        return builder.build(quiet=True)
+        return builder.build(quiet=True, flavour=flavour)
     except builder.BuildError as exc:
         raise ToolMissing(f"building the guest ISO failed: {exc}") from None
 
@@ -106,8 +106,8 @@ def source_iso(profile, iso_path=None, log: Log = _quiet) -> Path:
         if not path.is_file():
             raise InputError(f"ISO {path} does not exist", hint="pass --iso PATH to a boot2docker.iso")
         return path
-    if profile.iso.build == "guest":
-        return build_guest(log)
+    if profile.iso.build:
+        return build_guest(log, profile.iso.build)
     from . import download
 
     sha256 = profile.iso.require_sha256()

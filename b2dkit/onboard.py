@@ -120,7 +120,8 @@ def _iso(run: _Run):
 
 def _build_guest(run: _Run):
     """The demo profile boots b2dkit's own boot2docker-compatible guest, built from Debian packages."""
-    iso = lifecycle.guest_builder().cached()
+    flavour = run.profile.iso.build
+    iso = lifecycle.guest_builder().cached(flavour=flavour)
     if iso:
         run.source = iso
         run.had(f"guest ISO is built ({iso})")
@@ -128,7 +129,7 @@ def _build_guest(run: _Run):
     if run.dry_run:
         run.did("build the boot2docker-compatible guest ISO from Debian packages")
         return
-    run.source = lifecycle.build_guest()
+    run.source = lifecycle.build_guest(flavour=flavour)
     run.did(f"built the guest ISO {run.source}")
 
 

@@ -67,7 +67,9 @@ TOP_KEYS = (
     "mounts",
 )
 ISO_KEYS = ("urls", "sha256", "path", "build")
-ISO_BUILDS = ("guest",)  # images b2dkit builds itself: guest/ (the boot2docker-compatible test guest)
+# Images b2dkit builds itself with guest/build.py: the boot2docker-compatible guest without Docker
+# (fastest boot, for tests) or with Docker Engine from Debian packages.
+ISO_BUILDS = ("guest", "guest-docker")
 FORWARD_KEYS = ("host", "guest", "proto", "host_ip", "force", "remove")
 MOUNT_KEYS = ("guest", "host", "remove")
 PERSISTENT_KEYS = ("path", "remove")
@@ -84,7 +86,7 @@ class IsoSource:
     urls: Tuple[str, ...] = ()
     sha256: Optional[str] = None  # lower-case hex, SHA256_PLACEHOLDER, or None (local path only)
     path: Optional[Path] = None
-    build: Optional[str] = None  # "guest": built locally from Debian packages (no download)
+    build: Optional[str] = None  # "guest" / "guest-docker": built locally from Debian packages (no download)
 
     @property
     def pinned(self) -> bool:

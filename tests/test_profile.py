@@ -237,6 +237,19 @@ def test_iso_is_replaced_as_a_whole(tmp_path, parent):
     assert p.iso == profile.IsoSource(path=tmp_path.resolve() / "images" / "b2d.iso")
 
 
+@pytest.mark.parametrize("flavour", ["guest", "guest-docker"])
+def test_iso_build_names_a_guest_flavour(tmp_path, parent, flavour):
+    p = child(tmp_path, f"iso: {{build: {flavour}}}\n")
+    assert p.iso == profile.IsoSource(build=flavour)
+
+
+def test_an_unknown_iso_build_lists_the_flavours(tmp_path):
+    path = write(tmp_path, "p.yaml", CORE.split("iso:")[0] + "iso: {build: guest-podman}\n"
+                 "forwards:\n  - {host: 2022, guest: 22}\n")
+    message = error_for(path)
+    assert "'guest-podman' is not something b2dkit builds: use guest, guest-docker" in message
+
+
 def test_removing_the_ssh_forward_is_refused(tmp_path, parent):
     with pytest.raises(ProfileError, match="no forward to guest port 22"):
         child(tmp_path, "forwards: [{host: 2022, remove: true}]\n")
