@@ -153,6 +153,27 @@ def test_wrong_or_missing_certs_fail(docker_guest, tmp_path):
     assert "HTTPS" in proc.stderr or "TLS" in proc.stderr, proc.stderr
 
 
+def test_the_ssh_form_reaches_the_unix_socket(docker_guest, tmp_path):
+    """DOCKER_HOST=ssh://… (vm.env --ssh) runs `docker system dial-stdio` in the guest over OpenSSH.
+
+    OpenSSH reads the config of the passwd home, not $HOME, so an `ssh` first on PATH adds -F.
+    """
+    config, bin_dir = tmp_path / "ssh_config", tmp_path / "bin"
+    config.write_text(
+        f"Host b2dkit-test-vm\n  HostName 127.0.0.1\n  Port {docker_guest.ssh_port}\n  User docker\n"
+        f"  IdentityFile {docker_guest.workdir / 'id_ed25519'}\n  IdentitiesOnly yes\n  BatchMode yes\n"
+        f"  UserKnownHostsFile {tmp_path / 'known_hosts'}\n  StrictHostKeyChecking accept-new\n")
+    config.chmod(0o600)
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f"#!/bin/sh\nexec /usr/bin/ssh -F {config} \"$@\"\n")
+    (bin_dir / "ssh").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{docker_guest.env['PATH']}", "HOME": str(tmp_path),
+           "DOCKER_HOST": "ssh://b2dkit-test-vm"}
+    proc = docker(env, "version", "--format", "{{.Server.Version}}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == docker(docker_guest.env, "version", "--format", "{{.Server.Version}}").stdout.strip()
+
+
 def test_only_tls_tcp_and_the_group_docker_socket(docker_guest):
     code, out, _ = ssh(docker_guest, "netstat -ltn")
     assert code == 0
