@@ -211,6 +211,19 @@ def test_image_tarballs_load_and_a_corrupt_one_is_named(docker_guest):
     assert out.split() == ["base.tar"]  # the broken one is tried again next boot, the good one is not
 
 
+def test_new_tarballs_load_without_a_restart(docker_guest):
+    builder = load_builder()
+    tarball, image_id = builder.base_image(Path("/bin/busybox").read_bytes(), ["/bin/sh"], "test", tag="team/late:2")
+    put(docker_guest, tarball, f"{IMAGES_DIR}/late.tar.gz", 0o644)  # not compressed: the name does not matter
+    pid = ssh(docker_guest, "cat /var/run/docker.pid")[1]
+    code, out, err = ssh(docker_guest, "sudo /etc/init.d/docker images")
+    assert code == 0, out + err
+    assert f"{IMAGES_DIR}/late.tar.gz" in out
+    proc = docker(docker_guest.env, "image", "inspect", "-f", "{{.Id}}", "team/late:2")
+    assert (proc.returncode, proc.stdout.strip()) == (0, image_id), proc.stderr
+    assert ssh(docker_guest, "cat /var/run/docker.pid")[1] == pid
+
+
 def test_daemon_restart_is_quiet_about_loaded_images(docker_guest):
     before = ssh(docker_guest, "cat /var/log/docker.log")[1]
     code, out, err = ssh(docker_guest, "sudo /etc/init.d/docker restart && /etc/init.d/docker status")
