@@ -242,3 +242,19 @@ def test_shutdown_stops_dockerd_before_the_disk(docker_guest):
     tail = docker_guest.serial_text()[before:]
     assert "docker: dockerd stopped" in tail
     assert "data disk unmounted" in tail
+
+
+def test_images_and_certs_survive_a_reboot(docker_guest):
+    """The data root and /var/lib/boot2docker are on the disk: after a reboot TLS is up at boot, the
+    built image is still there, and neither the base image nor base.tar is loaded again."""
+    docker_guest.start()  # a new console file and new host ports
+    wait_for_serial(docker_guest, READY, READY_TIMEOUT)
+    console = docker_guest.serial_text()
+    assert "unix socket and tcp 2376 with TLS" in console
+    loads = [line for line in console.splitlines() if "docker: images:" in line]
+    assert all("broken.tar" in line for line in loads), loads
+    env = dict(docker_guest.env, DOCKER_HOST=f"tcp://127.0.0.1:{docker_guest.ports[DOCKER_PORT]}")
+    proc = docker(env, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}")
+    assert proc.returncode == 0, proc.stderr
+    assert {"b2dkit/busybox:latest", "team/base:1", "team/late:2", "dev:base"} <= set(proc.stdout.split())
+    docker_guest.powerdown(timeout=120)
