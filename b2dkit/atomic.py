@@ -8,10 +8,35 @@ where a finished one is expected: we write to a temp file in the target director
 import contextlib
 import fcntl
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 from .errors import InputError
+
+
+def check_output(target) -> Path:
+    """The path to write: ``target`` itself, or the file a symlink points to; never a non-file.
+
+    The rename would otherwise put a regular file in place of a device, FIFO or socket: run as
+    root, ``iso.remaster --out /dev/null`` replaced /dev/null itself.
+    """
+    target = Path(target)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))  # keep the link; replace what it points to
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"output {target} is a directory; give a file name")
+    if not stat.S_ISREG(mode):
+        raise InputError(
+            f"output {target} is not a regular file (a device, FIFO or socket); b2dkit writes only regular files"
+        )
+    return target
 
 
 @contextlib.contextmanager
@@ -21,15 +46,15 @@ def atomic_path(target, mode=0o644):
     On any exception (including KeyboardInterrupt) the temp file is removed and
     ``target`` is left exactly as it was.
     """
-    target = Path(target)
+    target = check_output(target)
     parent = target.parent
     if not parent.is_dir():
         raise InputError(f"output directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output directory {parent} is not writable")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=parent)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=parent)
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, mode)

@@ -13,7 +13,7 @@ an ``append`` before the first ``label`` is the global default for labels withou
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from .errors import InputError
 
@@ -135,6 +135,7 @@ def validate_tz(value: str) -> str:
 def tz_utc_offset(value: str) -> str:
     """``CST-8`` -> ``UTC+08:00``: POSIX offsets count west of Greenwich, so the sign flips."""
     m = _TZ.match(validate_tz(value))
+    assert m is not None  # validate_tz accepted it
     offset = m.group("offset")
     west = not offset.startswith("-")
     parts = [int(p) for p in offset.lstrip("+-").split(":")] + [0, 0]
@@ -172,6 +173,7 @@ def _split_lines(text: str) -> List[_Line]:
             body, ending = chunk, ""
         line = _Line(i, body, ending)
         m = _LINE.match(body)
+        assert m is not None  # the pattern matches any line
         kw = m.group("kw")
         if kw and not kw.startswith("#"):
             line.indent, line.raw_keyword = m.group("indent"), kw
@@ -193,7 +195,8 @@ def _newline(lines: List[_Line]) -> str:
 
 def _blocks(lines: List[_Line]):
     """Yield (label name or None for the global part, its lines)."""
-    current, block = None, []
+    current: Optional[str] = None
+    block: List[_Line] = []
     for line in lines:
         if line.keyword == "label":
             yield current, block
@@ -257,7 +260,7 @@ def normalize_codes(set_codes: Iterable[str] = (), remove: Iterable[str] = ()) -
     remove = [c for c in remove]
     for code in remove:
         parse_code(code)
-    seen = {}
+    seen: Dict[str, str] = {}
     for code in set_codes:
         key = parse_code(code)[0]
         if key in seen and seen[key] != code:
@@ -363,7 +366,7 @@ def apply(
     global_block = blocks[0][1]
     global_append = next((ln for ln in reversed(global_block) if ln.keyword == "append"), None)
     edit_global = label is None and global_append is not None
-    if edit_global:
+    if edit_global and global_append is not None:
         _rewrite_append(global_append, set_codes, remove)
     sibling_indent = next((ln.indent for _, b in labelled for ln in b[1:] if ln.keyword == "append"), None)
 

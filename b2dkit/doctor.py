@@ -4,26 +4,15 @@ Used alone by ``b2dkit doctor`` and as the first step of onboarding.  Checks are
 (no VM is started, nothing is written) so they can run on every onboarding re-run.
 """
 
-import os
-import platform
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from typing import Dict, List
 
 from . import forwards as fw
-from . import lifecycle, machines, paths
+from . import install, lifecycle, machines, paths, sshfs
 from .errors import B2dkitError
-from .providers import VMState
+from .hypervisors.base import VMState
 
-INSTALL = {
-    "virtualbox": {"macOS": "brew install --cask virtualbox",
-                   "Debian/Ubuntu": "sudo apt-get install virtualbox  (or the package from virtualbox.org)"},
-    "qemu": {"macOS": "brew install qemu", "Debian/Ubuntu": "sudo apt-get install qemu-system-x86 qemu-utils"},
-    "sshfs": {"macOS": "brew install --cask macfuse && brew install gromgit/fuse/sshfs-mac",
-              "Debian/Ubuntu": "sudo apt-get install sshfs fuse3"},
-    "ssh": {"macOS": "ssh ships with macOS", "Debian/Ubuntu": "sudo apt-get install openssh-client"},
-}
 MIN_FREE_MB = 300  # ISO download + remaster + the disk image's first writes
 
 
@@ -42,51 +31,38 @@ class Check:
         return text
 
 
-def _host_system() -> str:
-    return "macOS" if platform.system() == "Darwin" else "Debian/Ubuntu"
-
-
-def _fix(tool: str) -> Dict[str, str]:
-    """Show the host's own install command first, then the other one."""
-    cmds = INSTALL[tool]
-    first = _host_system()
-    return {first: cmds[first], **{k: v for k, v in cmds.items() if k != first}}
-
-
 def check_hypervisor(provider: str) -> Check:
     if provider == "virtualbox":
-        from . import vbox
+        from .hypervisors.virtualbox import vboxmanage as vbox
 
         try:
             version = vbox.VBoxManage().version()
         except B2dkitError as exc:
-            return Check("VirtualBox", False, str(exc), _fix("virtualbox"))
+            return Check("VirtualBox", False, str(exc), install.commands("virtualbox"))
         return Check("VirtualBox", True, "VBoxManage " + ".".join(map(str, version)))
-    from . import qemu
+    from .hypervisors.qemu import qemusystem as qemu
 
     try:
         binary = qemu.find_qemu()
     except B2dkitError as exc:
-        return Check("QEMU", False, str(exc), _fix("qemu"))
+        return Check("QEMU", False, str(exc), install.commands("qemu"))
     accel = qemu.choose_accel()
     note = "" if accel != "tcg" else " (software emulation: slower boots; KVM is absent or unusable here)"
     return Check("QEMU", True, f"{binary}, accelerator {accel}{note}")
 
 
 def check_sshfs() -> Check:
-    binary = shutil.which("sshfs")
-    if not binary:
-        return Check("sshfs", False, "sshfs is not installed (needed to mount VM folders)", _fix("sshfs"))
-    if platform.system() == "Linux" and not os.path.exists("/dev/fuse"):
-        return Check("sshfs", False, "/dev/fuse is missing (load the fuse module: sudo modprobe fuse)",
-                     _fix("sshfs"))
-    return Check("sshfs", True, binary)
+    """The same test ``vm.mount`` makes (``sshfs.require_sshfs``), with the install commands."""
+    try:
+        return Check("sshfs", True, sshfs.require_sshfs())
+    except B2dkitError as exc:
+        return Check("sshfs", False, exc.message, install.commands("sshfs"))
 
 
 def check_ssh_client() -> Check:
     binary = shutil.which("ssh")
     if not binary:
-        return Check("ssh client", False, "ssh is not installed (vm.ssh uses it)", _fix("ssh"))
+        return Check("ssh client", False, "ssh is not installed (`b2dkit vm.ssh` uses it)", install.commands("ssh"))
     return Check("ssh client", True, binary)
 
 
@@ -112,28 +88,20 @@ def check_ports(profile) -> Check:
             return Check("host ports", True, f"held by the running VM {profile.name}")
     except B2dkitError:
         pass
-    busy = [f"{f.host_ip}:{f.host_port}/{f.proto}" for f in profile.forwards
-            if not fw.host_port_free(f.host_port, f.host_ip, f.proto)]
-    if busy:
-        owners = [_port_owner(b) for b in busy]
-        return Check("host ports", False, "in use: " + ", ".join(o for o in owners)
-                     + " (free them or change the profile's forwards)")
+    busy, denied = [], []
+    for fwd in profile.forwards:  # the same probe and owner lookup the providers use at start
+        state = fw.probe(fwd.host_port, fwd.host_ip, fwd.proto)
+        where = f"{fwd.host_ip or '*'}:{fwd.host_port}/{fwd.proto}"
+        if state == fw.DENIED:
+            denied.append(where)
+        elif state == fw.BUSY:
+            holder = fw.owner(fwd)
+            busy.append(where + (f" (by {holder})" if holder else ""))
+    if busy or denied:
+        parts = (["in use: " + ", ".join(busy)] if busy else []) + (
+            ["not allowed for this user (below 1024): " + ", ".join(denied)] if denied else [])
+        return Check("host ports", False, "; ".join(parts) + " (free them or change the profile's forwards)")
     return Check("host ports", True, ", ".join(str(f.host_port) for f in profile.forwards) + " free")
-
-
-def _port_owner(spec: str) -> str:
-    """Best effort: name the process holding the port (lsof where it exists)."""
-    port = spec.split(":")[1].split("/")[0]
-    lsof = shutil.which("lsof")
-    if not lsof:
-        return spec
-    try:
-        out = subprocess.run([lsof, "-nP", f"-iTCP:{port}", "-sTCP:LISTEN", "-Fc"], capture_output=True,
-                             text=True, timeout=3).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return spec
-    names = [line[1:] for line in out.splitlines() if line.startswith("c")]
-    return f"{spec} (by {names[0]})" if names else spec
 
 
 def run(profile) -> List[Check]:
@@ -142,7 +110,3 @@ def run(profile) -> List[Check]:
     if profile.mounts:
         checks.append(check_sshfs())
     return checks
-
-
-def cache_dir_note() -> str:
-    return f"cache: {paths.cache_dir()}  data: {paths.data_dir()}"

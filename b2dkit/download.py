@@ -23,10 +23,10 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from . import atomic, paths
+from . import atomic, isocache, paths
+from .digests import check_sha256
 from .errors import DownloadError, InputError
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _HASH_BLOCK = 1 << 20
 
@@ -55,44 +55,6 @@ class _Retry(Exception):
         self.progress = progress  # the failed attempt still moved the download forward
 
 
-def check_sha256(sha256: str) -> str:
-    value = (sha256 or "").strip().lower()
-    if not _SHA256.match(value):
-        raise InputError(f"ISO checksum {sha256!r} is not a sha256 (64 hex digits); pin the exact image")
-    return value
-
-
-def iso_cache_dir(dest_dir=None) -> Path:
-    return Path(dest_dir) if dest_dir is not None else paths.cache_dir() / "iso"
-
-
-def cache_path(sha256: str, dest_dir=None) -> Path:
-    """Where the ISO with this checksum lives once fetched (whether or not it is there yet)."""
-    return iso_cache_dir(dest_dir) / f"{check_sha256(sha256)}.iso"
-
-
-def list_cache(dest_dir=None) -> List[Path]:
-    """Finished cache entries (not partial downloads), for ``iso.cache``."""
-    folder = iso_cache_dir(dest_dir)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if _SHA256.match(p.stem) and p.suffix == ".iso")
-
-
-def clear_cache(dest_dir=None) -> List[Path]:
-    """Delete finished and partial downloads; returns what was removed."""
-    folder = iso_cache_dir(dest_dir)
-    if not folder.is_dir():
-        return []
-    removed = []
-    with atomic.locked_dir(folder):
-        for p in sorted(folder.iterdir()):
-            if p.name.endswith((".iso", ".iso.part")) and _SHA256.match(p.name.split(".", 1)[0]):
-                p.unlink()
-                removed.append(p)
-    return removed
-
-
 class Downloader:
     """Download policy (timeouts, retries, backoff) around one ``requests.Session``.
 
@@ -118,13 +80,13 @@ class Downloader:
         self.chunk_size = chunk_size
         self.notify = notify or _to_stderr
 
-    def fetch(self, urls: Sequence[str], sha256: str, dest_dir=None, progress=None) -> FetchResult:
+    def fetch(self, urls: Sequence[str], sha256: str, progress=None) -> FetchResult:
         """Return the cached ISO, downloading it from the first mirror that works.
 
         ``progress``: None shows a bar only when stderr is a terminal; True/False force it.
         """
         sha256 = check_sha256(sha256)
-        target = cache_path(sha256, dest_dir)
+        target = isocache.source_path(sha256)
         if target.is_file():
             return FetchResult(path=target, cached=True)
         urls = [u for u in (urls or []) if u]
@@ -326,7 +288,7 @@ def _to_stderr(line: str):
     print(f"b2dkit: {line}", file=sys.stderr, flush=True)
 
 
-def _chain(exc: BaseException):
+def _chain(exc: Optional[BaseException]):
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -341,6 +303,6 @@ def _innermost(exc: BaseException) -> str:
 
 
 
-def fetch(urls: Sequence[str], sha256: str, dest_dir=None, progress=None, **options) -> Path:
+def fetch(urls: Sequence[str], sha256: str, progress=None, **options) -> Path:
     """The cached ISO's path, fetched first if needed; ``options`` go to :class:`Downloader`."""
-    return Downloader(**options).fetch(urls, sha256, dest_dir=dest_dir, progress=progress).path
+    return Downloader(**options).fetch(urls, sha256, progress=progress).path

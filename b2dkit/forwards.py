@@ -1,17 +1,25 @@
-"""NAT port forwards: parsing what users type, naming rules, and checking host ports.
+"""NAT port forwards and the one host-port policy every provider, doctor and task follows.
 
 Both providers speak in ``Forward`` values; only they know how to apply one
-(``VBoxManage ... natpf1`` or QEMU ``hostfwd``).
+(``VBoxManage ... natpf1`` or QEMU ``hostfwd``).  What this module decides, once:
+
+* which rules are valid (``check_rules``) and when two rules want the same host socket
+  (``clash``: same protocol and port, IPs equal or either a wildcard);
+* whether the host can bind a port now (``probe``: IPv4 and the IPv6 listeners that a
+  browser's ``localhost`` reaches), and who holds it when not (``owner``);
+* which rule reaches the guest's sshd (``ssh_forward``) and how to add one (``with_ssh``).
 """
 
 import errno
 import os
 import re
+import shutil
 import socket
+import subprocess
 from dataclasses import asdict, dataclass
-from typing import Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
-from .errors import InputError, PortInUse
+from .errors import HypervisorError, InputError, PortDenied, PortInUse
 
 PROTOCOLS = ("tcp", "udp")
 LOOPBACK = "127.0.0.1"
@@ -31,15 +39,15 @@ class Forward:
     guest_ip: str = ""
     name: str = ""
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.name:
             object.__setattr__(self, "name", rule_name(self.proto, self.host_port))
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         return asdict(self)
 
 
-def ssh_forward(rules) -> Optional["Forward"]:
+def ssh_forward(rules: Iterable["Forward"]) -> Optional["Forward"]:
     """The rule that reaches the guest's sshd, if any (b2dkit always makes one)."""
     return next((f for f in rules if f.guest_port == SSH_GUEST_PORT and f.proto == "tcp"), None)
 
@@ -50,12 +58,22 @@ def connect_address(fwd: "Forward") -> Tuple[str, int]:
     return host, fwd.host_port
 
 
+def ssh_endpoint(rules: Iterable["Forward"], vm: str) -> Tuple[str, int]:
+    """Where the host reaches VM ``vm``'s sshd, or the one error both providers give without a rule."""
+    ssh = ssh_forward(rules)
+    if ssh:
+        return connect_address(ssh)
+    raise HypervisorError(
+        f"VM {vm!r} has no forward to the guest's SSH port 22", hint="run `b2dkit vm.create` again to add it"
+    )
+
+
 def rule_name(proto: str, host_port: int) -> str:
     """Deterministic rule name: one rule per (protocol, host port), as the host can bind it once."""
     return f"{proto}-{host_port}"
 
 
-def parse_port(value, what="port") -> int:
+def parse_port(value: object, what: str = "port") -> int:
     text = str(value).strip()
     if not text.isdigit():
         raise InputError(f"invalid {what} {value!r}: expected a number from 1 to 65535")
@@ -65,7 +83,7 @@ def parse_port(value, what="port") -> int:
     return port
 
 
-def parse_spec(spec, host_ip=LOOPBACK) -> Forward:
+def parse_spec(spec: object, host_ip: str = LOOPBACK) -> Forward:
     """``8000`` | ``8080:80`` | ``5353:53/udp`` → Forward (host port first, as in ``docker -p``)."""
     text = str(spec).strip()
     match = _SPEC.match(text)
@@ -80,7 +98,7 @@ def parse_spec(spec, host_ip=LOOPBACK) -> Forward:
     return Forward(host_port=host, guest_port=guest, proto=proto, host_ip=check_host_ip(host_ip))
 
 
-def check_host_ip(host_ip) -> str:
+def check_host_ip(host_ip: Optional[str]) -> str:
     text = str(host_ip or LOOPBACK).strip()
     try:
         socket.inet_aton(text)
@@ -91,7 +109,7 @@ def check_host_ip(host_ip) -> str:
     return text
 
 
-def check_exposure(fwd: Forward, force=False):
+def check_exposure(fwd: Forward, force: bool = False) -> None:
     """Refuse to publish the Docker daemon beyond loopback unless forced: it is root on the VM."""
     if fwd.guest_port in DOCKER_PORTS and not fwd.host_ip.startswith("127.") and not force:
         raise InputError(
@@ -100,37 +118,178 @@ def check_exposure(fwd: Forward, force=False):
         )
 
 
-def host_port_free(port: int, host_ip=LOOPBACK, proto="tcp") -> bool:
-    """True if we could bind the port now (what VirtualBox/QEMU will try later).
+# -- rules ---------------------------------------------------------------------------------------
+
+WILDCARDS = ("", "0.0.0.0")
+_BAD_NAME_CHARS = re.compile(r'[,"\\\n]')
+
+
+def check_name(name: str) -> str:
+    """Rule names travel through VBoxManage's comma-separated, unescaped rule format."""
+    if not name or _BAD_NAME_CHARS.search(name):
+        raise InputError(f"invalid forward name {name!r}: no commas, quotes or backslashes")
+    return name
+
+
+def check_rules(rules: Iterable[Forward]) -> List[Forward]:
+    """Validate forwards before any hypervisor call: ports, protocol, IP, name, duplicates."""
+    out: List[Forward] = []
+    for fwd in rules:
+        if not isinstance(fwd, Forward):
+            raise InputError(f"invalid forward {fwd!r}")
+        parse_port(fwd.host_port, "host port")
+        parse_port(fwd.guest_port, "guest port")
+        if fwd.proto not in PROTOCOLS:
+            raise InputError(f"invalid forward {fwd.name!r}: unknown protocol {fwd.proto!r} (use tcp or udp)")
+        if fwd.host_ip:
+            check_host_ip(fwd.host_ip)
+        check_name(fwd.name)
+        for seen in out:
+            if seen.name == fwd.name or same_socket(fwd, seen):
+                raise InputError(
+                    f"forwards {seen.name!r} and {fwd.name!r} both use host port {fwd.host_port}/{fwd.proto}"
+                )
+        out.append(fwd)
+    return out
+
+
+def same_socket(a: Forward, b: Forward) -> bool:
+    """Would ``a`` and ``b`` bind the same host socket? The IP matters, wildcards overlap all."""
+    ips = a.host_ip == b.host_ip or a.host_ip in WILDCARDS or b.host_ip in WILDCARDS
+    return a.proto == b.proto and a.host_port == b.host_port and ips
+
+
+def clash(fwd: Forward, rules: Iterable[Forward]) -> Optional[Forward]:
+    """The first rule of another name that wants ``fwd``'s host socket (Vagrant PR #4616)."""
+    return next((r for r in rules if r.name != fwd.name and same_socket(fwd, r)), None)
+
+
+def describe(fwd: Forward) -> str:
+    """``127.0.0.1:8080 → 80/tcp``: how change lines and errors show a rule."""
+    return f"{fwd.host_ip or '*'}:{fwd.host_port} → {fwd.guest_port}/{fwd.proto}"
+
+
+def refuse_clash(fwd: Forward, other: Forward, vm: str) -> None:
+    """The one error for a rule whose host socket another rule of the same VM has (both providers)."""
+    removable = other.name == rule_name(other.proto, other.host_port)
+    spec = str(other.host_port) + ("/udp" if other.proto == "udp" else "")
+    raise PortInUse(
+        f"host port {fwd.host_ip or '*'}:{fwd.host_port}/{fwd.proto} is already forwarded by rule "
+        f"{other.name!r} of VM {vm!r}",
+        hint=(f"remove it first with `b2dkit vm.unforward {spec}` or " if removable else "")
+        + "pick another host port",
+    )
+
+
+def with_ssh(rules: List[Forward], current: Sequence[Forward] = (), taken: Iterable[int] = ()) -> List[Forward]:
+    """``rules`` plus a forward to the guest's sshd when none is there (an existing one keeps its port)."""
+    if ssh_forward(rules):
+        return list(rules)
+    kept = ssh_forward(current)
+    if kept:
+        return list(rules) + [kept]
+    port = pick_free_port(taken={f.host_port for f in rules} | set(taken))
+    return list(rules) + [Forward(host_port=port, guest_port=SSH_GUEST_PORT)]
+
+
+# -- the host's ports ------------------------------------------------------------------------------
+
+FREE, BUSY, DENIED = "free", "busy", "denied"
+
+
+def _bind(family: int, proto: str, host_ip: str, port: int) -> str:
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(family, kind) as sock:
+        if proto == "tcp" and os.name == "posix":  # on Windows the option would let us share a live port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((host_ip, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return BUSY
+            if exc.errno == errno.EACCES:
+                return DENIED
+            raise
+    return FREE
+
+
+def probe(port: int, host_ip: str = LOOPBACK, proto: str = "tcp") -> str:
+    """``free``, ``busy`` or ``denied`` (EACCES): can the hypervisor bind this port now?
 
     TCP binds with SO_REUSEADDR on POSIX, as QEMU's user-mode NAT (libslirp) listener does: the
     connections a VM's last boot left in TIME_WAIT (60 s on Linux) do not stop it, so they
     must not stop a ``vm.stop`` + ``vm.start`` either. A live listener still makes it busy.
+    A loopback or wildcard rule is also busy when a program listens on ``::1``/``::``: a
+    browser's ``localhost:PORT`` would reach that program instead of the VM.
     """
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
-        if proto == "tcp" and os.name == "posix":  # on Windows the option would let us share a live port
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host_ip, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise InputError(f"cannot bind {host_ip}:{port}: {exc.strerror}") from None
-    return True
+    host_ip = host_ip or "0.0.0.0"
+    try:
+        result = _bind(socket.AF_INET, proto, host_ip, port)
+    except OSError as exc:
+        raise InputError(f"cannot bind {host_ip}:{port}: {exc.strerror}") from None
+    if result != FREE or not socket.has_ipv6:
+        return result
+    six = "::" if host_ip in WILDCARDS else "::1" if host_ip.startswith("127.") else None
+    if six is None:
+        return result
+    try:
+        return _bind(socket.AF_INET6, proto, six, port)
+    except OSError:  # no IPv6 on this host (EADDRNOTAVAIL, EAFNOSUPPORT): nothing can listen there
+        return FREE
 
 
-def require_free(fwd: Forward, owner=None):
-    """Raise PortInUse naming the port and, if known, who has it."""
-    who = f" by {owner}" if owner else ""
-    if owner or not host_port_free(fwd.host_port, fwd.host_ip, fwd.proto):
-        raise PortInUse(
-            f"host port {fwd.host_ip}:{fwd.host_port}/{fwd.proto} is already in use{who}",
-            hint="free it, pick another host port (HOST:GUEST), or use --auto-correct",
+def host_port_free(port: int, host_ip: str = LOOPBACK, proto: str = "tcp") -> bool:
+    return probe(port, host_ip, proto) == FREE
+
+
+Neighbours = Callable[[], Iterable[Tuple[str, Sequence[Forward]]]]
+
+
+def owner(fwd: Forward, neighbours: Optional[Neighbours] = None) -> Optional[str]:
+    """Who holds ``fwd``'s host port: another VM's rule (``neighbours`` yields (label, rules)),
+    else the listening process as ``lsof`` names it, else None. Asked only once a bind failed."""
+    for label, rules in neighbours() if neighbours else ():
+        other = next((r for r in rules if same_socket(fwd, r)), None)
+        if other:
+            return f"{label} (NAT rule {other.name!r})"
+    return _listener(fwd.host_port, fwd.proto)
+
+
+def _listener(port: int, proto: str) -> Optional[str]:
+    lsof = shutil.which("lsof")
+    if not lsof:
+        return None
+    what = [f"-iTCP:{port}", "-sTCP:LISTEN"] if proto == "tcp" else [f"-iUDP:{port}"]
+    try:
+        out = subprocess.run([lsof, "-nP", *what, "-Fc"], capture_output=True, text=True, timeout=3).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    names = [line[1:] for line in out.splitlines() if line.startswith("c")]
+    return names[0] if names else None
+
+
+def require_free(fwd: Forward, neighbours: Optional[Neighbours] = None) -> None:
+    """PortInUse (naming the holder when known) or PortDenied unless the host can bind ``fwd`` now."""
+    state = probe(fwd.host_port, fwd.host_ip, fwd.proto)
+    if state == FREE:
+        return
+    where = f"{fwd.host_ip or '*'}:{fwd.host_port}/{fwd.proto}"
+    if state == DENIED:
+        raise PortDenied(
+            f"host port {where} may not be bound by this user (ports below 1024 need privileges here)",
+            hint="pick a host port of 1024 or more (HOST:GUEST, e.g. 8080:80)",
         )
+    holder = owner(fwd, neighbours)
+    raise PortInUse(
+        f"host port {where} is already in use" + (f" by {holder}" if holder else ""),
+        hint="free it, pick another host port (HOST:GUEST), or use --auto-correct",
+    )
 
 
-def pick_free_port(host_ip=LOOPBACK, proto="tcp", start=2200, end=2250, taken=()):
+def pick_free_port(host_ip: str = LOOPBACK, proto: str = "tcp", start: int = 2200, end: int = 2250,
+                   taken: Iterable[int] = ()) -> int:
     """First free port in a bounded range (Vagrant's usable_port_range), else PortInUse."""
     for port in range(start, end + 1):
         if port not in taken and host_port_free(port, host_ip, proto):

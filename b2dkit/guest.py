@@ -26,7 +26,8 @@ from typing import List, Optional, Sequence, Union
 
 import paramiko
 
-from . import atomic
+from . import atomic, install
+from .boot2docker import DEFAULT_USER, PERSISTENT_ROOT
 from .errors import GuestError, InputError, ToolMissing
 
 # paramiko logs every failed banner read with a traceback from its transport thread; while we
@@ -34,8 +35,6 @@ from .errors import GuestError, InputError, ToolMissing
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
 
-DEFAULT_USER = "docker"
-PERSISTENT_ROOT = "/mnt/sda1"  # boot2docker's data disk; everything else in the guest is RAM
 # Setting the clock lands within a few tenths of a second; closer than this is left alone, so a
 # re-run on a healthy VM changes nothing.
 CLOCK_TOLERANCE = 1.0
@@ -219,7 +218,7 @@ def connect(
         ) from None
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise GuestError(
-            f"cannot reach SSH at {host}:{port} ({_describe(exc)}); is the VM running? try `vm.status`"
+            f"cannot reach SSH at {host}:{port} ({_describe(exc)}); is the VM running? try `b2dkit vm.status`"
         ) from None
 
 
@@ -347,23 +346,9 @@ def wait_for_session(
             where = f"see the guest's console log {log_path}; " if log_path else ""
             raise GuestError(
                 f"the guest's SSH at {host}:{port} was not ready within {timeout:g} s (last try: {last}); "
-                f"{where}check the VM is running with `vm.status`, or start it again"
+                f"{where}check the VM is running with `b2dkit vm.status`, or start it again"
             )
         time.sleep(min(poll, left))
-
-
-def wait_for_ssh(
-    host: str,
-    port: int,
-    key_path,
-    known_hosts_path,
-    timeout: float = 180.0,
-    log_path=None,
-    poll: float = 0.5,
-    user: str = DEFAULT_USER,
-) -> None:
-    """Block until the guest accepts our key over SSH (``wait_for_session``, then close it)."""
-    wait_for_session(host, port, key_path, known_hosts_path, timeout, log_path, poll, user).close()
 
 
 def _describe(exc: BaseException) -> str:
@@ -499,25 +484,29 @@ def ssh_argv(
     user: str = DEFAULT_USER,
 ) -> List[str]:
     """The OpenSSH client command line for ``vm.ssh``: our key and pins only, no user config."""
-    argv = [
-        "ssh",
-        "-F", "/dev/null",  # the user's ~/.ssh/config must not redirect or re-key this VM
-        "-i", str(key_path),
-        "-p", str(int(port)),
-        "-o", "UserKnownHostsFile=" + _ssh_quote(known_hosts_path),
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", "IdentitiesOnly=yes",
-        "-o", "BatchMode=yes",
-        "-o", "LogLevel=ERROR",
-        f"{user}@{host}",
-    ]  # fmt: skip
+    argv = ["ssh", "-F", "/dev/null", "-i", str(key_path), "-p", str(int(port))]
+    for option in ssh_options(known_hosts_path) + ["LogLevel=ERROR"]:
+        argv += ["-o", option]
+    argv.append(f"{user}@{host}")
     if command is not None:
         argv.append(command if isinstance(command, str) else shlex.join(str(a) for a in command))
     return argv
 
 
-def _ssh_quote(path) -> str:
+def ssh_options(known_hosts_path, quote=None) -> List[str]:
+    """The OpenSSH options of every client b2dkit starts (``vm.ssh`` and sshfs's ssh): the VM's
+    pinned host key only, no agent keys, never a password prompt. (``-F /dev/null`` goes with
+    them: the user's ~/.ssh/config must not redirect or re-key this VM.)"""
+    return [
+        "UserKnownHostsFile=" + (quote or ssh_quote)(known_hosts_path),
+        "GlobalKnownHostsFile=/dev/null",
+        "StrictHostKeyChecking=yes",
+        "IdentitiesOnly=yes",
+        "BatchMode=yes",
+    ]
+
+
+def ssh_quote(path) -> str:
     """ssh splits option values on spaces (macOS's "Application Support"); quote them."""
     text = str(path)
     if '"' in text:
@@ -525,14 +514,8 @@ def _ssh_quote(path) -> str:
     return f'"{text}"' if any(c.isspace() for c in text) else text
 
 
-def interactive_shell(
-    host: str,
-    port: int,
-    key_path,
-    known_hosts_path,
-    command: Optional[Command] = None,
-    user: str = DEFAULT_USER,
-) -> int:
+def interactive_shell(host: str, port: int, key_path, known_hosts_path,
+                      command: Optional[Command] = None, user: str = DEFAULT_USER) -> int:
     """Run ``ssh`` in the foreground (a real TTY) and return its exit code.
 
     Without an OpenSSH client, a command still runs through paramiko; a shell cannot.
@@ -542,8 +525,8 @@ def interactive_shell(
     if shutil.which("ssh") is None:
         if command is None:
             raise ToolMissing(
-                "the OpenSSH client `ssh` is needed for an interactive shell; install it with "
-                "`sudo apt-get install openssh-client` (macOS ships it), or pass -c CMD"
+                f"the OpenSSH client `ssh` is needed for an interactive shell; {install.hint('ssh')}; "
+                "or pass -c CMD"
             )
         with connect(host, port, key_path, known_hosts_path, user=user) as session:
             result = session.run(command, check=False, timeout=24 * 3600)

@@ -25,7 +25,7 @@ from pycdlib import eltorito
 from pycdlib.pycdlibexception import PyCdlibException
 
 from . import bootcfg, isoprobe
-from .atomic import atomic_path
+from .atomic import atomic_path, check_output
 from .errors import InputError, InternalError, IsoError
 
 # boot2docker >= v18.09 (files/make-b2d-iso.sh), then <= v18.06 (rootfs/make_iso.sh).
@@ -171,9 +171,11 @@ def remaster(
     """
     set_codes, remove = bootcfg.normalize_codes(set_codes, remove)
     src, out = _check_source(src), Path(out)
-    if out.exists() and (out.is_dir() or os.path.samefile(src, out)):
-        what = "the source ISO" if not out.is_dir() else "a directory"
-        raise InputError(f"output {out} is {what}; give a new file name for the remastered ISO")
+    if out.is_dir():
+        raise InputError(f"output {out} is a directory; give a new file name for the remastered ISO")
+    out = check_output(out)  # never a device or FIFO: the rename would replace it
+    if out.exists() and os.path.samefile(src, out):
+        raise InputError(f"output {out} is the source ISO; give a new file name for the remastered ISO")
     if out.resolve() == src.resolve():
         raise InputError(f"output {out} is the source ISO; give a new file name for the remastered ISO")
 
@@ -210,8 +212,9 @@ def remaster(
         else:
             fast_copy(src, tmp)
             if method == "in-place":
+                assert spot is not None  # in-place is only chosen with a located cfg
                 _patch_in_place(tmp, spot, new_cfg)
-        _verify(tmp, before, cfg_name, new_cfg, moved=(method == "rewrite"))
+        _verify(tmp, before, str(cfg_name), new_cfg, moved=(method == "rewrite"))
 
     parsed = bootcfg.parse(new_cfg)
     return RemasterResult(
@@ -545,9 +548,3 @@ def _display_path(iso, record) -> str:
     except PyCdlibException:
         return iso.full_path_from_dirrecord(record)
 
-
-def cfg_bytes(path) -> bytes:
-    """The isolinux config of an ISO (for tests and ``iso.show``)."""
-    path = _check_source(path)
-    with _opened(path) as iso:
-        return _find_cfg(iso, path).data

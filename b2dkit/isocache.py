@@ -1,8 +1,8 @@
-"""The user's ISO cache: downloaded sources and remastered images, keyed by content.
+"""The user's ISO cache, its one owner: downloaded sources and remastered images, keyed by content.
 
 Layout under ``paths.cache_dir()``::
 
-    iso/<sha256>.iso          source ISOs (written by the download module)
+    iso/<sha256>.iso          source ISOs (``source_path``; the download module fetches into it)
     iso/<sha256>.json         where it came from: {"url": ...}
     remastered/<key>.iso      a source plus boot codes; key = hash of (source sha256, codes)
     remastered/<key>.json     {"source": path, "source_sha256": ..., "set": [...], ...}
@@ -21,17 +21,28 @@ from pathlib import Path
 from typing import Iterable, List, Optional
 
 from . import bootcfg, iso
-from .atomic import write_bytes
+from .atomic import locked_dir, write_bytes
+from .digests import check_sha256, file_sha256, is_sha256
 from .errors import InputError
 from .paths import cache_dir, ensure_dir
 
 # Bump when remaster output for the same inputs would differ, so old entries are not reused.
 RECIPE = 1
-_CHUNK = 1024 * 1024
 
 
 def sources_dir() -> Path:
     return cache_dir() / "iso"
+
+
+def source_path(sha256: str) -> Path:
+    """Where the source ISO with this checksum lives once fetched (whether or not it is there yet)."""
+    return sources_dir() / f"{check_sha256(sha256)}.iso"
+
+
+def sources() -> List[Path]:
+    """Finished source ISOs (never a partial download)."""
+    folder = sources_dir()
+    return sorted(p for p in folder.glob("*.iso") if is_sha256(p.stem)) if folder.is_dir() else []
 
 
 def remastered_dir() -> Path:
@@ -40,15 +51,6 @@ def remastered_dir() -> Path:
 
 def _memo_path() -> Path:
     return cache_dir() / "digests.json"
-
-
-def file_sha256(path) -> str:
-    """Read the whole file; the one expensive step a cache hit must skip."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fp:
-        for chunk in iter(lambda: fp.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load_memo() -> dict:
@@ -136,10 +138,9 @@ def _meta(path: Path) -> dict:
 def list_cache() -> List[dict]:
     """Every cached ISO: type (source|remastered), size, key, source, and codes for remasters."""
     rows = []
-    for kind, folder in (("source", sources_dir()), ("remastered", remastered_dir())):
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.glob("*.iso")):
+    remastered = sorted(remastered_dir().glob("*.iso")) if remastered_dir().is_dir() else []
+    for kind, found in (("source", sources()), ("remastered", remastered)):
+        for path in found:
             meta = _meta(path)
             row = {"type": kind, "path": str(path), "size": path.stat().st_size, "key": path.stem}
             if kind == "source":
@@ -162,11 +163,12 @@ def clear_cache() -> int:
     for folder in (sources_dir(), remastered_dir()):
         if not folder.is_dir():
             continue
-        for path in folder.iterdir():
-            if path.is_file() and (path.suffix in (".iso", ".json") or path.name.endswith(".part")):
-                removed += path.suffix == ".iso"
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        with locked_dir(folder):  # not under a download or remaster that is writing there now
+            for path in folder.iterdir():
+                if path.is_file() and (path.suffix in (".iso", ".json") or path.name.endswith(".part")):
+                    removed += path.suffix == ".iso"
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
     with contextlib.suppress(FileNotFoundError):
         _memo_path().unlink()
     return removed

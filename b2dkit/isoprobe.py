@@ -14,6 +14,8 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import BinaryIO, List, Optional, Tuple
 
+from .errors import IsoError
+
 SECTOR = 2048
 PVD_LBA = 16
 _EL_TORITO_ID = b"EL TORITO SPECIFICATION"
@@ -25,7 +27,7 @@ _PLATFORMS = {0: "BIOS", 1: "PowerPC", 2: "Mac", 0xEF: "UEFI"}
 _EMULATIONS = {0: "none", 1: "1.2M floppy", 2: "1.44M floppy", 3: "2.88M floppy", 4: "hard disk"}
 
 
-class NotAnIso(Exception):
+class NotAnIso(IsoError):
     """The bytes are not an ISO 9660 image (no CD001 primary volume descriptor)."""
 
 

@@ -7,18 +7,20 @@ this module knows the order of things and what to tell the user.
 """
 
 import contextlib
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from . import forwards as fw
 from . import atomic, machines, paths, sshkeys
 from .errors import B2dkitError, InputError, PortInUse, ToolMissing
 from .forwards import Forward
 from .machines import Machine
-from .providers import MachineSpec, Provider, VMState, get_provider
+from .hypervisors import get_provider
+from .hypervisors.base import MachineSpec, Provider, VMState
 
 Log = Callable[[str], None]
 VM_ISO = "boot2docker.iso"
@@ -59,7 +61,7 @@ def machine_from_profile(profile) -> Machine:
         name=profile.name,
         provider=profile.provider,
         profile=str(profile.source),
-        mounts=[{"guest": m.guest, "host": str(m.host)} for m in profile.mounts],
+        mounts=list(profile.mounts),
         persistent_dirs=list(profile.persistent_dirs),
         boot_codes=list(profile.boot_code_args()),
     )
@@ -81,51 +83,97 @@ def guest_builder():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("b2dkit_guest_build", GUEST_BUILD)
+    if spec is None or spec.loader is None:
+        raise InputError(f"cannot load {GUEST_BUILD}", hint="run from a clone of the b2dkit repository")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def build_guest(log: Log = _quiet, flavour: str = "guest") -> Path:
+def built_guest(flavour: str = "guest") -> Optional[Path]:
+    """The guest ISO if it is built for the current inputs; a missing build package (sudo,
+    busybox...) is this machine's to fix, so it is ToolMissing, never a traceback."""
     builder = guest_builder()
-    iso = builder.cached(flavour=flavour)
+    try:
+        return builder.cached(flavour=flavour)
+    except (builder.BuildError, OSError) as exc:
+        raise ToolMissing(f"cannot build the guest ISO: {exc}") from None
+
+
+def build_guest(log: Log = _quiet, flavour: str = "guest") -> Path:
+    iso = built_guest(flavour)
     if iso:
         return iso
+    builder = guest_builder()
     log(f"ISO: building the boot2docker-compatible guest ({flavour}) from Debian packages…")
     try:
         return builder.build(quiet=True, flavour=flavour)
-    except builder.BuildError as exc:
+    except (builder.BuildError, OSError) as exc:
         raise ToolMissing(f"building the guest ISO failed: {exc}") from None
 
 
-def source_iso(profile, iso_path=None, log: Log = _quiet) -> Path:
-    """The unmodified boot2docker.iso: ``--iso``, the profile's local path, a build, or a verified download."""
+def source_iso_change(profile, iso_path=None) -> Tuple[Optional[Path], str]:
+    """Decide the ISO step: (the source ISO if it is here, and what it is) or (None, what getting it takes).
+
+    Reads only: a local path, the guest build's cache or the download cache.
+    """
     local = iso_path or profile.iso.path
     if local:
         path = Path(local).expanduser()
         if not path.is_file():
             raise InputError(f"ISO {path} does not exist", hint="pass --iso PATH to a boot2docker.iso")
-        return path
+        return path, f"using local ISO {path}"
+    if profile.iso.build:
+        built = built_guest(profile.iso.build)
+        if built:
+            return built, f"guest ISO is built ({built})"
+        return None, f"build the boot2docker-compatible guest ISO from Debian packages ({profile.iso.build})"
+    from . import isocache
+
+    sha256 = profile.iso.require_sha256()
+    cached = isocache.source_path(sha256)
+    if cached.is_file():
+        return cached, f"ISO {cached.name} is in the cache (sha256 verified when stored)"
+    return None, f"download {profile.iso.urls[0]} and verify sha256 {sha256[:12]}…"
+
+
+def source_iso(profile, iso_path=None, log: Log = _quiet) -> Path:
+    """The unmodified boot2docker.iso: ``--iso``, the profile's local path, a build, or a verified download."""
+    found, change = source_iso_change(profile, iso_path)
+    if found:
+        return found
     if profile.iso.build:
         return build_guest(log, profile.iso.build)
     from . import download
 
-    sha256 = profile.iso.require_sha256()
-    log(f"ISO: fetching {profile.iso.urls[0]} (sha256 {sha256[:12]}…)")
-    return download.fetch(list(profile.iso.urls), sha256)
+    log(f"ISO: {change}")
+    return download.fetch(list(profile.iso.urls), profile.iso.require_sha256())
+
+
+def boot_iso_change(profile, source: Optional[Path]) -> Tuple[Optional[Path], str]:
+    """Decide the remaster step: (the boot ISO if it exists, and what it is) or (None, what making it takes)."""
+    codes = " ".join(profile.boot_code_args())
+    if not codes:
+        return source, "no boot codes to add; the VM boots the ISO as it is"
+    if source is not None:
+        from . import isocache
+
+        hit = isocache.lookup(source, profile.boot_code_args())
+        if hit:
+            return hit, f"remastered ISO with {codes} is cached"
+    return None, f"remaster the ISO with {codes}"
 
 
 def boot_iso(profile, source: Path, log: Log = _quiet) -> Path:
     """The ISO the VM boots: the source remastered with the profile's boot codes (cached)."""
     codes = profile.boot_code_args()
-    if not codes:
-        return source
+    hit, _ = boot_iso_change(profile, source)
+    if hit:
+        if codes:
+            log(f"ISO: remaster with {' '.join(codes)} is cached")
+        return hit
     from . import isocache
 
-    hit = isocache.lookup(source, codes)
-    if hit:
-        log(f"ISO: remaster with {' '.join(codes)} is cached")
-        return hit
     folder = paths.ensure_dir(isocache.remastered_dir())
     with atomic.locked_dir(folder):
         hit = isocache.lookup(source, codes)  # another b2dkit made it while we waited
@@ -148,7 +196,7 @@ def install_iso(boot: Path, name: str) -> Path:
     """Give the VM its own link to the boot ISO, so clearing the ISO cache never breaks a VM."""
     vm_dir = paths.ensure_dir(paths.vm_dir(name))
     target = vm_dir / VM_ISO
-    if target.exists() and _same_file(target, boot):
+    if target.exists() and paths.same_content(target, boot):
         return target
     tmp = vm_dir / f".{VM_ISO}.part"
     tmp.unlink(missing_ok=True)
@@ -160,22 +208,30 @@ def install_iso(boot: Path, name: str) -> Path:
     return target
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    sa, sb = a.stat(), b.stat()
-    if (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino):
-        return True
-    if sa.st_size != sb.st_size:
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            ca, cb = fa.read(1 << 20), fb.read(1 << 20)
-            if ca != cb:
-                return False
-            if not ca:
-                return True
-
-
 # -- lifecycle ----------------------------------------------------------------------------------
+
+
+def create_changes(profile) -> Optional[List[str]]:
+    """Decide the create step for a dry run: what ``create`` would change on the existing VM
+    (the same lines a real run reports), or None when there is no VM yet."""
+    existing = _existing(profile.name)
+    if existing is None:
+        return None
+    _check_provider(existing, profile)
+    provider = provider_for(machine_from_profile(profile))
+    vm_dir = paths.vm_dir(profile.name)
+    public_key = sshkeys.public_line(vm_dir)
+    if provider.state() == VMState.ABSENT or public_key is None or not (vm_dir / VM_ISO).is_file():
+        return None
+    return provider.changes(MachineSpec.from_profile(profile, vm_dir / VM_ISO, public_key))
+
+
+def _check_provider(existing: Machine, profile) -> None:
+    if existing.provider != profile.provider:
+        raise InputError(
+            f"VM {profile.name!r} already exists on {existing.provider}, not {profile.provider}",
+            hint="destroy it first (`b2dkit vm.destroy`), or pass --name to create another",
+        )
 
 
 def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=True) -> Outcome:
@@ -185,11 +241,8 @@ def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=Tr
     """
     out = Outcome()
     existing = _existing(profile.name)
-    if existing and existing.provider != profile.provider:
-        raise InputError(
-            f"VM {profile.name!r} already exists on {existing.provider}, not {profile.provider}",
-            hint="destroy it first, or pass --name to create another",
-        )
+    if existing:
+        _check_provider(existing, profile)
     machine = machine_from_profile(profile)
     provider = provider_for(machine)
     if iso_path and not remaster:
@@ -218,15 +271,7 @@ def _create_locked(profile, machine: Machine, provider: Provider, boot: Path, ou
         machines.save(machine)
     if machines.active_name() != machine.name:
         machines.set_active(machine.name)
-    spec = MachineSpec(
-        name=machine.name,
-        memory_mb=profile.memory,
-        cpus=profile.cpus,
-        disk_mb=profile.disk,
-        iso=vm_iso,
-        forwards=list(profile.forwards),
-        public_key=public_key,
-    )
+    spec = MachineSpec.from_profile(profile, vm_iso, public_key)
     _check_other_vms(machine.name, spec.forwards)
     report = provider.create(spec)
     if report.created:
@@ -283,8 +328,53 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     return out
 
 
-def stop(machine: Machine, log: Log = _quiet, timeout: float = 30.0) -> Outcome:
-    """``vm.stop``: unmount b2dkit's sshfs mounts first (a dead server wedges them), then power off."""
+STOP_TIMEOUT = 30.0
+
+
+def stop_timeout(value) -> float:
+    """``--timeout`` as seconds > 0: zero or less would skip the guest's own shutdown and lose writes."""
+    if value is None:
+        return STOP_TIMEOUT
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"--timeout must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InputError(
+            f"--timeout must be more than 0 seconds, got {value!r}: the guest needs time to shut down"
+            " without losing files"
+        )
+    return seconds
+
+
+def flush_guest(machine: Machine, provider: Provider, log: Log = _quiet) -> bool:
+    """``sync`` in the guest over SSH, so a power-off that may follow loses nothing already saved.
+
+    False (and a warning) when the guest cannot be reached: the caller then depends on ACPI alone.
+    """
+    from . import guest
+
+    try:
+        host, port = provider.ssh_endpoint()
+        with guest.connect(host, port, key_path(machine.name), known_hosts_path(machine.name)) as session:
+            session.run(["sync"], timeout=60.0)
+        return True
+    except B2dkitError as exc:
+        log(f"warning: could not flush the guest's disks before stopping it ({exc.message})")
+        return False
+
+
+def _powered_off(machine: Machine, timeout: float, synced: bool) -> str:
+    why = f"VM {machine.name} did not shut down within {timeout:g} s, so it was powered off"
+    if synced:
+        return why + "; its disks were synced first, so files saved before the stop are kept"
+    return why + ("; its disks could not be synced first, so files saved in its last seconds may be lost"
+                  " (next time give it longer: `b2dkit vm.stop --timeout=120`)")
+
+
+def stop(machine: Machine, log: Log = _quiet, timeout=STOP_TIMEOUT) -> Outcome:
+    """``vm.stop``: unmount b2dkit's sshfs mounts first (a dead server wedges them), flush, then shut down."""
+    seconds = stop_timeout(timeout)  # bad input fails before anything is touched
     out = Outcome()
     out.done += unmount_all(machine, log=log).done
     provider = provider_for(machine)
@@ -293,8 +383,12 @@ def stop(machine: Machine, log: Log = _quiet, timeout: float = 30.0) -> Outcome:
         out.kept.append(f"VM {machine.name} is already stopped")
         return out
     log(f"stopping {machine.name}…")
-    provider.stop(timeout=timeout)
-    out.done.append(f"stopped VM {machine.name}")
+    synced = flush_guest(machine, provider, log) if state == VMState.RUNNING else False
+    if provider.stop(timeout=seconds):
+        out.done.append(f"stopped VM {machine.name}")
+    else:
+        out.done.append(f"stopped VM {machine.name} (powered off)")
+        out.warnings.append(_powered_off(machine, seconds, synced))
     return out
 
 
@@ -306,6 +400,8 @@ def destroy(machine: Machine, purge: bool = False, log: Log = _quiet) -> Outcome
     unmount_all(machine, log=log)
     provider = provider_for(machine)
     disk = provider.disk_path()
+    if not purge and provider.state() == VMState.RUNNING:
+        flush_guest(machine, provider, log)  # the kept disk must hold what was saved before the power-off
     provider.destroy(purge=purge)
     host_port = _ssh_port_or_none(machine)
     if host_port:
@@ -332,20 +428,20 @@ def _ssh_port_or_none(machine: Machine) -> Optional[int]:
 
 
 def _check_other_vms(name: str, wanted: List[Forward]) -> None:
-    """No two b2dkit VMs may claim the same host port (one of them would silently lose it)."""
-    mine = {(f.proto, f.host_port) for f in wanted}
-    for other in machines.all_machines():
-        if other.name == name or not mine:
+    """No two b2dkit VMs may claim the same host socket (one of them would silently lose it)."""
+    for other in machines.all_machines() if wanted else ():
+        if other.name == name:
             continue
         try:
             theirs = provider_for(other).forwards()
         except B2dkitError:
             continue
-        for f in theirs:
-            if (f.proto, f.host_port) in mine:
+        for fwd in wanted:
+            taken = next((f for f in theirs if fw.same_socket(fwd, f)), None)
+            if taken:
                 raise PortInUse(
-                    f"host port {f.host_port}/{f.proto} is already forwarded by VM {other.name!r}",
-                    hint="pick another host port (HOST:GUEST) or remove it there with vm.unforward",
+                    f"host port {taken.host_port}/{taken.proto} is already forwarded by VM {other.name!r}",
+                    hint="pick another host port (HOST:GUEST) or remove it there with `b2dkit vm.unforward`",
                 )
 
 
@@ -366,7 +462,7 @@ def forward(machine: Machine, rule: Forward, auto_correct: bool = False, force: 
                 log(f"forward {rule.host_ip}:{rule.host_port} -> {rule.guest_port}/{rule.proto} already in place")
                 return rule
             if not any(f.name == rule.name for f in current):  # busy, and not because of us
-                fw.require_free(rule)
+                fw.require_free(rule, neighbours=lambda: [(f"VM {machine.name!r}", current)])
     except PortInUse:
         if not auto_correct:
             raise
@@ -412,21 +508,21 @@ def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False, endpoi
     host, port = endpoint or provider_for(machine).ssh_endpoint()
     live = {str(m.local_dir): m for m in sshfs.list_mounts()}
     for m in machine.mounts:
-        local = Path(m["host"]).expanduser()
+        local = m.host.expanduser()
         current = live.get(str(local))
         try:
             if current and current.alive and not remount:
-                out.kept.append(f"{m['guest']} already mounted on {local}")
+                out.kept.append(f"{m.guest} already mounted on {local}")
                 continue
             if current and (remount or not current.alive):
                 sshfs.remount(host, port, key_path(machine.name), known_hosts_path(machine.name),
-                              m["guest"], local)
-                out.done.append(f"remounted {m['guest']} on {local}")
+                              m.guest, local)
+                out.done.append(f"remounted {m.guest} on {local}")
                 continue
-            sshfs.mount(host, port, key_path(machine.name), known_hosts_path(machine.name), m["guest"], local)
-            out.done.append(f"mounted {m['guest']} on {local}")
+            sshfs.mount(host, port, key_path(machine.name), known_hosts_path(machine.name), m.guest, local)
+            out.done.append(f"mounted {m.guest} on {local}")
         except B2dkitError as exc:
-            out.warnings.append(f"{m['guest']} not mounted on {local}: {exc}")
+            out.warnings.append(f"{m.guest} not mounted on {local}: {exc}")
     for line in out.done:
         log(line)
     return out
@@ -436,7 +532,7 @@ def unmount_all(machine: Machine, log: Log = _quiet) -> Outcome:
     from . import sshfs
 
     out = Outcome()
-    wanted = {str(Path(m["host"]).expanduser()) for m in machine.mounts}
+    wanted = {str(m.host.expanduser()) for m in machine.mounts}
     try:
         live = sshfs.list_mounts()
     except B2dkitError:

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from . import atomic, paths
 from .errors import InputError, VMNotFound
+from .profile import Mount
 
 RECORD = "b2dkit.json"
 
@@ -21,12 +22,12 @@ class Machine:
     name: str
     provider: str
     profile: str = ""  # the profile name or path it was created from
-    mounts: List[dict] = field(default_factory=list)  # [{"guest": ..., "host": ...}] from the profile
+    mounts: List[Mount] = field(default_factory=list)  # the profile's, as they were at create
     persistent_dirs: List[str] = field(default_factory=list)
     boot_codes: List[str] = field(default_factory=list)
 
-    def to_dict(self):
-        return asdict(self)
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mounts": [m.to_dict() for m in self.mounts]}
 
 
 def _active_file() -> Path:
@@ -49,7 +50,11 @@ def load(name: str) -> Machine:
     except ValueError:
         raise InputError(f"{path} is corrupt; delete it and re-run `b2dkit vm.create`") from None
     known = {k: v for k, v in data.items() if k in Machine.__dataclass_fields__}
-    return Machine(**known)
+    try:
+        known["mounts"] = [Mount(guest=m["guest"], host=Path(m["host"])) for m in known.get("mounts", [])]
+        return Machine(**known)
+    except (TypeError, KeyError):
+        raise InputError(f"{path} is corrupt; delete it and re-run `b2dkit vm.create`") from None
 
 
 def forget(name: str) -> None:
@@ -83,9 +88,15 @@ def active_name() -> Optional[str]:
 
 
 def resolve(name: Optional[str] = None) -> Machine:
-    """The VM a ``vm.*`` task acts on: ``--name`` if given, else the active one."""
-    if name:
-        return load(paths.check_vm_name(name))
+    """The VM a ``vm.*`` task acts on: ``--name`` if given, else the active one.
+
+    An empty ``--name=`` is an error, never "the active VM": ``vm.destroy --name= --purge`` must not
+    delete a VM the user did not name.
+    """
+    if name is not None:
+        if not str(name).strip():
+            raise InputError("--name is empty: give the VM's name (see `b2dkit vm.list`) or leave --name out")
+        return load(paths.check_vm_name(str(name)))
     active = active_name()
     if not active:
         raise VMNotFound(

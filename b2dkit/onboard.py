@@ -1,7 +1,9 @@
 """First day: from a bare laptop to a working dev VM in one re-runnable command.
 
-Seven steps in order.  Each first looks at whether its result already exists and skips
-the work if so, so a second run changes nothing and a run that failed (or was
+Seven steps in order, then the summary.  Each step first decides (the lifecycle's
+``*_change``/``create_changes`` read what exists and say what is missing, in words), then
+acts only on what it decided, so ``--dry-run`` prints exactly the lines a real run prints
+as it applies them, a second run changes nothing, and a run that failed (or was
 interrupted) at step N picks up at step N.  Nothing a step finished is ever undone.
 """
 
@@ -10,40 +12,25 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 from . import doctor, lifecycle, machines, status
-from .errors import B2dkitError, GuestError
-from .providers import VMState
+from .errors import B2dkitError, ChecksFailed, GuestError, Interrupted
+from .hypervisors.base import VMState
+from .lifecycle import Outcome
+from .profile import Profile
 
 Log = Callable[[str], None]
 STEPS = ("doctor", "iso", "remaster", "create", "start", "mounts", "summary")
 
 
-class Interrupted(B2dkitError):
-    exit_code = 130
-
-
-class DoctorFailed(B2dkitError):
-    exit_code = 3
-
-
-@dataclass
-class Plan:
-    """One line per step: what was (or would be) done, and what was already in place."""
-
-    done: List[str] = field(default_factory=list)
-    kept: List[str] = field(default_factory=list)
-    warnings: List[str] = field(default_factory=list)
-
-
 @dataclass
 class _Run:
-    profile: object
+    profile: Profile
     iso_path: Optional[str]
     dry_run: bool
     log: Log
-    plan: Plan = field(default_factory=Plan)
+    plan: Outcome = field(default_factory=Outcome)
     source: Optional[Path] = None
     boot: Optional[Path] = None
 
@@ -56,7 +43,7 @@ class _Run:
         self.log("already: " + text)
 
 
-def onboard(profile, iso_path=None, dry_run=False, log: Log = print) -> Plan:
+def onboard(profile, iso_path=None, dry_run=False, log: Log = print) -> Outcome:
     run = _Run(profile=profile, iso_path=iso_path, dry_run=dry_run, log=log)
     steps = [_doctor, _iso, _remaster, _create, _start, _mounts, _summary]
     for number, (name, step) in enumerate(zip(STEPS, steps), start=1):
@@ -69,7 +56,7 @@ def onboard(profile, iso_path=None, dry_run=False, log: Log = print) -> Plan:
                 hint="re-run the same command to continue",
             ) from None
         except B2dkitError as exc:
-            if isinstance(exc, (Interrupted, DoctorFailed)):
+            if isinstance(exc, (Interrupted, ChecksFailed)):
                 raise
             exc.message = f"step {number} ({name}) failed: {exc.message}"
             exc.hint = (exc.hint + "; " if exc.hint else "") + "fix it and re-run: finished steps are kept"
@@ -86,74 +73,35 @@ def _doctor(run: _Run):
         run.log("  " + check.line().replace("\n", "\n  "))
     failed = [c for c in checks if not c.ok]
     if failed and not run.dry_run:
-        raise DoctorFailed(
+        raise ChecksFailed(
             f"{len(failed)} check(s) failed: {', '.join(c.name for c in failed)}",
             hint="install what is listed above, then re-run",
         )
 
 
+def _decided(run: _Run, found: Optional[Path], text: str, act: Callable[[], Path]) -> Optional[Path]:
+    """One decided step: what is there is kept; what is missing is made (unless a dry run), same line."""
+    if found is not None:
+        run.had(text)
+        return found
+    made = None if run.dry_run else act()
+    run.did(text)
+    return made
+
+
 def _iso(run: _Run):
-    prof = run.profile
-    local = run.iso_path or prof.iso.path
-    if local:
-        run.source = lifecycle.source_iso(prof, run.iso_path)
-        run.had(f"using local ISO {run.source}")
-        return
-    if getattr(prof.iso, "build", None):
-        _build_guest(run)
-        return
-    from . import download
-
-    sha256 = prof.iso.require_sha256()
-    cached = download.cache_path(sha256)
-    if cached.is_file():
-        run.source = cached
-        run.had(f"ISO {cached.name} is in the cache (sha256 verified when stored)")
-        return
-    if run.dry_run:
-        run.did(f"download {prof.iso.urls[0]} and verify sha256 {sha256[:12]}…")
-        return
-    result = download.Downloader().fetch(list(prof.iso.urls), sha256)
-    run.source = result.path
-    run.did(f"downloaded and verified {result.path.name} ({result.bytes_fetched >> 20} MB fetched)")
-
-
-def _build_guest(run: _Run):
-    """The demo profile boots b2dkit's own boot2docker-compatible guest, built from Debian packages."""
-    flavour = run.profile.iso.build
-    iso = lifecycle.guest_builder().cached(flavour=flavour)
-    if iso:
-        run.source = iso
-        run.had(f"guest ISO is built ({iso})")
-        return
-    if run.dry_run:
-        run.did("build the boot2docker-compatible guest ISO from Debian packages")
-        return
-    run.source = lifecycle.build_guest(flavour=flavour)
-    run.did(f"built the guest ISO {run.source}")
+    found, text = lifecycle.source_iso_change(run.profile, run.iso_path)
+    run.source = _decided(run, found, text, lambda: lifecycle.source_iso(run.profile, run.iso_path))
 
 
 def _remaster(run: _Run):
-    codes = run.profile.boot_code_args()
-    if not codes:
-        run.had("no boot codes to add; the VM boots the ISO as it is")
-        run.boot = run.source
-        return
-    if run.source is None:  # dry run before the download
-        run.did(f"remaster the ISO with {' '.join(codes)}")
-        return
-    from . import isocache
+    found, text = lifecycle.boot_iso_change(run.profile, run.source)
+    run.boot = _decided(run, found, text, lambda: _remastered(run))
 
-    hit = isocache.lookup(run.source, codes)
-    if hit:
-        run.boot = hit
-        run.had(f"remastered ISO with {' '.join(codes)} is cached")
-        return
-    if run.dry_run:
-        run.did(f"remaster the ISO with {' '.join(codes)}")
-        return
-    run.boot = lifecycle.boot_iso(run.profile, run.source)
-    run.did(f"remastered the ISO with {' '.join(codes)}")
+
+def _remastered(run: _Run) -> Path:
+    assert run.source is not None  # a real run has the source from the ISO step
+    return lifecycle.boot_iso(run.profile, run.source)
 
 
 def _create(run: _Run):
@@ -161,11 +109,14 @@ def _create(run: _Run):
     machine = _machine_or_none(prof.name)
     state = lifecycle.provider_for(machine).state() if machine else VMState.ABSENT
     if run.dry_run:
-        if state == VMState.ABSENT:
+        changes = lifecycle.create_changes(prof) if state != VMState.ABSENT else None
+        if changes is None:
             run.did(f"create VM {prof.name} on {prof.provider} ({prof.memory} MB, {prof.cpus} CPU, "
                     f"{prof.disk} MB persistent disk)")
-        else:
-            run.had(f"VM {prof.name} exists ({state}); settings would be converged to the profile")
+            return
+        run.had(f"VM {prof.name} exists ({state})")
+        for line in changes:
+            run.did(line)
         return
     out = lifecycle.create(prof, iso_path=run.boot, start_vm=False, log=lambda _m: None, remaster=False)
     for line in out.done:

@@ -7,6 +7,7 @@ touches the real home directory).
 import os
 import re
 from pathlib import Path
+from typing import Optional, Union
 
 import platformdirs
 
@@ -16,7 +17,7 @@ _APP = "b2dkit"
 _VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
-def _home():
+def _home() -> Optional[Path]:
     value = os.environ.get("B2DKIT_HOME")
     return Path(value).expanduser() if value else None
 
@@ -49,3 +50,27 @@ def vm_dir(name: str) -> Path:
 def ensure_dir(path: Path, mode: int = 0o700) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=mode)
     return path
+
+
+def same_file(a: Union[str, Path], b: Union[str, Path]) -> bool:
+    """The same file on disk (or, when one is missing, the same absolute path): is it attached already?"""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(str(a)) == os.path.abspath(str(b))
+
+
+def same_content(a: Path, b: Path) -> bool:
+    """Same inode, or same bytes: does the VM's own ISO link still hold this boot ISO?"""
+    sa, sb = os.stat(a), os.stat(b)
+    if (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino):
+        return True
+    if sa.st_size != sb.st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            ca, cb = fa.read(1 << 20), fb.read(1 << 20)
+            if ca != cb:
+                return False
+            if not ca:
+                return True

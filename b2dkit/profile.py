@@ -29,9 +29,12 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import yaml
 
 from . import bootcfg, forwards, paths
+from .boot2docker import PERSISTENT_ROOT
+from .digests import is_sha256
 from .errors import InputError, ProfileError
 from .forwards import Forward, ssh_forward
-from .providers import PROVIDERS, MachineSpec, default_provider_name
+from .hypervisors import PROVIDERS, default_provider_name
+from .hypervisors.base import CPUS, MEMORY_MB
 
 ENV_PATH = "B2DKIT_PROFILES"
 DEFAULT_PROFILE = "default"
@@ -39,16 +42,12 @@ SUFFIXES = (".yaml", ".yml")
 PROVIDER_CHOICES = PROVIDERS + ("auto",)
 
 # boot2docker runs from RAM; only the disk mounted at /mnt/sda1 survives a reboot.
-PERSISTENT_ROOT = "/mnt/sda1"
-MEMORY_MB = (256, 65536)
 DISK_MB = (1024, 2_000_000)
-CPUS = (1, 64)
 URL_SCHEMES = ("https://", "http://", "file://")
 # Marks a sha256 nobody has verified yet: the profile loads (a local ``iso.path`` works),
 # but downloading by URL refuses until a real digest is pinned.
 SHA256_PLACEHOLDER = "UNVERIFIED"
 
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 # Guest dirs end up in the guest's shell commands (mkdir, sshfs): keep them boring.
 _GUEST_PATH = re.compile(r"^/[A-Za-z0-9._@+/-]*$")
 
@@ -100,10 +99,10 @@ class IsoSource:
                 hint="put the sha256 from the boot2docker release notes in the profile, or set iso.path "
                 "to a local boot2docker.iso",
             )
-        return self.sha256
+        return str(self.sha256)
 
     def to_dict(self) -> dict:
-        data = {}
+        data: Dict[str, object] = {}
         if self.urls:
             data["urls"] = list(self.urls)
         if self.sha256:
@@ -164,21 +163,9 @@ class Profile:
         """``["tz=CST-8", "noembed"]``: what goes on the kernel command line."""
         return [key if value is None else f"{key}={value}" for key, value in self.boot_codes.items()]
 
-    def machine_spec(self, iso: Path, public_key: str = "") -> MachineSpec:
-        """What a provider's ``create`` needs, given the (remastered) ISO to boot."""
-        return MachineSpec(
-            name=self.name,
-            memory_mb=self.memory,
-            cpus=self.cpus,
-            disk_mb=self.disk,
-            iso=Path(iso),
-            forwards=list(self.forwards),
-            public_key=public_key,
-        )
-
     def to_dict(self) -> dict:
         """Plain data in file order; itself a valid profile file (no ``extends``)."""
-        data = {}
+        data: Dict[str, object] = {}
         if self.description:
             data["description"] = self.description
         data.update(
@@ -229,7 +216,7 @@ def search_dirs() -> List[Path]:
 
 def available() -> List[Tuple[str, Path]]:
     """(name, path) of every profile on the search path; the first of a name wins."""
-    found = {}
+    found: Dict[str, Path] = {}
     for directory in search_dirs():
         if not directory.is_dir():
             continue
@@ -287,7 +274,7 @@ def check_file(path) -> Profile:
 
 def _resolve(path: Path, provider=None, name=None) -> Profile:
     layers = _load_chain(path, [])
-    merged = {}
+    merged: dict = {}
     for layer in layers:
         _merge(merged, layer)
     return _finish(merged, path, [layer.path for layer in reversed(layers)], provider, name)
@@ -301,12 +288,20 @@ class _Layer:
         self.values = values
 
 
+MAX_EXTENDS = 32  # a chain longer than this is a mistake, and Python's stack would give out first
+
+
 def _load_chain(path: Path, seen: List[Path]) -> List[_Layer]:
     """Layers base first; ``seen`` is the chain walked so far, for the cycle message."""
     key = path.resolve()
     if key in seen:
         loop = " -> ".join(display_path(p) for p in seen + [key])
         raise ProfileError(f"profile cycle: {loop} (extends must not loop back)")
+    if len(seen) >= MAX_EXTENDS:
+        raise ProfileError(
+            f"{display_path(seen[0])}: extends chain is deeper than {MAX_EXTENDS} profiles (at {display_path(path)});"
+            " a team needs a few layers, not hundreds"
+        )
     layer = _check_layer(path, _read(path))
     parent = layer.values.pop("extends", None)
     if parent is None:
@@ -349,6 +344,10 @@ def _read(path: Path) -> dict:
         raise ProfileError(f"{where}: invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ProfileError(f"{display_path(path)}: invalid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:  # PyYAML descends once per nesting level
+        raise ProfileError(
+            f"{display_path(path)}: invalid YAML: nested too deeply to be a profile"
+        ) from None
     if data is None:
         raise ProfileError(f"{display_path(path)}: the file is empty; a profile needs at least one setting")
     if not isinstance(data, dict):
@@ -487,24 +486,24 @@ def _check_disk(check, where, value):
 def _check_iso(check, where, value):
     data = check.mapping(where, value)
     check.keys(where, data, ISO_KEYS)
-    urls = ()
+    urls: Tuple[str, ...] = ()
     if "urls" in data:
         items = check.items(_join(where, "urls"), data["urls"])
         if not items:
             raise check.error(_join(where, "urls"), "the list is empty: give at least one URL")
-        urls = []
+        found: List[str] = []
         for index, item in enumerate(items):
             at = f"{where}.urls[{index}]"
             url = check.text(at, item)
             if not url.startswith(URL_SCHEMES) or any(ch.isspace() for ch in url):
                 raise check.error(at, f"{url!r} is not a URL: use https://..., http://... or file://...")
-            urls.append(url)
-        urls = tuple(urls)
+            found.append(url)
+        urls = tuple(found)
     sha256 = None
     if "sha256" in data:
         at = _join(where, "sha256")
         sha256 = check.text(at, data["sha256"])
-        if sha256 != SHA256_PLACEHOLDER and not _SHA256.match(sha256):
+        if sha256 != SHA256_PLACEHOLDER and not is_sha256(sha256):
             raise check.error(at, f"{sha256!r} is not a sha256 digest: expected 64 hex characters")
         if sha256 != SHA256_PLACEHOLDER:
             sha256 = sha256.lower()
@@ -733,7 +732,7 @@ def _finish(merged: dict, path: Path, chain: List[Path], provider, name) -> Prof
             hint="add e.g. {host: 2022, guest: 22}",
         )
     mounts = list(merged.get("mounts", {}).values())
-    hosts = {}
+    hosts: Dict[Path, str] = {}
     for mount in mounts:
         if mount.host in hosts:
             raise ProfileError(
@@ -762,10 +761,8 @@ def _finish(merged: dict, path: Path, chain: List[Path], provider, name) -> Prof
 
 
 def _auto_provider() -> str:
-    try:
-        return default_provider_name()
-    except ImportError:  # a build without the VirtualBox wrapper (b2dkit.vbox) can only run QEMU
-        return "qemu"
+    """Only ``provider: auto`` looks for VBoxManage (on PATH); a named provider touches no hypervisor."""
+    return default_provider_name()
 
 
 def _join(where: str, key: str) -> str:

@@ -20,17 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from . import guest
+from . import guest, install
+from .boot2docker import DEFAULT_USER
 from .errors import GuestError, MountError, ToolMissing
 
-DEFAULT_USER = "docker"
 PROBE_TIMEOUT = 2.0
 MOUNT_TIMEOUT = 30.0
 
-_INSTALL = {
-    "linux": "`sudo apt-get install sshfs` (Debian/Ubuntu)",
-    "darwin": "`brew install --cask macfuse && brew install gromgit/fuse/sshfs-mac` (macOS)",
-}
 _MAC_FUSE_TYPES = ("macfuse", "osxfuse", "fusefs")
 
 
@@ -49,21 +45,33 @@ class MountInfo:
 # -- tools -----------------------------------------------------------------------------------
 
 
-def _install_hint() -> str:
-    return _INSTALL.get(sys.platform, f"{_INSTALL['linux']} or {_INSTALL['darwin']}")
-
-
 def require_sshfs() -> str:
     """Path of sshfs, or ToolMissing with the install command for this platform."""
     path = shutil.which("sshfs")
     if path is None:
-        raise ToolMissing(f"sshfs is not installed; install it with {_install_hint()}")
+        raise ToolMissing(f"sshfs is not installed; {install.hint('sshfs')}")
     if sys.platform.startswith("linux") and not os.path.exists("/dev/fuse"):
         raise ToolMissing(
             "FUSE is not available (/dev/fuse is missing); load it with `sudo modprobe fuse` "
-            "or install it with `sudo apt-get install fuse3`"
+            f"or {install.hint('fuse')}"
         )
     return path
+
+
+def _run(argv: List[str], timeout: Optional[float] = None) -> Tuple[int, str, str]:
+    """Every sshfs, fusermount and mount run: (exit status, stdout, stderr).
+
+    Output goes to temp files, not pipes: sshfs's ssh child keeps a pipe open for the
+    mount's whole life, and we would wait for its EOF forever.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=timeout)
+        except FileNotFoundError:
+            raise ToolMissing(f"{argv[0]} is not installed; {install.hint('sshfs')}") from None
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
 
 
 def _unmount_argv(local_dir: Path, lazy: bool) -> List[str]:
@@ -71,7 +79,7 @@ def _unmount_argv(local_dir: Path, lazy: bool) -> List[str]:
         return ["umount", "-f", str(local_dir)] if lazy else ["umount", str(local_dir)]
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:
-        raise ToolMissing("fusermount is not installed; install it with `sudo apt-get install fuse3`")
+        raise ToolMissing(f"fusermount is not installed; {install.hint('fuse')}")
     return [tool, "-uz" if lazy else "-u", str(local_dir)]
 
 
@@ -80,12 +88,7 @@ def _unmount_argv(local_dir: Path, lazy: bool) -> List[str]:
 
 def _opt(value) -> str:
     """One value inside sshfs ``-o``: FUSE splits on commas, ssh on spaces (macOS paths have them)."""
-    text = str(value)
-    if '"' in text:
-        raise MountError(f"path {text!r} contains a double quote, which ssh options cannot carry")
-    if any(c.isspace() for c in text):
-        text = f'"{text}"'
-    return text.replace("\\", "\\\\").replace(",", "\\,")
+    return guest.ssh_quote(value).replace("\\", "\\\\").replace(",", "\\,")
 
 
 def source_of(host: str, remote_dir: str, user: str = DEFAULT_USER) -> str:
@@ -95,11 +98,7 @@ def source_of(host: str, remote_dir: str, user: str = DEFAULT_USER) -> str:
 def sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DEFAULT_USER) -> List[str]:
     options = [
         f"IdentityFile={_opt(key_path)}",
-        f"UserKnownHostsFile={_opt(known_hosts_path)}",
-        "GlobalKnownHostsFile=/dev/null",
-        "StrictHostKeyChecking=yes",
-        "IdentitiesOnly=yes",
-        "BatchMode=yes",  # never ask for a password
+        *guest.ssh_options(known_hosts_path, quote=_opt),
         "ConnectTimeout=10",
         "reconnect",
         "ServerAliveInterval=15",
@@ -144,8 +143,7 @@ def parse_macos_mount(text: str) -> List[Tuple[str, Path]]:
 
 def _raw_mounts() -> List[Tuple[str, Path]]:
     if sys.platform == "darwin":
-        out = subprocess.run(["mount"], capture_output=True, text=True, check=False).stdout
-        return parse_macos_mount(out)
+        return parse_macos_mount(_run(["mount"])[1])
     try:
         return parse_proc_mounts(Path("/proc/self/mounts").read_text())
     except OSError:
@@ -209,12 +207,12 @@ def mount(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DE
     if existing is not None:
         if existing.source != source:
             raise MountError(
-                f"{local} is already mounted from {existing.source}; unmount it first with `vm.unmount`"
+                f"{local} is already mounted from {existing.source}; unmount it first with `b2dkit vm.unmount`"
             )
         if existing.alive:
             return "already mounted"
         raise MountError(
-            f"{local} is a stale mount of {source} ({existing.detail}); repair it with `vm.mount --remount`"
+            f"{local} is a stale mount of {source} ({existing.detail}); repair it with `b2dkit vm.mount --remount`"
         )
     if local.exists() and not local.is_dir():
         raise MountError(f"{local} exists and is not a directory; choose another mount point")
@@ -224,18 +222,13 @@ def mount(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DE
     if not guest.pinned_keys(known_hosts_path, host, port):
         _diagnose(host, port, key_path, known_hosts_path, user, source, local)  # pins on first contact
     argv = sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, local, user)
-    # stderr to a file, not a pipe: sshfs's ssh child keeps a pipe open for the mount's life
-    with tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                  timeout=MOUNT_TIMEOUT)  # fmt: skip
-        except subprocess.TimeoutExpired:
-            _lazy_unmount_quietly(local)
-            raise MountError(f"sshfs did not mount {source} on {local} within {MOUNT_TIMEOUT:g} s; "
-                             "check the VM with `vm.status`") from None  # fmt: skip
-        err.seek(0)
-        stderr = err.read().decode("utf-8", "replace")
-    if proc.returncode != 0:
+    try:
+        returncode, _, stderr = _run(argv, timeout=MOUNT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        _lazy_unmount_quietly(local)
+        raise MountError(f"sshfs did not mount {source} on {local} within {MOUNT_TIMEOUT:g} s; "
+                         "check the VM with `b2dkit vm.status`") from None  # fmt: skip
+    if returncode != 0:
         lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
         if any("No such file or directory" in ln for ln in lines):
             raise MountError(
@@ -261,9 +254,9 @@ def unmount(local_dir, lazy: bool = False) -> bool:
     local = Path(local_dir).expanduser()
     if find_mount(local, check=False) is None:
         return False
-    proc = subprocess.run(_unmount_argv(local, lazy), capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        detail = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+    returncode, _, stderr = _run(_unmount_argv(local, lazy))
+    if returncode != 0:
+        detail = (stderr.strip().splitlines() or ["unknown error"])[-1]
         if "busy" in detail.lower():
             raise MountError(f"{local} is busy (a shell or editor has it open); close it and retry")
         raise MountError(f"cannot unmount {local}: {detail}")
@@ -272,7 +265,7 @@ def unmount(local_dir, lazy: bool = False) -> bool:
 
 def _lazy_unmount_quietly(local: Path):
     try:
-        subprocess.run(_unmount_argv(local, lazy=True), capture_output=True, check=False)
+        _run(_unmount_argv(local, lazy=True))
     except ToolMissing:
         pass
 
@@ -285,13 +278,13 @@ def remount(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=
     existing = find_mount(local)
     if existing is not None and existing.source != source:
         raise MountError(
-            f"{local} is mounted from {existing.source}, not {source}; unmount it first with `vm.unmount`"
+            f"{local} is mounted from {existing.source}, not {source}; unmount it first with `b2dkit vm.unmount`"
         )
     if existing is not None and existing.alive:
         return "alive"
     if existing is not None:
         # lazy: a stale FUSE mount cannot answer a normal unmount's checks
-        subprocess.run(_unmount_argv(local, lazy=True), capture_output=True, check=False)
+        _run(_unmount_argv(local, lazy=True))
         if find_mount(local, check=False) is not None:
             raise MountError(f"cannot detach the stale mount at {local}; try `fusermount -uz {local}`")
         mount(host, port, key_path, known_hosts_path, remote_dir, local, user)

@@ -5,7 +5,7 @@ ed25519 because its public line (~100 bytes) fits twice in boot2docker's 4 KiB
 """
 
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -36,6 +36,12 @@ def ensure_keypair(vm_dir, comment="b2dkit") -> Tuple[Path, str]:
     line = _public_line(key, comment)
     atomic.write_bytes(public, (line + "\n").encode())
     return private, line
+
+
+def public_line(vm_dir) -> Optional[str]:
+    """The VM's public OpenSSH line if its pair exists (a dry run must not make one)."""
+    public = Path(vm_dir) / (KEY_NAME + ".pub")
+    return public.read_text().strip() if public.is_file() else None
 
 
 def _load(private: Path):

@@ -6,11 +6,11 @@ Everything is read live (hypervisor, guest clock, mount table); nothing here is 
 from pathlib import Path
 from typing import List
 
-from . import lifecycle, machines
+from . import lifecycle, machines, paths
 from .errors import B2dkitError
 from .forwards import DOCKER_PORTS, connect_address, ssh_forward
 from .machines import Machine
-from .providers import VMState
+from .hypervisors.base import VMState
 
 
 def collect(machine: Machine, drift: bool = True) -> dict:
@@ -25,7 +25,7 @@ def collect(machine: Machine, drift: bool = True) -> dict:
         "state": str(snap.state),
         "forwards": [f.to_dict() for f in sorted(snap.forwards)],
         "disk": str(disk) if disk else None,
-        "iso": str(lifecycle.paths.vm_dir(machine.name) / lifecycle.VM_ISO),
+        "iso": str(paths.vm_dir(machine.name) / lifecycle.VM_ISO),
         "boot_codes": machine.boot_codes,
         "persistent_dirs": machine.persistent_dirs,
         "log": str(provider.log_path() or ""),
@@ -97,10 +97,10 @@ def mounts(machine: Machine) -> List[dict]:
         live = {}
     rows = []
     for m in machine.mounts:
-        local = str(Path(m["host"]).expanduser())
+        local = str(m.host.expanduser())
         cur = live.get(local)
         status = "not mounted" if cur is None else cur.state
-        rows.append({"guest": m["guest"], "host": local, "status": status})
+        rows.append({"guest": m.guest, "host": local, "status": status})
     return rows
 
 
@@ -110,7 +110,7 @@ def docker_env(machine: Machine) -> List[str]:
     rules = {f.guest_port: f for f in provider.forwards() if f.proto == "tcp"}
     if 2376 in rules:
         f = rules[2376]
-        certs = lifecycle.paths.vm_dir(machine.name) / "certs"
+        certs = paths.vm_dir(machine.name) / "certs"
         lines = [
             f"export DOCKER_HOST=tcp://{f.host_ip}:{f.host_port}",
             "export DOCKER_TLS_VERIFY=1",
@@ -118,7 +118,7 @@ def docker_env(machine: Machine) -> List[str]:
         ]
         if not _certs_ready(machine, provider, certs):
             lines.append("# the VM has no TLS client certificates yet (~docker/.docker/*.pem): start it, make sure")
-            lines.append("# its Docker daemon runs with TLS, then run vm.env again")
+            lines.append("# its Docker daemon runs with TLS, then run `b2dkit vm.env` again")
         lines.append(f"# run this command to configure your shell: eval \"$(b2dkit vm.env --name {machine.name})\"")
         return lines
     if 2375 in rules:

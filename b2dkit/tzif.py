@@ -14,7 +14,7 @@ applies the footer only after the last transition and, with none, would stay on 
 import re
 import struct
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Tuple
 
 from . import bootcfg
 from .errors import InputError
@@ -78,7 +78,8 @@ def _version(tz: PosixTZ) -> bytes:
     return b"3" if any(h < 0 or h > 24 for h in hours) else b"2"
 
 
-def _block(times, types, chars: bytes, time_format: str) -> bytes:
+def _block(times: List[int], types: List[Tuple[int, int, int]], chars: bytes,
+           time_format: str) -> Tuple[bytes, bytes]:
     header_counts = struct.pack(">6l", 0, 0, 0, len(times), len(types), len(chars))
     body = b"".join(struct.pack(time_format, t) for t in times)
     body += bytes(0 for _ in times)  # every transition goes to type 0 (standard time)
@@ -91,7 +92,7 @@ def build(text: str) -> bytes:
     tz = parse(text)
     chars = tz.std.encode("ascii") + b"\0"
     types = [(tz.std_utoff, 0, 0)]
-    if tz.dst:
+    if tz.dst and tz.dst_utoff is not None:
         types.append((tz.dst_utoff, 1, len(chars)))
         chars += tz.dst.encode("ascii") + b"\0"
     version = _version(tz)

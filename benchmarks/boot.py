@@ -39,11 +39,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
-from b2dkit import guest, paths, qemu  # noqa: E402
+import qemuclean  # noqa: E402  (the clean-up the tests use)
+
+from b2dkit import guest, paths  # noqa: E402
+from b2dkit.hypervisors.qemu import qemusystem as qemu  # noqa: E402
 from b2dkit.forwards import Forward  # noqa: E402
 from b2dkit.main import make_program  # noqa: E402
-from b2dkit.providers import qemu as qemu_provider  # noqa: E402
+from b2dkit.hypervisors.qemu import provider as qemu_provider  # noqa: E402
 
 VM = "bootbench"
 BOOT_COMPLETE = b"b2dkit-guest: boot complete"
@@ -131,15 +135,7 @@ def bare_round(work: Path, memory: int, cpus: int) -> dict:
 
 def power_off(pidfile: Path, qmp_sock: Path) -> None:
     """Clean shutdown (the disk is the VM's own), SIGKILL if it hangs; not timed."""
-    pid = qemu.read_pid(pidfile)
-    if not pid:
-        return
-    with contextlib.suppress(Exception):
-        with qemu.QMP(qmp_sock) as mon:
-            mon.execute("system_powerdown")
-    if not qemu.wait_exit(pid, 30.0, str(pidfile)):
-        qemu.kill(pid)
-        qemu.wait_exit(pid, 5.0)
+    qemuclean.stop_qemu(pidfile, qmp_sock)
 
 
 # -- b2dkit vm.start ----------------------------------------------------------------------------
@@ -213,8 +209,7 @@ class Probe:
         self._patch(qemu, "launch", mark_after("daemonized"))
         self._patch(qemu_provider.QemuProvider, "start", mark_after("QMP ready"))
         self._patch(guest, "_open", open_try)
-        ready = "wait_for_session" if hasattr(guest, "wait_for_session") else "wait_for_ssh"
-        self._patch(guest, ready, mark_after("SSH ready (auth ok)"))
+        self._patch(guest, "wait_for_session", mark_after("SSH ready (auth ok)"))
         self._patch(guest, "connect", mark_after("set-up session open"))
         self._patch(guest, "setup", mark_after("set-up done"))
         self._patch(guest, "clock_drift", record_drift)

@@ -28,6 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+import qemuclean  # noqa: E402  (the clean-up the tests use)
 
 TARGET = 2.0
 VM = "bench-onboard"
@@ -140,6 +143,7 @@ def main():
             make_program().run(["b2dkit", "vm.destroy", f"--name={VM}", "--yes", "--purge"], exit=False)
         except BaseException as exc:  # noqa: B036 - go on and kill QEMU below
             print(f"destroy failed: {exc}", file=sys.stderr)
+        qemuclean.kill_all(root)
         mount = home / "workspace" / "dev"
         if os.path.ismount(mount):
             subprocess.run(["fusermount3", "-uz", str(mount)], check=False)

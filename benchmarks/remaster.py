@@ -46,7 +46,7 @@ def timed(func) -> float:
 def methods(src: Path, work: Path):
     out = work / "out.iso"
     new_cfg = work / "isolinux.cfg"
-    new_cfg.write_bytes(bootcfg.apply(iso.cfg_bytes(src), CODES))
+    new_cfg.write_bytes(bootcfg.apply(fx.read_cfg(src, "v19"), CODES))
     cli_env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def cp():

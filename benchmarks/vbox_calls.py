@@ -44,8 +44,8 @@ def main():
         fake = fakevbox.install(tmp / "fake")
         os.environ.update(fake.env())
         from b2dkit.forwards import Forward, parse_spec
-        from b2dkit.providers import MachineSpec
-        from b2dkit.providers.virtualbox import VirtualBoxProvider
+        from b2dkit.hypervisors.base import MachineSpec
+        from b2dkit.hypervisors.virtualbox.provider import VirtualBoxProvider
 
         iso = tmp / "b2d.iso"
         iso.write_bytes(b"iso")

@@ -14,7 +14,7 @@ import sys
 import time
 
 from b2dkit import disk
-from b2dkit.vbox import VBoxManage
+from b2dkit.hypervisors.virtualbox.vboxmanage import VBoxManage
 
 
 def rss_mb():

@@ -59,6 +59,13 @@ def cfg_path(layout: str) -> str:
     return "/" + LAYOUTS[layout]["dir"] + "/isolinux.cfg"
 
 
+def read_cfg(path: Path, layout: str, view: str = "-R") -> bytes:
+    """The ISO's isolinux.cfg as isoinfo reads it: an oracle independent of pycdlib."""
+    return subprocess.run(
+        ["isoinfo", view, "-i", str(path), "-x", cfg_path(layout)], capture_output=True, check=True
+    ).stdout
+
+
 def _random_file(path: Path, size: int, seed: str) -> None:
     """Deterministic incompressible bytes, fast enough for 500 MB."""
     block = hashlib.sha512(seed.encode()).digest() * 512  # 32 KiB

@@ -1,11 +1,12 @@
 """A real SSH server on 127.0.0.1 for guest/sshfs tests: Debian's dropbear, as in the guest.
 
-The login user is a throwaway local account (``b2dtest``) with the VM key in its
+The login user is a throwaway local account (``b2dt<checkout hash>``) with the VM key in its
 ``authorized_keys`` and passwordless sudo, like ``docker`` on boot2docker. Creating it
 needs root; without root (or dropbear) the tests that use it are skipped with a reason.
 Import the fixtures into a test module with ``from sshserver import ssh_user, sshd, ...``.
 """
 
+import hashlib
 import os
 import pwd
 import shutil
@@ -19,9 +20,12 @@ import pytest
 
 from b2dkit import sshkeys
 
-USER = "b2dtest"
+# One user per checkout: test runs of two clones on one machine must not overwrite each
+# other's authorized_keys (that made either run's SSH tests fail at random).
+_CHECKOUT = hashlib.sha256(str(Path(__file__).resolve().parents[1]).encode()).hexdigest()[:8]
+USER = f"b2dt{_CHECKOUT}"
 DROPBEAR = "/usr/sbin/dropbear"
-SUDOERS = Path("/etc/sudoers.d/b2dkit-test")
+SUDOERS = Path(f"/etc/sudoers.d/b2dkit-test-{_CHECKOUT}")
 
 
 def _need(condition, reason):

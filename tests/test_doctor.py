@@ -6,7 +6,9 @@ holds; low disk space is ``shutil.disk_usage`` answering a small number.
 """
 
 import os
+import platform
 import shutil
+import sys
 import socket
 from collections import namedtuple
 from pathlib import Path
@@ -14,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from b2dkit import doctor, paths
+from b2dkit.install import COMMANDS as INSTALL_COMMANDS
 from b2dkit import profile as profiles
-from b2dkit.main import make_program
+import cli
 from fakevbox import install
 
 QEMU = "qemu-system-x86_64"
@@ -82,7 +85,7 @@ def assert_install_lines(check, debian, macos):
         "macOS": macos, "Debian/Ubuntu": debian}
     lines = check.line().splitlines()
     assert lines[0].startswith(f"[MISSING] {check.name}: ")
-    first = "macOS" if doctor.platform.system() == "Darwin" else "Debian/Ubuntu"
+    first = "macOS" if platform.system() == "Darwin" else "Debian/Ubuntu"
     assert lines[1].strip().startswith(f"{first}: ")
     assert {line.strip() for line in lines[1:]} == {f"Debian/Ubuntu: {debian}", f"macOS: {macos}"}
 
@@ -120,7 +123,7 @@ def test_virtualbox_missing_gives_both_install_commands(tmp_path, monkeypatch):
     only_on_path(tmp_path, monkeypatch)
     check = doctor.check_hypervisor("virtualbox")
     assert check.name == "VirtualBox"
-    assert_install_lines(check, doctor.INSTALL["virtualbox"]["Debian/Ubuntu"], "brew install --cask virtualbox")
+    assert_install_lines(check, INSTALL_COMMANDS["virtualbox"]["Debian/Ubuntu"], "brew install --cask virtualbox")
     assert "apt-get install virtualbox" in check.line()
 
 
@@ -146,8 +149,8 @@ def test_sshfs_missing_gives_both_install_commands(tmp_path, monkeypatch):
 def test_sshfs_without_dev_fuse_says_how_to_load_it(tmp_path, monkeypatch):
     only_on_path(tmp_path, monkeypatch, "sshfs")
     real_exists = os.path.exists
-    monkeypatch.setattr(doctor.platform, "system", lambda: "Linux")
-    monkeypatch.setattr(doctor.os.path, "exists", lambda p: False if p == "/dev/fuse" else real_exists(p))
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(os.path, "exists", lambda p: False if p == "/dev/fuse" else real_exists(p))
     check = doctor.check_sshfs()
     assert not check.ok
     assert "/dev/fuse is missing" in check.detail and "modprobe fuse" in check.detail
@@ -220,7 +223,7 @@ def test_busy_host_port_is_named_with_its_owner(qemu_profile):
 
 def test_busy_port_is_fine_when_our_running_vm_holds_it(qemu_profile, monkeypatch):
     from b2dkit import lifecycle, machines
-    from b2dkit.providers import VMState
+    from b2dkit.hypervisors.base import VMState
 
     machines.save(lifecycle.machine_from_profile(qemu_profile))
 
@@ -250,13 +253,7 @@ def test_run_checks_sshfs_only_when_the_profile_mounts(tmp_path, qemu_profile):
 
 def run_doctor(capsys, *argv):
     """``b2dkit doctor …`` as typed: (exit code, captured output); success does not raise."""
-    capsys.readouterr()
-    try:
-        make_program().run(["b2dkit", "doctor", *argv], exit=True)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr()
+    return cli.task(capsys, "doctor", *argv)
 
 
 def test_doctor_task_exits_3_and_lists_install_commands(tmp_path, monkeypatch, qemu_profile, capsys):

@@ -10,7 +10,7 @@ import httpmirror
 import pytest
 from httpmirror import Mirror
 
-from b2dkit import download, paths
+from b2dkit import download, isocache, paths
 from b2dkit.errors import DownloadError, InputError
 
 PAYLOAD = random.Random(5).randbytes(300_000)
@@ -67,7 +67,7 @@ def test_fetch_verifies_caches_and_a_second_fetch_makes_no_request(mirror):
 def test_module_fetch_returns_the_cache_path(mirror):
     mirror.routes["/b2d.iso"] = Route()
     path = download.fetch([mirror.url("/b2d.iso")], SHA.upper(), progress=False, **FAST)
-    assert path == download.cache_path(SHA) and path.read_bytes() == PAYLOAD
+    assert path == isocache.source_path(SHA) and path.read_bytes() == PAYLOAD
 
 
 def test_dropped_connection_is_resumed_with_range(mirror):
@@ -216,6 +216,6 @@ def test_list_and_clear_cache(mirror):
     mirror.routes["/b2d.iso"] = Route()
     fetch([mirror.url("/b2d.iso")])
     (iso_dir() / f"{'0' * 64}.iso.part").write_bytes(b"partial")
-    assert download.list_cache() == [iso_dir() / f"{SHA}.iso"]
-    assert {p.name for p in download.clear_cache()} == {f"{SHA}.iso", f"{'0' * 64}.iso.part"}
+    assert isocache.sources() == [iso_dir() / f"{SHA}.iso"]  # the partial download is no entry
+    assert isocache.clear_cache() == 1  # one ISO; the .part went with it
     assert leftovers() == []

@@ -10,8 +10,9 @@ import pytest
 import fakevbox
 from conftest import shared_reference
 
-from b2dkit import disk, vbox
-from b2dkit.providers import VMState
+from b2dkit import disk
+from b2dkit.hypervisors.virtualbox import vboxmanage as vbox
+from b2dkit.hypervisors.base import VMState
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """forwards.py: host-port checks against real sockets on 127.0.0.1."""
 
+import os
 import socket
 import time
 
@@ -40,3 +41,119 @@ def test_time_wait_left_by_a_stopped_vm_does_not_make_its_port_busy():
         again.bind(("127.0.0.1", port))
         again.listen()
         assert not forwards.host_port_free(port)
+
+
+# -- one port policy: clash rule, IPv6 listeners, EACCES ----------------------------------------
+
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from b2dkit.errors import B2dkitError, InputError, PortDenied, PortInUse  # noqa: E402
+from b2dkit.forwards import Forward  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "a, b, same",
+    [
+        (Forward(8000, 80), Forward(8000, 81, name="x"), True),
+        (Forward(8000, 80), Forward(8000, 80, host_ip="0.0.0.0", name="x"), True),  # a wildcard covers loopback
+        (Forward(8000, 80, host_ip=""), Forward(8000, 80, host_ip="10.1.2.3", name="x"), True),
+        (Forward(8000, 80), Forward(8000, 80, host_ip="127.0.0.2", name="x"), False),  # two addresses
+        (Forward(8000, 80), Forward(8000, 80, proto="udp"), False),
+        (Forward(8000, 80), Forward(8001, 80), False),
+    ],
+)
+def test_same_socket_is_ip_aware_with_wildcards(a, b, same):
+    assert forwards.same_socket(a, b) is same
+    assert (forwards.clash(a, [b]) is b) is same
+
+
+def test_check_rules_refuses_two_rules_on_one_socket():
+    with pytest.raises(InputError, match="both use host port 8000/tcp"):
+        forwards.check_rules([Forward(8000, 80, host_ip="0.0.0.0"), Forward(8000, 81, name="again")])
+
+
+def test_with_ssh_keeps_an_existing_ssh_rule_and_adds_one_otherwise():
+    kept = Forward(2299, 22, name="ssh")
+    assert forwards.with_ssh([Forward(8000, 80)], current=[kept]) == [Forward(8000, 80), kept]
+    added = forwards.with_ssh([Forward(8000, 80)])
+    assert forwards.ssh_forward(added).guest_port == 22 and 2200 <= added[-1].host_port <= 2250
+
+
+def test_an_ipv6_listener_makes_the_loopback_port_busy():
+    """A program on [::]:PORT answers a browser's localhost:PORT, so the VM must not take it."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    with socket.socket(socket.AF_INET6) as holder:
+        holder.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # IPv4 stays bindable
+        try:
+            holder.bind(("::", 0))
+        except OSError:
+            pytest.skip("IPv6 is disabled on this host")
+        holder.listen()
+        port = holder.getsockname()[1]
+        with socket.socket() as v4:  # the oracle: IPv4 alone is free
+            v4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            v4.bind(("127.0.0.1", port))
+        assert forwards.probe(port, "127.0.0.1") == forwards.BUSY
+        with pytest.raises(PortInUse, match=f"127.0.0.1:{port}/tcp is already in use"):
+            forwards.require_free(Forward(port, 80))
+    assert forwards.probe(port, "127.0.0.1") == forwards.FREE
+
+
+def test_a_privileged_port_is_denied_not_in_use(tmp_path):
+    """EACCES is its own message: nothing holds the port, this user may not bind it."""
+    start = int(open("/proc/sys/net/ipv4/ip_unprivileged_port_start").read())
+    setpriv = shutil.which("setpriv")
+    if start <= 80 or (os.geteuid() == 0 and not setpriv):
+        pytest.skip("ports below 1024 are not privileged here, or root cannot drop the privilege (setpriv)")
+    # As root, drop CAP_NET_BIND_SERVICE for the child: it is then refused like any user.
+    drop = [setpriv, "--bounding-set", "-net_bind_service"] if os.geteuid() == 0 else []
+    code = (
+        "from b2dkit import forwards\n"
+        "from b2dkit.errors import PortDenied\n"
+        "print(forwards.probe(80, '127.0.0.1'))\n"
+        "try:\n"
+        "    forwards.require_free(forwards.Forward(80, 80))\n"
+        "except PortDenied as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([*drop, sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, check=True).stdout.splitlines()
+    assert out[0] == "denied"
+    assert "may not be bound by this user" in out[1] and "1024 or more" in out[1] and "in use" not in out[1]
+    assert not issubclass(PortDenied, PortInUse)
+
+
+def test_both_providers_refuse_the_same_clash_with_the_same_error(tmp_path, monkeypatch):
+    """A rule whose host socket another rule of the VM holds: one class, one text, on both."""
+    import fakevbox
+
+    from b2dkit.hypervisors.base import MachineSpec
+    from b2dkit.hypervisors.qemu.provider import QemuProvider
+    from b2dkit.hypervisors.virtualbox.provider import VirtualBoxProvider
+
+    iso = tmp_path / "boot.iso"
+    iso.write_bytes(b"an ISO for the definition only")
+    fakevbox.install(tmp_path / "fakevbox", monkeypatch)
+    ssh = forwards.pick_free_port(start=23000, end=23999)
+    web = forwards.pick_free_port(start=24000, end=24999)
+    spec = MachineSpec("dev", 1024, 1, 8, iso, [Forward(ssh, 22), Forward(web, 80, host_ip="0.0.0.0")],
+                       "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyForTestsOnly b2dkit-test")
+    errors = []
+    for kind in (VirtualBoxProvider, QemuProvider):
+        home = tmp_path / kind.name
+        home.mkdir()
+        monkeypatch.setenv("B2DKIT_HOME", str(home))
+        vm = kind("dev")
+        vm.create(spec)
+        with pytest.raises(B2dkitError) as err:
+            vm.add_forward(Forward(web, 8080, name="web"))  # 127.0.0.1:web is inside the wildcard rule's 0.0.0.0:web
+        errors.append((type(err.value), str(err.value)))
+        assert all(f.guest_port != 8080 for f in vm.forwards())
+    assert errors[0] == errors[1]
+    assert errors[0][0] is PortInUse
+    assert f"host port 127.0.0.1:{web}/tcp is already forwarded by rule 'tcp-{web}' of VM 'dev'" in errors[0][1]

@@ -35,7 +35,8 @@ def session(vm):
 
 
 def test_wait_for_ssh_pins_the_host_key_on_first_contact(vm, ssh_keys):
-    guest.wait_for_ssh(vm["host"], vm["port"], vm["key_path"], vm["known_hosts_path"], 10, user=vm["user"])
+    guest.wait_for_session(vm["host"], vm["port"], vm["key_path"], vm["known_hosts_path"], 10,
+                           user=vm["user"]).close()
     known = vm["known_hosts_path"]
     expected = public_host_key(ssh_keys["hostkeys"]["a"])
     assert known.read_text() == f"[127.0.0.1]:{vm['port']} {expected}\n"
@@ -54,8 +55,8 @@ def test_wait_for_ssh_times_out_on_a_closed_port_and_points_at_the_log(tmp_path,
     port = free_port()
     started = time.monotonic()
     with pytest.raises(GuestError) as err:
-        guest.wait_for_ssh("127.0.0.1", port, ssh_keys["private"], tmp_path / "known_hosts", timeout=1.0,
-                           log_path=log)  # fmt: skip
+        guest.wait_for_session("127.0.0.1", port, ssh_keys["private"], tmp_path / "known_hosts", timeout=1.0,
+                               log_path=log)  # fmt: skip
     elapsed = time.monotonic() - started
     assert 1.0 <= elapsed < 2.0
     message = str(err.value)
@@ -81,8 +82,8 @@ def test_wait_for_ssh_survives_a_port_that_accepts_but_never_answers(tmp_path, s
     started = time.monotonic()
     thread.start()
     try:
-        guest.wait_for_ssh("127.0.0.1", port, ssh_keys["private"], tmp_path / "known_hosts", timeout=20,
-                           user=ssh_user["name"])  # fmt: skip
+        guest.wait_for_session("127.0.0.1", port, ssh_keys["private"], tmp_path / "known_hosts", timeout=20,
+                               user=ssh_user["name"]).close()  # fmt: skip
         elapsed = time.monotonic() - started
     finally:
         thread.join()
@@ -171,8 +172,8 @@ def test_a_changed_host_key_is_refused_and_the_pin_kept(vm, sshd, ssh_keys):
         assert vm["known_hosts_path"].read_text() == pinned
     started = time.monotonic()
     with pytest.raises(GuestError, match="changed"):  # no point waiting: fail at once
-        guest.wait_for_ssh(vm["host"], vm["port"], vm["key_path"], vm["known_hosts_path"], timeout=30,
-                           user=vm["user"])  # fmt: skip
+        guest.wait_for_session(vm["host"], vm["port"], vm["key_path"], vm["known_hosts_path"], timeout=30,
+                               user=vm["user"])  # fmt: skip
     assert time.monotonic() - started < 5
 
 

@@ -90,12 +90,6 @@ def append_tokens(cfg: bytes) -> list:
     return line.split()[1:]
 
 
-def read_cfg(path: Path, layout: str, view: str = "-R") -> bytes:
-    return subprocess.run(
-        ["isoinfo", view, "-i", str(path), "-x", fx.cfg_path(layout)], capture_output=True, check=True
-    ).stdout
-
-
 # --- the two paths ---------------------------------------------------------------------
 
 
@@ -109,10 +103,10 @@ def test_fast_path_edits_in_place_and_keeps_everything(src, layout, tmp_path):
     assert out.stat().st_size == src.stat().st_size
     assert_same_boot_setup(src, out, moved=False)
     assert_only_cfg_changed(src, out, layout, tmp_path, moved=False)
-    cfg = read_cfg(out, layout)
+    cfg = fx.read_cfg(out, layout)
     assert append_tokens(cfg)[-1] == b"tz=CST-8"
     if layout == "legacy":
-        assert read_cfg(out, layout, "-J") == cfg
+        assert fx.read_cfg(out, layout, "-J") == cfg
     assert "Volume id: b2d-v19.03.12" in fx.isoinfo_d(out)
     assert no_leftovers(out.parent) == []
     # Byte level (cmp -l): only the cfg's own sectors and its size fields (8 bytes in the
@@ -139,7 +133,7 @@ def test_full_rewrite_keeps_boot_setup_names_and_modes(src, layout, tmp_path):
         assert [ln for ln in before.splitlines() if line in ln] == [
             ln for ln in after.splitlines() if line in ln
         ]
-    assert append_tokens(read_cfg(out, layout))[-1] == b"tz=CST-8"
+    assert append_tokens(fx.read_cfg(out, layout))[-1] == b"tz=CST-8"
 
 
 def test_cfg_that_outgrows_its_sectors_takes_the_rewrite(src, layout, tmp_path):
@@ -147,7 +141,7 @@ def test_cfg_that_outgrows_its_sectors_takes_the_rewrite(src, layout, tmp_path):
     out = tmp_path / "grown.iso"
     result = iso.remaster(src, out, codes)
     assert result.method == "rewrite"
-    cfg = read_cfg(out, layout)
+    cfg = fx.read_cfg(out, layout)
     assert len(cfg) > 2048 and all(code.encode() in cfg for code in codes)
     assert fx.el_torito_report(out, "as_mkisofs") == fx.el_torito_report(src, "as_mkisofs")
     # One more sector crosses a cylinder: only the image and partition sizes may change.
@@ -171,7 +165,7 @@ def test_unchanged_cfg_is_a_plain_copy(src, tmp_path):
 def test_replace_and_remove_codes_and_single_label(src, layout, tmp_path):
     out = tmp_path / "o.iso"
     iso.remaster(src, out, ["tz=UTC0"], remove=["base"], label="boot2docker")
-    append = append_tokens(read_cfg(out, layout))
+    append = append_tokens(fx.read_cfg(out, layout))
     assert b"tz=UTC0" in append and b"base" not in append
     with pytest.raises(InputError, match="no label 'nope'"):
         iso.remaster(src, tmp_path / "p.iso", ["tz=CST-8"], label="nope")
@@ -279,6 +273,16 @@ def test_out_is_src_even_through_another_spelling(src):
     link.symlink_to(src)
     with pytest.raises(InputError, match="is the source ISO"):
         iso.remaster(src, link, ["tz=CST-8"])
+
+
+def test_output_that_is_a_fifo_or_directory_is_refused_before_any_copy(src, tmp_path):
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        iso.remaster(src, fifo, ["tz=CST-8"])
+    with pytest.raises(InputError, match="is a directory"):
+        iso.remaster(src, tmp_path, ["tz=CST-8"])
+    assert os.path.exists(fifo) and not list(tmp_path.glob(".*.part"))
 
 
 def test_output_dir_missing_or_not_writable(src, tmp_path):

@@ -50,7 +50,7 @@ class Spy:
 def test_miss_builds_and_records_where_it_came_from(src):
     path = isocache.cached_remaster(src, ["tz=CST-8"])
     assert path.parent == cache_dir() / "remastered" and path.suffix == ".iso"
-    assert b"tz=CST-8" in iso.cfg_bytes(path)
+    assert b"tz=CST-8" in fx.read_cfg(path, "v19")
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     assert meta["set"] == ["tz=CST-8"] and meta["source"] == str(src.resolve())

@@ -25,6 +25,8 @@ from b2dkit import download, isocache, lifecycle, machines, paths
 from b2dkit import onboard as flow
 from b2dkit import profile as profiles
 from b2dkit.main import make_program
+import cli
+import qemuclean
 from fakevbox import install
 from httpmirror import Mirror, Route
 from isofixtures import build_iso, tools_available
@@ -76,13 +78,7 @@ def sha256(path) -> str:
 
 def onboard_task(capfd, *argv):
     """``b2dkit onboard …`` in this process: (exit code, stdout, stderr)."""
-    capfd.readouterr()
-    try:
-        make_program().run(["b2dkit", "onboard", *argv], exit=True)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capfd.readouterr()
+    code, out = cli.task(capfd, "onboard", *argv)
     return code, out.out, out.err
 
 
@@ -202,7 +198,7 @@ def test_failing_download_stops_at_step_2_with_one_line(fast, b2dkit_home, capfd
     prof = Path(fast["profile_path"])
     prof.write_text(prof.read_text().replace("/b2d.iso", "/gone.iso"))
     code, out, err = onboard_task(capfd, fast["profile"], "--yes")
-    assert code == 1
+    assert code == 3  # the mirror failed: the machine's world, not the input
     lines = err.splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("b2dkit: error: step 2 (iso) failed: could not fetch ISO ")
@@ -210,21 +206,21 @@ def test_failing_download_stops_at_step_2_with_one_line(fast, b2dkit_home, capfd
     assert lines[0].endswith("fix it and re-run: finished steps are kept)")
     assert "[3/7]" not in out  # stopped there
     assert fast["fake"].state()["machines"] == {}
-    assert download.list_cache() == [] and part_files(b2dkit_home) == []
+    assert isocache.sources() == [] and part_files(b2dkit_home) == []
 
 
 def test_failing_create_stops_at_step_4_and_the_next_run_continues(fast, b2dkit_home, capfd, monkeypatch,
                                                                    stop_before_boot):
     monkeypatch.setenv("FAKEVBOX_FAULTS", "createvm=exit0-error*1")  # VirtualBox fails once
     code, out, err = onboard_task(capfd, fast["profile"], "--yes")
-    assert code == 1
+    assert code == 3  # the hypervisor refused
     lines = err.splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("b2dkit: error: step 4 (create) failed: ")
     assert "VT-x is not available" in lines[0] and "re-run" in lines[0]
     assert "[5/7]" not in out and stop_before_boot == []
     # Steps 2 and 3 are done and kept.
-    cached = download.cache_path(fast["sha256"])
+    cached = isocache.source_path(fast["sha256"])
     assert sha256(cached) == fast["sha256"]
     assert len(fast["mirror"].requests) == 1
     # The next run picks up at step 4: nothing fetched or remastered again, the VM made once.
@@ -268,15 +264,15 @@ def test_ctrl_c_during_the_download_keeps_the_partial_file_and_the_next_run_resu
     code, _, err = onboard_task(capfd, fast["profile"], "--yes")
     assert code == 130
     assert "interrupted during step 2 (iso)" in err
-    part = download.cache_path(fast["sha256"]).with_name(fast["sha256"] + ".iso.part")
+    part = isocache.source_path(fast["sha256"]).with_name(fast["sha256"] + ".iso.part")
     kept = part.stat().st_size
     assert 0 < kept < len(fast["mirror"].payload)
-    assert download.list_cache() == []
+    assert isocache.sources() == []
     monkeypatch.setattr(download, "_body", real_body)
     code, out, _ = onboard_task(capfd, fast["profile"], "--yes")
     assert code == 130 and stop_before_boot == [FAST_VM]  # got to the boot this time
     assert fast["mirror"].requests[-1] == ("/b2d.iso", f"bytes={kept}-")
-    assert sha256(download.cache_path(fast["sha256"])) == fast["sha256"]
+    assert sha256(isocache.source_path(fast["sha256"])) == fast["sha256"]
     assert part_files(b2dkit_home) == []
 
 
@@ -289,21 +285,6 @@ def test_plan_lists_what_was_done_and_what_was_kept(fast, monkeypatch, stop_befo
 
 
 # == e2e: the real guest under QEMU ============================================================
-
-
-def qemu_pids(root: Path):
-    """PIDs of QEMU processes whose command line mentions ``root`` (ours, not other tests')."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and b"qemu-system" in argv[0] and any((str(root) + "/").encode() in a for a in argv):
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture(scope="session")
@@ -405,8 +386,7 @@ class World:
             make_program().run(["b2dkit", "vm.destroy", f"--name={self.name}", "--yes", "--purge"], exit=False)
         except BaseException:  # noqa: B036 - teardown must go on to kill QEMU whatever happened
             pass
-        for pid in qemu_pids(self.root):
-            os.kill(pid, signal.SIGKILL)
+        qemuclean.kill_all(self.root)
         if os.path.ismount(self.mount):
             subprocess.run(["fusermount3", "-uz", str(self.mount)], check=False)
         self.mirror.close()
@@ -468,7 +448,7 @@ class TestFreshRunThenReRuns:
         code, out, err = onboard_task(capfd, *world.args)
         assert code == 0, out + err
         assert world.mirror.requests == [("/b2d.iso", None)]
-        assert sha256(download.cache_path(world.sha256)) == world.sha256
+        assert sha256(isocache.source_path(world.sha256)) == world.sha256
         # The summary.
         assert f"Your dev VM {world.name} is ready (qemu)." in out
         changed = int(re.search(r"changed this run: (\d+)", out).group(1))
@@ -504,12 +484,12 @@ class TestFreshRunThenReRuns:
         plan = flow.onboard(profiles.load(str(world.profile)), log=lambda _line: None)
         assert [line for line in plan.done if not line.startswith(CLOCK)] == [] and plan.kept
         assert world.mirror.requests == []
-        assert len(qemu_pids(world.root)) == 1
+        assert len(qemuclean.qemu_pids(world.root)) == 1
 
     def test_run_killed_while_the_vm_boots_loses_no_data(self, world, capfd):
         assert world.ssh("echo precious > /mnt/sda1/dev/precious.txt && sync").returncode == 0
         make_program().run(["b2dkit", "vm.stop", f"--name={world.name}"], exit=False)
-        assert qemu_pids(world.root) == [] and not os.path.ismount(world.mount)
+        assert qemuclean.qemu_pids(world.root) == [] and not os.path.ismount(world.mount)
         proc = world.spawn()
         pidfile, serial = world.vm_dir / "qemu.pid", world.vm_dir / "serial.log"
         world.kill_when(proc, lambda: pidfile.exists() and serial.exists() and serial.stat().st_size > 0,
@@ -520,7 +500,7 @@ class TestFreshRunThenReRuns:
         assert code == 0, out + err
         assert f"Your dev VM {world.name} is ready" in out
         assert [vm["name"] for vm in world.vm_list()] == [world.name]
-        assert len(qemu_pids(world.root)) == 1
+        assert len(qemuclean.qemu_pids(world.root)) == 1
         assert world.ssh("cat /mnt/sda1/dev/precious.txt").stdout == "precious\n"
         assert (world.mount / "from-host.txt").read_text() == "hello\n"
         assert world.mirror.requests == []
@@ -540,7 +520,7 @@ class TestKilledRuns:
         monkeypatch.setenv("B2DKIT_HOME", str(world.b2dkit_home))
 
     def part(self, world) -> Path:
-        return download.cache_path(world.sha256).with_name(world.sha256 + ".iso.part")
+        return isocache.source_path(world.sha256).with_name(world.sha256 + ".iso.part")
 
     def remastered(self, world):
         return sorted(isocache.remastered_dir().glob("*.iso")) if isocache.remastered_dir().exists() else []
@@ -551,9 +531,9 @@ class TestKilledRuns:
         part = self.part(world)
         world.kill_when(proc, lambda: part.exists() and part.stat().st_size > 0, "the .part file")
         world.mirror.release.set()
-        assert not download.cache_path(world.sha256).exists()
+        assert not isocache.source_path(world.sha256).exists()
         assert 0 < part.stat().st_size <= world.mirror.hold_at
-        assert self.remastered(world) == [] and world.vm_list() == [] and qemu_pids(world.root) == []
+        assert self.remastered(world) == [] and world.vm_list() == [] and qemuclean.qemu_pids(world.root) == []
 
     def test_killed_during_the_remaster(self, world):
         kept = self.part(world).stat().st_size
@@ -567,7 +547,7 @@ class TestKilledRuns:
         assert re.fullmatch(r"\.[0-9a-f]{32}\.iso\..+\.part", temp.name) and temp.exists()
         # This run resumed the download where the killed one stopped, and verified it.
         assert world.mirror.requests == [("/b2d.iso", f"bytes={kept}-")]
-        assert sha256(download.cache_path(world.sha256)) == world.sha256
+        assert sha256(isocache.source_path(world.sha256)) == world.sha256
         assert not self.part(world).exists()
         assert self.remastered(world) == [] and world.vm_list() == []
 
@@ -578,7 +558,7 @@ class TestKilledRuns:
         marker.unlink()
         assert (world.vm_dir / "disk.img").exists() and not (world.vm_dir / "machine.json").exists()
         assert len(self.remastered(world)) == 1
-        assert qemu_pids(world.root) == []
+        assert qemuclean.qemu_pids(world.root) == []
 
     def test_next_run_completes_with_one_vm_and_a_clean_cache(self, world, capfd):
         world.mirror.requests.clear()
@@ -587,11 +567,60 @@ class TestKilledRuns:
         assert f"Your dev VM {world.name} is ready (qemu)." in out
         assert world.mirror.requests == []
         assert [(vm["name"], vm["state"]) for vm in world.vm_list()] == [(world.name, "running")]
-        assert len(qemu_pids(world.root)) == 1
-        assert sha256(download.cache_path(world.sha256)) == world.sha256
-        assert [p.name for p in download.list_cache()] == [f"{world.sha256}.iso"]
+        assert len(qemuclean.qemu_pids(world.root)) == 1
+        assert sha256(isocache.source_path(world.sha256)) == world.sha256
+        assert [p.name for p in isocache.sources()] == [f"{world.sha256}.iso"]
         (boot,) = self.remastered(world)
-        assert boot == isocache.lookup(download.cache_path(world.sha256), ["tz=CST-8"])
+        assert boot == isocache.lookup(isocache.source_path(world.sha256), ["tz=CST-8"])
         assert part_files(world.b2dkit_home) == []  # no leftovers of the killed runs
         assert world.ssh("test -d /mnt/sda1/dev && grep -o 'tz=CST-8' /proc/cmdline").stdout == "tz=CST-8\n"
         assert os.path.ismount(world.mount)
+
+
+def _step_lines(out: str, step: str, prefix: str):
+    """The ``prefix`` lines printed under ``[n/7] step``."""
+    lines, inside = [], False
+    for line in out.splitlines():
+        if line.startswith("["):
+            inside = line.endswith(f"] {step}")
+        elif inside and line.startswith(prefix):
+            lines.append(line[len(prefix):])
+    return lines
+
+
+@pytest.mark.parametrize("provider", ["virtualbox", "qemu"])
+def test_dry_run_on_an_existing_vm_shows_exactly_the_changes_a_run_then_applies(
+        fast, b2dkit_home, capfd, stop_before_boot, tmp_path, provider):
+    """Decide, then act: memory changed and a forward added in the profile -> those two lines, twice."""
+    prof, ssh_port, app_port, web = fast["profile_path"], free_port(), free_port(), free_port()
+    common = dict(extends="cst", name=FAST_VM, provider=provider, disk=1024, ssh_port=ssh_port,
+                  app_port=app_port, iso_lines=["iso:", f"  urls: [{fast['mirror'].iso_url}]",
+                                                f"  sha256: {fast['sha256']}"])
+    write_profile(prof, **common)
+    code, out, err = onboard_task(capfd, fast["profile"], "--yes")  # steps 1-4 for real, then Ctrl-C
+    assert code == 130 and stop_before_boot == [FAST_VM], err
+    write_profile(prof, **common, extra=[f"  - {{host: {web}, guest: 80}}"])  # a forward added...
+    prof.write_text(prof.read_text().replace("memory: 512", "memory: 768"))  # ...and more memory
+    expected = ["memory 512 → 768 MB", f"forward tcp-{web}: 127.0.0.1:{web} → 80/tcp added"]
+
+    before = tree(b2dkit_home)
+    code, out, err = onboard_task(capfd, fast["profile"], "--dry-run")
+    assert code == 0, err
+    assert _step_lines(out, "create", "would: ") == expected
+    assert [line for line in out.splitlines() if line.startswith("would: ")][:1] == [f"would: {expected[0]}"]
+    assert tree(b2dkit_home) == before  # a dry run decides only
+
+    code, out, err = onboard_task(capfd, fast["profile"], "--yes")
+    assert code == 130, err
+    assert _step_lines(out, "create", "done: ") == expected
+    if provider == "virtualbox":
+        vm = fast["fake"].machine(FAST_VM)
+        assert vm["memory"] == 768 and f"tcp-{web}" in vm["nics"]["1"]["rules"]
+    else:
+        data = json.loads((paths.vm_dir(FAST_VM) / "machine.json").read_text())
+        assert data["memory_mb"] == 768 and {"host_port": web, "guest_port": 80} == {
+            k: v for f in data["forwards"] if f["host_port"] == web for k, v in f.items()
+            if k in ("host_port", "guest_port")}
+    # Applied exactly: a third look finds nothing left to change.
+    code, out, err = onboard_task(capfd, fast["profile"], "--dry-run")
+    assert code == 0 and _step_lines(out, "create", "would: ") == [], err

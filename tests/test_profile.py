@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from b2dkit import profile
+from b2dkit.hypervisors.base import MachineSpec
 from b2dkit.errors import InputError, ProfileError
 from b2dkit.forwards import Forward
 
@@ -150,6 +151,19 @@ def test_extends_cycle_names_the_chain(tmp_path):
 def test_extends_itself_is_a_cycle(tmp_path):
     path = write(tmp_path, "self.yaml", "extends: self.yaml\n")
     assert "cycle" in error_for(path)
+
+
+def test_a_very_long_extends_chain_is_one_line_not_a_recursion_error(tmp_path):
+    for i in range(1200):
+        write(tmp_path, f"c{i}.yaml", f"extends: c{i + 1}.yaml\n" if i < 1199 else "extends: default\n")
+    message = error_for(tmp_path / "c0.yaml")
+    assert "deeper than 32" in message and "c0.yaml" in message and "\n" not in message
+
+
+def test_yaml_nested_thousands_of_levels_is_one_line(tmp_path):
+    path = write(tmp_path, "deep.yaml", "extends: default\nmemory: " + "[" * 5000 + "]" * 5000 + "\n")
+    message = error_for(path)
+    assert "deep.yaml" in message and "nested too deeply" in message
 
 
 def test_extends_unknown_profile_names_the_extending_file(tmp_path):
@@ -301,7 +315,7 @@ def test_to_dict_is_itself_a_profile_that_resolves_the_same(tmp_path, parent):
 
 def test_machine_spec_carries_size_and_forwards(tmp_path):
     p = profile.load("cst")
-    spec = p.machine_spec(tmp_path / "b2d.iso", public_key="ssh-ed25519 AAAA test")
+    spec = MachineSpec.from_profile(p, tmp_path / "b2d.iso", public_key="ssh-ed25519 AAAA test")
     assert (spec.name, spec.memory_mb, spec.cpus, spec.disk_mb) == (p.name, p.memory, p.cpus, p.disk)
     assert spec.forwards == p.forwards and spec.iso == tmp_path / "b2d.iso"
 

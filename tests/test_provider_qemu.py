@@ -15,12 +15,15 @@ import subprocess
 
 import pytest
 
-from b2dkit import disk, qemu
+from b2dkit import disk
+from b2dkit.hypervisors.qemu import qemusystem as qemu
 from b2dkit.errors import HypervisorError, InputError, PortInUse, VMNotFound
 from b2dkit.forwards import Forward, host_port_free, parse_spec, pick_free_port
-from b2dkit.providers import MachineSpec, VMState, get_provider
-from b2dkit.providers.qemu import QemuProvider
+from b2dkit.hypervisors import get_provider
+from b2dkit.hypervisors.base import MachineSpec, VMState
+from b2dkit.hypervisors.qemu.provider import QemuProvider
 from b2dkit.sshkeys import KEY_NAME, ensure_keypair
+import qemuclean
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyForTestsOnly b2dkit-test"
 ISOLINUX = "/usr/lib/ISOLINUX/isolinux.bin"
@@ -74,7 +77,7 @@ def tiny_iso(tmp_path_factory):
 
 
 def _spec(iso, name="dev", **kw):
-    args = dict(name=name, memory_mb=128, cpus=1, disk_mb=64, iso=iso, forwards=[], public_key=KEY)
+    args = dict(name=name, memory_mb=256, cpus=1, disk_mb=64, iso=iso, forwards=[], public_key=KEY)
     args.update(kw)
     return MachineSpec(**args)
 
@@ -93,11 +96,11 @@ def test_get_provider_and_absent_vm(tmp_path):
 
 def test_create_writes_definition_and_sparse_magic_disk(tiny_iso):
     vm = QemuProvider("dev")
-    report = vm.create(_spec(tiny_iso, memory_mb=256, cpus=2, forwards=[parse_spec("2022:22")]))
+    report = vm.create(_spec(tiny_iso, memory_mb=384, cpus=2, forwards=[parse_spec("2022:22")]))
     assert report.created and report.changes == []
     assert vm.state() == VMState.STOPPED
     data = json.loads((vm.dir / "machine.json").read_text())
-    assert (data["memory_mb"], data["cpus"], data["disk_mb"], data["iso"]) == (256, 2, 64, str(tiny_iso))
+    assert (data["memory_mb"], data["cpus"], data["disk_mb"], data["iso"]) == (384, 2, 64, str(tiny_iso))
     assert [Forward(**f) for f in data["forwards"]] == [Forward(2022, 22)]
     img = vm.disk_path()
     assert img == vm.dir / "disk.img" and img.stat().st_size == 64 << 20
@@ -109,7 +112,7 @@ def test_create_writes_definition_and_sparse_magic_disk(tiny_iso):
     assert vm.log_path() == vm.dir / "serial.log"
     # Idempotent: the same spec again changes nothing and says so.
     mtime = (vm.dir / "machine.json").stat().st_mtime_ns
-    assert vm.create(_spec(tiny_iso, memory_mb=256, cpus=2, forwards=[parse_spec("2022:22")])).changes == []
+    assert vm.create(_spec(tiny_iso, memory_mb=384, cpus=2, forwards=[parse_spec("2022:22")])).changes == []
     assert (vm.dir / "machine.json").stat().st_mtime_ns == mtime
 
 
@@ -121,10 +124,10 @@ def test_create_converges_while_stopped_and_reports_changes(tiny_iso):
     )
     assert not report.created
     assert report.changes == [
-        "memory 128 -> 512 MB",
-        "cpus 1 -> 2",
-        "forward tcp-8000 removed",
-        "forward tcp-9000 added",
+        "memory 256 → 512 MB",
+        "cpus 1 → 2",
+        "forward tcp-8000: 127.0.0.1:8000 → 8000/tcp removed",
+        "forward tcp-9000: 127.0.0.1:9000 → 9000/tcp added",
     ]
     data = json.loads((vm.dir / "machine.json").read_text())
     assert (data["memory_mb"], data["cpus"]) == (512, 2)
@@ -219,10 +222,7 @@ def running(tiny_iso, tcg, b2dkit_home, monkeypatch):
     vm.create(_spec(tiny_iso, forwards=[Forward(ssh, 22), Forward(ssh, 53, proto="udp")]))
     vm.start()
     yield vm, ssh
-    pid = qemu.read_pid(vm.pidfile)
-    if pid and qemu.process_alive(pid, str(vm.pidfile)):
-        qemu.kill(pid)
-        qemu.wait_exit(pid, 5)
+    qemuclean.stop_qemu(vm.pidfile)
 
 
 @pytest.mark.slow
@@ -291,9 +291,9 @@ def test_add_forward_to_a_taken_port_is_port_in_use(running):
 @pytest.mark.slow
 def test_changes_while_running_are_refused(running, tiny_iso):
     vm, ssh = running
-    with pytest.raises(HypervisorError, match="stop it first.*memory 128 -> 512"):
+    with pytest.raises(HypervisorError, match="stop it first.*memory 256 → 512"):
         vm.create(_spec(tiny_iso, memory_mb=512, forwards=[Forward(ssh, 22), Forward(ssh, 53, proto="udp")]))
-    assert json.loads((vm.dir / "machine.json").read_text())["memory_mb"] == 128
+    assert json.loads((vm.dir / "machine.json").read_text())["memory_mb"] == 256
 
 
 @pytest.mark.slow

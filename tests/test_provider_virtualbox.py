@@ -10,9 +10,10 @@ import fakevbox
 from b2dkit import disk, paths
 from b2dkit.errors import HypervisorError, InputError, PortInUse, VMNotFound
 from b2dkit.forwards import Forward, parse_spec
-from b2dkit.providers import MachineSpec, VMState, get_provider
-from b2dkit.providers.virtualbox import VirtualBoxProvider
-from b2dkit.vbox import VBoxManage
+from b2dkit.hypervisors import get_provider
+from b2dkit.hypervisors.base import MachineSpec, VMState
+from b2dkit.hypervisors.virtualbox.provider import VirtualBoxProvider
+from b2dkit.hypervisors.virtualbox.vboxmanage import VBoxManage
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOriginalKeyForTests b2dkit-test"
 
@@ -227,7 +228,7 @@ def test_port_taken_between_check_and_start_is_read_from_vbox_log(vb, fake, spec
     vb.create(spec)
     import b2dkit.forwards
 
-    monkeypatch.setattr(b2dkit.forwards, "host_port_free", lambda *a: True)  # the race window
+    monkeypatch.setattr(b2dkit.forwards, "probe", lambda *a: "free")  # the race window
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", spec.forwards[1].host_port))
         busy.listen()

@@ -6,12 +6,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 import threading
 from pathlib import Path
 
 import pytest
 
-from b2dkit import qemu
+from b2dkit.hypervisors.qemu import qemusystem as qemu
 from b2dkit.errors import HypervisorError, InputError, PortInUse, ToolMissing
 from b2dkit.forwards import Forward, pick_free_port
 
@@ -239,9 +240,23 @@ def test_launch_failure_shows_last_stderr_line_and_log(tmp_path):
 
 
 # -- processes and sockets ------------------------------------------------------------------
+def _exec_done(pid: int, program: str, within: float = 30.0) -> bool:
+    """Until the child has exec'd, /proc shows the forked Python's argv, not the program's."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(program.encode()):
+                return True
+        except OSError:
+            return False
+        time.sleep(0.01)
+    return False
+
+
 def test_process_alive_checks_marker_and_ignores_zombies(tmp_path):
     proc = subprocess.Popen(["sleep", "30"])
     try:
+        assert _exec_done(proc.pid, "sleep")  # a condition, not a moment: fork+exec is slow on busy cores
         assert qemu.process_alive(proc.pid, "30")
         assert not qemu.process_alive(proc.pid, "not-in-its-argv")
         proc.send_signal(signal.SIGKILL)

@@ -55,3 +55,22 @@ def test_console_command_and_invoke_share_the_namespace():
     assert "vm.forward" in names and "iso.remaster" in names
     for name in names:
         assert name in via_invoke.stdout
+
+
+def test_a_bug_is_one_line_naming_a_log_with_the_traceback(tmp_path):
+    """No traceback reaches a user: an unexpected exception exits 70 with the log to report."""
+    home = tmp_path / "home"
+    vm = home / "data" / "vms" / "dev"
+    vm.mkdir(parents=True)
+    (vm / "b2dkit.json").write_text(json.dumps({"name": "dev", "provider": "qemu"}))
+    (vm / "machine.json").write_text(json.dumps({"forwards": [{"bogus": 1}]}))  # valid JSON, wrong shape
+    env = {"PATH": "/usr/bin:/bin", "B2DKIT_HOME": str(home)}
+    proc = subprocess.run([sys.executable, "-m", "b2dkit", "vm.forwards", "--name", "dev"], capture_output=True,
+                          text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 70
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("b2dkit: internal error") and "please report" in lines[0]
+    logs = list((home / "data" / "logs").glob("crash-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in lines[0]
+    assert "Traceback" in logs[0].read_text() and "TypeError" in logs[0].read_text()

@@ -6,23 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from b2dkit import profile
-from b2dkit.main import make_program
+from cli import run, run_failing
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(*argv):
-    make_program().run(["b2dkit", *argv], exit=False)
-
-
-def run_failing(capsys, *argv):
-    with pytest.raises(SystemExit) as excinfo:
-        make_program().run(["b2dkit", *argv], exit=True)
-    return excinfo.value.code, capsys.readouterr()
 
 
 def test_show_prints_yaml_that_parses_back_to_the_resolved_profile(capsys):

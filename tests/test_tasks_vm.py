@@ -10,19 +10,10 @@ import socket
 import pytest
 
 from b2dkit import machines
-from b2dkit.main import make_program
+from cli import run, run_failing
 from fakevbox import install
 
 
-def run(*argv):
-    make_program().run(["b2dkit", *argv], exit=False)
-
-
-def run_failing(capsys, *argv):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as excinfo:
-        make_program().run(["b2dkit", *argv], exit=True)
-    return excinfo.value.code, capsys.readouterr()
 
 
 @pytest.fixture
@@ -117,7 +108,7 @@ def test_busy_host_port_is_named_and_auto_correct_picks_another(created, capsys)
         holder.listen()
         busy = holder.getsockname()[1]
         code, out = run_failing(capsys, "vm.forward", f"{busy}:80")
-        assert code == 2 and f"127.0.0.1:{busy}/tcp is already in use" in out.err
+        assert code == 3 and f"127.0.0.1:{busy}/tcp is already in use" in out.err  # the machine, not the input
         run("vm.forward", f"{busy}:80", "--auto-correct")
         said = capsys.readouterr().out
         assert f"Fixed port collision for 80 => {busy}. Now on port" in said
@@ -155,11 +146,14 @@ def test_destroy_keeps_the_disk_and_create_reattaches_it(created, iso, small, ca
     run("vm.destroy", "--yes", "--purge")
     assert not disk.exists() and created.machine("dev") is None
     code, out = run_failing(capsys, "vm.status")
-    assert code == 1 and "no active VM" in out.err
+    assert code == 2 and "no active VM" in out.err
 
 
-def test_list_marks_the_active_vm(created, iso, small, capsys):
-    run("vm.create", small, "--provider=virtualbox", "--name=second", f"--iso={iso}", "--no-start")
+def test_list_marks_the_active_vm(created, iso, tmp_path, capsys):
+    other = tmp_path / "other.yaml"  # its own host ports: two VMs may not claim one (the run must succeed)
+    other.write_text(f"extends: default\ndisk: 1024\nforwards:\n  - {{host: 2022, remove: true}}\n"
+                     f"  - {{host: {_free_port()}, guest: 22}}\n")
+    run("vm.create", f"--profile={other}", "--provider=virtualbox", "--name=second", f"--iso={iso}", "--no-start")
     capsys.readouterr()
     run("vm.list", "--json")
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
@@ -169,7 +163,7 @@ def test_list_marks_the_active_vm(created, iso, small, capsys):
 
 def test_vm_tasks_without_any_vm_say_what_to_do(fake, capsys):
     code, out = run_failing(capsys, "vm.forward", "8000")
-    assert code == 1
+    assert code == 2  # naming no VM is the user's input to fix
     assert out.err.strip() == (
         "b2dkit: error: no active VM (create one with `b2dkit vm.create --profile=NAME`, or pass --name)"
     )
@@ -194,3 +188,37 @@ def test_env_prints_the_docker_host_for_the_forwarded_daemon(created, capsys):
 def _forwards(capsys):
     run("vm.forwards", "--json")
     return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("timeout", ["0", "-5", "abc", "nan", "inf", ""])
+def test_stop_refuses_a_timeout_that_would_skip_the_guest_shutdown(created, capsys, timeout):
+    code, out = run_failing(capsys, "vm.stop", f"--timeout={timeout}")
+    err = out.err.strip()
+    assert code == 2 and err.startswith("b2dkit: error: --timeout must be") and "\n" not in err
+    assert "Traceback" not in out.err and created.calls() == []
+
+
+@pytest.mark.parametrize("name", ["", " ", "\t"])
+def test_an_empty_name_is_an_error_never_the_active_vm(created, capsys, name):
+    disk = machines.paths.vm_dir("dev") / "disk.vmdk"
+    for argv in (["vm.destroy", f"--name={name}", "--purge", "--yes"], ["vm.stop", f"--name={name}"],
+                 ["vm.status", f"--name={name}"], ["vm.forward", "8000", f"--name={name}"]):
+        code, out = run_failing(capsys, *argv)
+        assert code == 2 and "--name is empty" in out.err, argv
+    assert created.machine("dev") is not None and disk.exists() and machines.active_name() == "dev"
+    assert created.calls() == []
+
+
+def test_a_stop_that_must_power_off_says_so(created, monkeypatch):
+    from b2dkit import lifecycle
+
+    machine = machines.resolve("dev")
+    lifecycle.provider_for(machine).start()
+    monkeypatch.setenv("FAKEVBOX_ACPI_IGNORE", "1")
+    said = []
+    out = lifecycle.stop(machine, log=said.append, timeout=0.5)
+    assert out.done == ["stopped VM dev (powered off)"]
+    # No guest answers SSH here: the flush is tried, and the user is told what that means.
+    assert any(line.startswith("warning: could not flush the guest's disks") for line in said)
+    assert len(out.warnings) == 1 and "powered off" in out.warnings[0] and "may be lost" in out.warnings[0]
+    assert ["controlvm", "dev", "poweroff"] in [c[:3] for c in created.calls()]

@@ -1,20 +1,58 @@
-"""What every task shares: turning library errors into one clean line and an exit code."""
+"""What every task shares: turning any failure into one clean line and an exit code."""
 
+import datetime
 import functools
 import json
 import os
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
 from invoke import Exit
 from invoke import task as _invoke_task
 
-from ..errors import B2dkitError
+from .. import paths
+from ..errors import B2dkitError, InternalError
+
+REPORT_TO = "https://github.com/b2dkit/b2dkit/issues"
+
+
+def bug_exit(exc: BaseException) -> Exit:
+    """An unexpected exception: the traceback goes to a log file, the user gets one line.
+
+    No traceback ever reaches a user; the line names the log so a report can carry it.
+    """
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    log = _write_log(f"crash-{stamp}-{os.getpid()}.log", f"b2dkit {' '.join(sys.argv[1:])}\n{text}")
+    what = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    where = f"the traceback is in {log}" if log else "the traceback could not be saved"
+    return Exit(
+        f"b2dkit: internal error (a bug in b2dkit): {what}; {where}; please report it at {REPORT_TO}",
+        code=InternalError.exit_code,
+    )
+
+
+def _write_log(name: str, text: str):
+    """Write a crash log under the data dir (or the temp dir if that fails); None if neither works."""
+    for folder in (paths.data_dir() / "logs", Path(tempfile.gettempdir())):
+        try:
+            paths.ensure_dir(folder)
+            path = folder / name
+            tmp = folder / f".{name}.part"
+            tmp.write_text(text)
+            os.replace(tmp, path)
+            return path
+        except Exception:  # noqa: S110 - a crash report must not crash; try the next folder
+            continue
+    return None
 
 
 def task(*args, **kwargs):
     """``invoke.task`` that prints B2dkitError as one line (``b2dkit: error: ...``) and exits.
 
-    Tracebacks are for our bugs only; user-facing failures never show one.
+    Any other exception is a bug: one line naming the log with the traceback (exit 70).
     """
 
     def decorate(func):
@@ -31,6 +69,10 @@ def task(*args, **kwargs):
                 raise Exit(
                     "b2dkit: interrupted; nothing half-done was kept, re-run to continue", code=130
                 ) from None
+            except Exit:
+                raise
+            except Exception as exc:
+                raise bug_exit(exc) from None
 
         return _invoke_task(wrapper, **kwargs)
 

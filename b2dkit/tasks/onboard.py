@@ -5,7 +5,7 @@ import sys
 from .. import doctor as checks
 from .. import onboard as flow
 from .. import profile as profiles
-from ..errors import InputError
+from ..errors import ChecksFailed, InputError
 from ._base import say, task
 
 PROFILE_HELP = "profile name in profiles/ or a path to a YAML file"
@@ -47,5 +47,5 @@ def doctor(c, profile="default", provider=None, name=None):
         say(check.line())
     failed = [r.name for r in results if not r.ok]
     if failed:
-        raise flow.DoctorFailed(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+        raise ChecksFailed(f"{len(failed)} check(s) failed: {', '.join(failed)}")
     say("all good")

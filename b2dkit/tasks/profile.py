@@ -23,8 +23,9 @@ def show(c, profile=profiles.DEFAULT_PROFILE, provider=None, name=None, json=Fal
         return
     chain = " <- ".join(profiles.display_path(path) for path in resolved.chain)
     say(f"# profile {resolved.profile_name}: {chain}")
-    if resolved.boot_codes.get("tz"):
-        say(f"# tz {resolved.boot_codes['tz']} is {bootcfg.tz_utc_offset(resolved.boot_codes['tz'])}")
+    tz = resolved.boot_codes.get("tz")
+    if tz:
+        say(f"# tz {tz} is {bootcfg.tz_utc_offset(tz)}")
     say(yaml.safe_dump(resolved.to_dict(), sort_keys=False, allow_unicode=True).rstrip())
 
 

@@ -12,7 +12,7 @@ PROFILE_HELP = "profile name in profiles/ or a path to a YAML file"
 
 
 def _machine(name):
-    return machines.resolve(name or None)
+    return machines.resolve(name)
 
 
 @task(
@@ -39,12 +39,14 @@ def start(c, name=None):
     lifecycle.start(_machine(name), log=say)
 
 
-@task(help={"name": NAME_HELP, "timeout": "seconds to wait for a clean ACPI shutdown before power-off"},
+@task(help={"name": NAME_HELP,
+            "timeout": "seconds (> 0, default 30) to wait for a clean ACPI shutdown before power-off"},
       auto_shortflags=False)
-def stop(c, name=None, timeout=30):
-    """Unmount the VM's folders, then shut it down (ACPI, then power-off after a timeout)."""
-    out = lifecycle.stop(_machine(name), log=say, timeout=float(timeout))
-    for line in out.kept:
+def stop(c, name=None, timeout=None):
+    """Unmount the VM's folders, sync the guest's disks, then shut it down (ACPI; power-off after a timeout)."""
+    seconds = lifecycle.stop_timeout(timeout)  # checked before the VM is looked up
+    out = lifecycle.stop(_machine(name), log=say, timeout=seconds)
+    for line in out.kept + [f"warning: {w}" for w in out.warnings]:
         say(line)
 
 

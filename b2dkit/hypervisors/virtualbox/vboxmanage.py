@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .errors import HypervisorError, InputError, ToolMissing, VMNotFound
-from .forwards import Forward
-from .providers import VMState
+from ... import install
+from ...errors import HypervisorError, InputError, ToolMissing, VMNotFound
+from ...forwards import Forward
+from ..base import VMState
 
 # --------------------------------------------------------------------------------------------
 # Finding the program
 # --------------------------------------------------------------------------------------------
 
 _INSTALL_HINT = (
-    "install VirtualBox (macOS: brew install --cask virtualbox; Debian/Ubuntu: apt-get install virtualbox; "
-    "others: https://www.virtualbox.org/wiki/Downloads) or put VBoxManage on PATH"
+    install.hint("virtualbox") + " (others: https://www.virtualbox.org/wiki/Downloads), or put VBoxManage on PATH"
 )
 
 
@@ -134,7 +134,7 @@ CATALOGUE: Tuple[KnownError, ...] = (
     KnownError(
         re.compile(r"Could not find a registered machine named '(?P<vm>[^']*)'"),
         VMNotRegistered,
-        "check the name with `VBoxManage list vms`, or create it with `invoke vm.create`",
+        "check the name with `VBoxManage list vms`, or create it with `b2dkit vm.create`",
     ),
     KnownError(
         re.compile(
@@ -148,12 +148,12 @@ CATALOGUE: Tuple[KnownError, ...] = (
     KnownError(
         re.compile(r"A NAT rule (?:of this name|for this host port and this host IP) already exists"),
         RuleExists,
-        "remove the existing rule first (`invoke vm.unforward`)",
+        "remove the existing rule first (`b2dkit vm.unforward`)",
     ),
     KnownError(
         re.compile(r"RemoveRedirect", re.S),
         RuleNotFound,
-        "list the rules with `invoke vm.forwards`",
+        "list the rules with `b2dkit vm.forwards`",
     ),
     KnownError(
         re.compile(r"Failed to create the host-only adapter"),
@@ -176,7 +176,7 @@ CATALOGUE: Tuple[KnownError, ...] = (
     KnownError(
         re.compile(r"Machine settings file .*already exists"),
         SettingsFileExists,
-        "a folder from an earlier VM is in the way: re-run `invoke vm.create` (it re-registers it) "
+        "a folder from an earlier VM is in the way: re-run `b2dkit vm.create` (it re-registers it) "
         "or delete that folder",
     ),
 )
@@ -319,6 +319,7 @@ class VBoxManage:
         # writing gigabytes to its stdin must never block on a full pipe (deadlock).
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err, env=self._env())
+            assert proc.stdin is not None  # stdin=PIPE
             try:
                 try:
                     stdin_writer(proc.stdin)
@@ -492,24 +493,6 @@ def _read_quoted(text: str, i: int, multiline: bool):
     return None, None
 
 
-def parse_machinereadable(text: str) -> Dict[str, str]:
-    """``showvminfo --machinereadable`` as a dict.
-
-    ``Forwarding(i)`` restarts at 0 for every NIC and the NIC is only known from the
-    preceding ``nicN=`` line, so those keys are stored as ``nic<N>.Forwarding(<i>)``.
-    """
-    data: Dict[str, str] = {}
-    nic = "1"  # a fragment that starts after nic1= still holds NIC 1's rules
-    for key, value in parse_pairs(text):
-        m = _NIC_KEY.match(key)
-        if m:
-            nic = m.group(1)
-        elif _FORWARDING_KEY.match(key):
-            key = f"nic{nic}.{key}"
-        data[key] = value
-    return data
-
-
 def parse_forward(value: str) -> Forward:
     """``ssh,tcp,127.0.0.1,2222,,22`` → Forward (the rule name is field 0)."""
     parts = value.split(",")
@@ -653,7 +636,8 @@ def parse_version(text: str) -> Tuple[int, int, int]:
     for line in text.splitlines():
         m = _VERSION.match(line)
         if m:
-            return tuple(int(g) for g in m.groups())
+            major, minor, patch = (int(g) for g in m.groups())
+            return major, minor, patch
     raise HypervisorError(f"cannot read the VirtualBox version from {text.strip()[:60]!r}")
 
 

@@ -20,14 +20,15 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
-from .. import atomic, disk, paths, qemu
-from .. import forwards as fw
-from ..errors import HypervisorError, InputError, VMNotFound
-from ..forwards import Forward, host_port_free, require_free
-from ..sshkeys import KEY_NAME
-from . import ApplyReport, MachineSpec, Provider, VMState
+from ... import atomic, disk, paths
+from ... import forwards as fw
+from ...errors import HypervisorError, InputError, VMNotFound
+from ...forwards import Forward
+from ...sshkeys import KEY_NAME
+from ..base import ApplyReport, MachineSpec, Provider, VMState
+from . import qemusystem as qemu
 
 MACHINE = "machine.json"
 DISK = "disk.img"
@@ -36,19 +37,6 @@ SOCKET = "qmp.sock"
 SERIAL = "serial.log"
 KNOWN_HOSTS = "known_hosts"
 FORMAT = 1
-
-_STATES = {
-    "running": VMState.RUNNING,
-    "paused": VMState.PAUSED,
-    "suspended": VMState.PAUSED,
-    # Halted by an error but the process still holds the disk: not safe to reconfigure,
-    # and stop() ends it; info() shows QEMU's own word for it.
-    "internal-error": VMState.PAUSED,
-    "io-error": VMState.PAUSED,
-    "guest-panicked": VMState.PAUSED,
-    "watchdog": VMState.PAUSED,
-}
-
 
 class QemuProvider(Provider):
     name = "qemu"
@@ -79,7 +67,7 @@ class QemuProvider(Provider):
         except (OSError, ValueError) as exc:
             raise HypervisorError(
                 f"VM definition {self.machine_file} is unreadable ({exc}); "
-                f"fix or delete it and run vm.create again"
+                f"fix or delete it and run `b2dkit vm.create` again"
             ) from None
         data["forwards"] = [Forward(**f) for f in data.get("forwards", [])]
         return data
@@ -87,7 +75,7 @@ class QemuProvider(Provider):
     def _require(self) -> dict:
         data = self._load()
         if data is None:
-            raise VMNotFound(f"no QEMU VM named {self.vm!r}", hint="create it with vm.create")
+            raise VMNotFound(f"no QEMU VM named {self.vm!r}", hint="create it with `b2dkit vm.create`")
         return data
 
     def _save(self, data: dict) -> None:
@@ -132,18 +120,33 @@ class QemuProvider(Provider):
         status = self._status()
         if status is None:
             return VMState.BUSY
-        return _STATES.get(status, VMState.BUSY)
+        return qemu.map_state(status)
 
     # -- lifecycle --------------------------------------------------------------------------
+    def changes(self, spec: MachineSpec) -> List[str]:
+        """What ``create(spec)`` would change, in the words its report uses; reads, never writes."""
+        old, _wanted, changes = self._decide(spec)
+        return [] if old is None else changes
+
     def create(self, spec: MachineSpec) -> ApplyReport:
-        if spec.name != self.vm:
-            raise InputError(f"spec is for VM {spec.name!r}, not {self.vm!r}")
+        """Decide (``_decide``: every input error before anything is written), then act."""
+        old, wanted, changes = self._decide(spec)
+        report = ApplyReport(created=old is None, changes=[] if old is None else changes)
+        paths.ensure_dir(self.dir)
+        disk_file = self.dir / DISK
+        if not disk_file.exists():
+            disk.create_raw(disk_file, disk.header_tar(spec.public_key), disk.size_bytes(spec.disk_mb))
+        if report.created or report.changes:
+            self._save(wanted)
+        return report
+
+    def _decide(self, spec: MachineSpec) -> Tuple[Optional[dict], dict, List[str]]:
+        """(old definition, wanted definition, change lines): machine.json against ``spec``."""
+        rules = spec.check(self.vm)
+        disk.header_tar(spec.public_key)
+        disk.size_bytes(spec.disk_mb)
         iso = Path(spec.iso).expanduser().resolve()
-        if not iso.is_file():
-            raise InputError(f"boot ISO {spec.iso} does not exist")
-        for what, value in (("memory", spec.memory_mb), ("cpus", spec.cpus)):
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"invalid {what} {value!r}: expected a positive whole number")
+        old = self._load()
         wanted = {
             "format": FORMAT,
             "name": self.vm,
@@ -151,29 +154,20 @@ class QemuProvider(Provider):
             "cpus": spec.cpus,
             "disk_mb": spec.disk_mb,
             "iso": str(iso),
-            "forwards": _dedupe(spec.forwards),
+            "forwards": fw.with_ssh(rules, [] if old is None else old["forwards"]),
         }
-        old = self._load()
-        report = ApplyReport(created=old is None)
-        if old is not None:
-            report.changes = _diff(old, wanted)
-            if report.changes and self.state() != VMState.STOPPED:
-                raise HypervisorError(
-                    f"VM {self.vm!r} is {self.state()}; stop it first to change " + "; ".join(report.changes)
-                )
-        paths.ensure_dir(self.dir)
+        changes = [] if old is None else _diff(old, wanted)
+        if changes and self.state() != VMState.STOPPED:
+            raise HypervisorError(f"VM {self.vm!r} is {self.state()}; stop it first to change " + "; ".join(changes))
         disk_file = self.dir / DISK
         if not disk_file.exists():
-            disk.create_raw(disk_file, disk.header_tar(spec.public_key), disk.size_bytes(spec.disk_mb))
-            if not report.created:
-                report.changes.append(f"new persistent disk {disk_file}")
-        # A kept disk keeps its size (we never rewrite a persistent disk): record what it is.
-        wanted["disk_mb"] = disk_file.stat().st_size >> 20
-        if old is not None and old.get("disk_mb") != wanted["disk_mb"]:
-            report.changes.append(f"disk size recorded as {wanted['disk_mb']} MB")
-        if report.created or report.changes:
-            self._save(wanted)
-        return report
+            changes.append(f"new persistent disk {disk_file}")
+        else:
+            # A kept disk keeps its size (we never rewrite a persistent disk): record what it is.
+            wanted["disk_mb"] = disk_file.stat().st_size >> 20
+            if old is not None and old.get("disk_mb") != wanted["disk_mb"]:
+                changes.append(f"disk size recorded as {wanted['disk_mb']} MB")
+        return old, wanted, changes
 
     def start(self) -> None:
         data = self._require()
@@ -188,10 +182,10 @@ class QemuProvider(Provider):
             raise HypervisorError(f"VM {self.vm!r} is busy (QEMU's monitor does not answer); try again")
         iso, disk_file = Path(data["iso"]), self.dir / DISK
         if not iso.is_file():
-            raise InputError(f"boot ISO {iso} of VM {self.vm!r} is gone; run vm.create again")
+            raise InputError(f"boot ISO {iso} of VM {self.vm!r} is gone; run `b2dkit vm.create` again")
         if not disk_file.is_file():
             raise HypervisorError(
-                f"persistent disk {disk_file} is gone; run vm.create again to make a new one"
+                f"persistent disk {disk_file} is gone; run `b2dkit vm.create` again to make a new one"
             )
         for fwd in data["forwards"]:
             self._require_free(fwd)
@@ -228,18 +222,22 @@ class QemuProvider(Provider):
                 )
             time.sleep(0.1)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0) -> bool:
         self._require()
         pid = self._pid()
         if pid is None:
-            return
+            return True
         marker = str(self.pidfile)
+        asked = False
         with contextlib.suppress(HypervisorError):
             with self._qmp() as mon:
                 if mon.status() != "running":
                     mon.execute("cont")  # a paused guest cannot see the power button
                 mon.execute("system_powerdown")
-        if not qemu.wait_exit(pid, timeout, marker):
+                asked = True
+        # Without the monitor the guest never saw the button: waiting would only delay the power-off.
+        clean = asked and qemu.wait_exit(pid, timeout, marker)
+        if not clean:
             try:
                 with self._qmp() as mon:
                     mon.execute("quit")
@@ -252,6 +250,7 @@ class QemuProvider(Provider):
                         f"QEMU (pid {pid}) of VM {self.vm!r} would not exit, even on SIGKILL"
                     )
         self._clean_runtime()
+        return clean
 
     def destroy(self, purge: bool = False) -> None:
         exists = self.machine_file.exists()
@@ -285,18 +284,16 @@ class QemuProvider(Provider):
         return [_named(fwd, data["forwards"]) for fwd in live]
 
     def add_forward(self, fwd: Forward) -> None:
+        (fwd,) = fw.check_rules([fwd])
         data = self._require()
         running = self._pid() is not None
         current = self.forwards() if running else data["forwards"]
         if fwd in current:
             return
         same_name = [f for f in current if f.name == fwd.name]
-        clash = [f for f in current if _slot(f) == _slot(fwd) and f.name != fwd.name]
+        clash = fw.clash(fwd, current)
         if clash:
-            raise InputError(
-                f"host port {fwd.host_ip}:{fwd.host_port}/{fwd.proto} is already forwarded "
-                f"by rule {clash[0].name!r}; remove that rule first"
-            )
+            fw.refuse_clash(fwd, clash, self.vm)
         if running:
             with self._qmp() as mon:
                 for old in same_name:
@@ -331,18 +328,22 @@ class QemuProvider(Provider):
             self._save(data)
 
     def _require_free(self, fwd: Forward) -> None:
-        if host_port_free(fwd.host_port, fwd.host_ip, fwd.proto):
-            return
-        require_free(fwd, owner=_owner(fwd, exclude=self.vm))
+        fw.require_free(fwd, neighbours=self._neighbours)
+
+    def _neighbours(self) -> Iterator[Tuple[str, List[Forward]]]:
+        """(label, rules) of every other b2dkit QEMU VM whose process runs."""
+        for machine in sorted((paths.data_dir() / "vms").glob(f"*/{MACHINE}")):
+            name = machine.parent.name
+            pidfile = machine.parent / PIDFILE
+            pid = qemu.read_pid(pidfile)
+            if name == self.vm or not (pid and qemu.process_alive(pid, str(pidfile))):
+                continue
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                yield f"QEMU VM {name!r}", [Forward(**f) for f in json.loads(machine.read_text())["forwards"]]
 
     # -- where things are -------------------------------------------------------------------
     def ssh_endpoint(self) -> Tuple[str, int]:
-        ssh = fw.ssh_forward(self.forwards())
-        if ssh:
-            return fw.connect_address(ssh)
-        raise HypervisorError(
-            f"VM {self.vm!r} has no forward to guest port 22", hint="add one: vm.forward 2022:22"
-        )
+        return fw.ssh_endpoint(self.forwards(), self.vm)
 
     def disk_path(self) -> Optional[Path]:
         path = self.dir / DISK
@@ -374,18 +375,9 @@ class QemuProvider(Provider):
         return facts
 
 
-def _slot(fwd: Forward):
+def _slot(fwd: Forward) -> Tuple[str, str, int]:
     """What the host can bind once: (protocol, address, port)."""
     return (fwd.proto, fwd.host_ip, fwd.host_port)
-
-
-def _dedupe(forwards) -> List[Forward]:
-    """Last rule wins per name, as add_forward would leave it."""
-    by_name = {}
-    for fwd in forwards:
-        by_name.pop(fwd.name, None)
-        by_name[fwd.name] = fwd
-    return list(by_name.values())
 
 
 def _named(live: Forward, persisted: List[Forward]) -> Forward:
@@ -400,39 +392,21 @@ def _named(live: Forward, persisted: List[Forward]) -> Forward:
 def _diff(old: dict, new: dict) -> List[str]:
     changes = []
     if old.get("memory_mb") != new["memory_mb"]:
-        changes.append(f"memory {old.get('memory_mb')} -> {new['memory_mb']} MB")
+        changes.append(f"memory {old.get('memory_mb')} → {new['memory_mb']} MB")
     if old.get("cpus") != new["cpus"]:
-        changes.append(f"cpus {old.get('cpus')} -> {new['cpus']}")
+        changes.append(f"cpus {old.get('cpus')} → {new['cpus']}")
     if old.get("iso") != new["iso"]:
-        changes.append(f"boot ISO {old.get('iso')} -> {new['iso']}")
+        changes.append(f"boot ISO {old.get('iso')} → {new['iso']}")
     before = {f.name: f for f in old["forwards"]}
     after = {f.name: f for f in new["forwards"]}
     for name in sorted(before.keys() - after.keys()):
-        changes.append(f"forward {name} removed")
+        changes.append(f"forward {name}: {fw.describe(before[name])} removed")
     for name in sorted(after.keys() - before.keys()):
-        changes.append(f"forward {name} added")
+        changes.append(f"forward {name}: {fw.describe(after[name])} added")
     for name in sorted(before.keys() & after.keys()):
         if before[name] != after[name]:
-            changes.append(f"forward {name} changed")
+            changes.append(f"forward {name}: {fw.describe(after[name])} (replaced)")
     return changes
-
-
-def _owner(fwd: Forward, exclude: str) -> Optional[str]:
-    """Another b2dkit QEMU VM whose running process has this forward, if any."""
-    root = paths.data_dir() / "vms"
-    for machine in sorted(root.glob(f"*/{MACHINE}")):
-        name = machine.parent.name
-        if name == exclude:
-            continue
-        pidfile = machine.parent / PIDFILE
-        pid = qemu.read_pid(pidfile)
-        if not (pid and qemu.process_alive(pid, str(pidfile))):
-            continue
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            rules = json.loads(machine.read_text())["forwards"]
-            if any(_slot(Forward(**f)) == _slot(fwd) for f in rules):
-                return f"b2dkit VM {name!r}"
-    return None
 
 
 def _accel_from_argv(pid: int) -> Optional[str]:

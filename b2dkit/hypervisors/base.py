@@ -7,17 +7,20 @@ interface, so a profile runs the same on VirtualBox and on QEMU.
 """
 
 import enum
-import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
+from .. import forwards as fw
+from .. import paths
 from ..errors import InputError
 from ..forwards import Forward
-from .. import paths
 
-PROVIDERS = ("virtualbox", "qemu")
+# The one set of size limits, shared by profile validation and MachineSpec.check (boot2docker
+# runs from RAM and needs 256 MB; 64 vCPUs is what both hypervisors accept).
+MEMORY_MB = (256, 65536)
+CPUS = (1, 64)
 
 
 class VMState(str, enum.Enum):
@@ -28,7 +31,7 @@ class VMState(str, enum.Enum):
     SAVED = "saved"
     BUSY = "busy"  # starting, stopping, saving...: wait and ask again
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.value
 
 
@@ -43,6 +46,37 @@ class MachineSpec:
     iso: Path  # the (remastered) boot ISO
     forwards: List[Forward] = field(default_factory=list)
     public_key: str = ""  # OpenSSH line baked into the persistent disk's header
+
+    def check(self, vm: str) -> List[Forward]:
+        """The one validation of a spec, before any hypervisor call; returns the checked forwards."""
+        if self.name != vm:
+            raise InputError(f"machine spec is for {self.name!r}, not {vm!r}")
+        for what, value, (low, high), unit in (
+            ("memory", self.memory_mb, MEMORY_MB, " MB"),
+            ("CPU count", self.cpus, CPUS, ""),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise InputError(f"invalid {what} {value!r}{unit}: use {low} to {high}")
+        if isinstance(self.disk_mb, bool) or not isinstance(self.disk_mb, int) or self.disk_mb < 1:
+            raise InputError(f"invalid disk size {self.disk_mb!r} MB")
+        if not Path(self.iso).is_file():
+            raise InputError(f"boot ISO {self.iso} does not exist", hint="check the profile's ISO or --iso")
+        if not str(self.public_key).strip():
+            raise InputError("no SSH public key for the persistent disk")
+        return fw.check_rules(self.forwards)
+
+    @classmethod
+    def from_profile(cls, profile: Any, iso: Path, public_key: str) -> "MachineSpec":
+        """The one way a spec is built: from a resolved profile and the VM's own boot ISO."""
+        return cls(
+            name=profile.name,
+            memory_mb=profile.memory,
+            cpus=profile.cpus,
+            disk_mb=profile.disk,
+            iso=Path(iso),
+            forwards=list(profile.forwards),
+            public_key=public_key,
+        )
 
 
 @dataclass
@@ -75,6 +109,11 @@ class Provider(ABC):
         """Ask the hypervisor now."""
 
     @abstractmethod
+    def changes(self, spec: MachineSpec) -> List[str]:
+        """Decide only: what ``create(spec)`` would change on the existing VM, in the lines its
+        report will use (``memory 1024 → 2048 MB``); [] when it matches. Reads, never writes."""
+
+    @abstractmethod
     def create(self, spec: MachineSpec) -> ApplyReport:
         """Create the VM, or converge an existing one to ``spec`` (only while stopped).
 
@@ -86,8 +125,12 @@ class Provider(ABC):
         """Boot headless; return once the hypervisor reports running (not SSH-ready)."""
 
     @abstractmethod
-    def stop(self, timeout: float = 30.0) -> None:
-        """ACPI power button, then hard power-off after ``timeout`` seconds."""
+    def stop(self, timeout: float = 30.0) -> bool:
+        """ACPI power button, then hard power-off after ``timeout`` seconds.
+
+        True when the guest shut itself down; False when it had to be powered off (the caller
+        says so: a power-off loses whatever the guest had not written yet).
+        """
 
     @abstractmethod
     def destroy(self, purge: bool = False) -> None:
@@ -132,30 +175,3 @@ class Provider(ABC):
         if state == VMState.ABSENT:
             return Status(state=state)
         return Status(state=state, forwards=self.forwards(), info=self.info())
-
-
-def default_provider_name() -> str:
-    """VirtualBox where VBoxManage is installed, else QEMU (Linux CI, laptops without VirtualBox)."""
-    try:
-        from ..vbox import find_vboxmanage  # local import: keep provider modules optional
-
-        find_vboxmanage()
-        return "virtualbox"
-    except Exception:
-        return "qemu"
-
-
-def get_provider(name: str, vm: str) -> Provider:
-    if name == "virtualbox":
-        from .virtualbox import VirtualBoxProvider
-
-        return VirtualBoxProvider(vm)
-    if name == "qemu":
-        from .qemu import QemuProvider
-
-        return QemuProvider(vm)
-    raise InputError(f"unknown provider {name!r}: use one of {', '.join(PROVIDERS)}")
-
-
-def which(program: str) -> Optional[str]:
-    return shutil.which(program)

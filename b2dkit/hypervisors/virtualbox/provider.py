@@ -1,4 +1,4 @@
-"""The VirtualBox provider: one boot2docker VM driven through ``b2dkit.vbox``.
+"""The VirtualBox provider: one boot2docker VM driven through ``vboxmanage`` (its VBoxManage wrapper).
 
 Layout (like docker-machine's store): ``<vm_dir>/`` holds the SSH keys and the persistent
 disk ``disk.vmdk``; VirtualBox's own machine folder is ``<vm_dir>/<vm>/`` (``createvm
@@ -14,13 +14,14 @@ calls, forward ≤ 2, status 1).
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
-from .. import disk, forwards as fw, paths
-from ..errors import HypervisorError, InputError, PortInUse, VMNotFound
-from ..forwards import Forward
-from ..vbox import (
+from ... import disk, forwards as fw, paths
+from ...errors import HypervisorError, InputError, PortInUse, VMNotFound
+from ...forwards import Forward
+from .vboxmanage import (
     VBoxManage,
     VMInfo,
     VMNotRegistered,
@@ -30,14 +31,13 @@ from ..vbox import (
     nat_failures,
     storageattach_argv,
 )
-from . import ApplyReport, MachineSpec, Provider, Status, VMState
+from ..base import ApplyReport, MachineSpec, Provider, Status, VMState
 
 CONTROLLER = "SATA"
 ISO_PORT = 0
 DISK_PORT = 1
 OSTYPE = "Linux26_64"
 NIC_TYPE = "82540EM"  # docker-machine's choice; virtio needs guest drivers older ISOs lack
-SSH_GUEST_PORT = fw.SSH_GUEST_PORT
 DISK_NAME = "disk.vmdk"
 
 # Settings b2dkit owns on every VM, as (showvminfo key, wanted value, modifyvm option).
@@ -98,7 +98,7 @@ class VirtualBoxProvider(Provider):
         if info is None:
             raise VMNotFound(
                 f"there is no VirtualBox VM named {self.vm!r}",
-                hint="create it with `invoke vm.create`",
+                hint="create it with `b2dkit vm.create`",
             )
         return info
 
@@ -141,71 +141,73 @@ class VirtualBoxProvider(Provider):
         }
 
     def ssh_endpoint(self) -> Tuple[str, int]:
-        return _ssh_endpoint(self._require(), self.vm)
+        return fw.ssh_endpoint(self._require().nat_forwards(), self.vm)
 
     # -- create / converge -----------------------------------------------------------------
+    def changes(self, spec: MachineSpec) -> List[str]:
+        """What ``create(spec)`` would change, in the words its report uses; reads, never writes."""
+        decision = self._decide(spec)
+        if decision.fresh == "register":
+            return [f"re-register the VM left in {self.machine_dir}"]
+        return [text for text, _ in decision.storage] if decision.fresh else decision.texts()
+
     def create(self, spec: MachineSpec) -> ApplyReport:
-        wanted = self._check_spec(spec)  # every input error before the first VBoxManage call
-        header = disk.header_tar(spec.public_key)
-        total = disk.size_bytes(spec.disk_mb)
-        iso = Path(spec.iso).resolve()
+        """Decide (``_decide``: every input error before the first VBoxManage call), then act."""
+        decision = self._decide(spec)
         report = ApplyReport()
-        info = self._info()
-        if info is None:
+        if decision.fresh:
             paths.ensure_dir(self.dir)
-            leftover = self.machine_dir / f"{self.vm}.vbox"
-            if leftover.exists():
-                # An unregistered VM of ours (crash, manual unregister): createvm would fail
-                # with "Machine settings file already exists", so take it back instead.
-                self.vbox.registervm(leftover)
-                info = self._require()
-                report.changes.append(f"re-registered the VM left in {self.machine_dir}")
+        if decision.fresh == "register":
+            # An unregistered VM of ours (crash, manual unregister): createvm would fail
+            # with "Machine settings file already exists", so take it back instead.
+            self.vbox.registervm(self.machine_dir / f"{self.vm}.vbox")
+            report.changes.append(f"re-registered the VM left in {self.machine_dir}")
+            decision = self._decide(spec)  # converge what the old definition holds
+        elif decision.fresh == "create":
+            self.vbox.createvm(self.vm, basefolder=self.dir, ostype=OSTYPE)
+            report.created = True
+        info, rule_args = decision.info, decision.rule_args
+        if info is not None and info.state is not VMState.STOPPED and rule_args:
+            if info.state is VMState.SAVED:
+                self.vbox.run(["modifyvm", self.vm, *rule_args])
             else:
-                self.vbox.createvm(self.vm, basefolder=self.dir, ostype=OSTYPE)
-                report.created = True
+                self._apply_rules_live(info, decision.rules)
+        elif decision.settings or rule_args:
+            self.vbox.run(["modifyvm", self.vm, *decision.settings, *rule_args])
+        report.changes += [] if report.created else decision.setting_changes
+        report.changes += decision.rule_changes
+        for text, action in decision.storage:
+            action(decision.header, decision.total)
+            report.changes.append(text)
+        return report
+
+    def _decide(self, spec: MachineSpec) -> "_Decision":
+        """Compare the VM as showvminfo has it with ``spec``: the calls to make, and their texts."""
+        wanted = spec.check(self.vm)
+        header, total = disk.header_tar(spec.public_key), disk.size_bytes(spec.disk_mb)
+        iso = Path(spec.iso).resolve()
+        info = self._info()
+        fresh = None
+        if info is None:
+            fresh = "register" if (self.machine_dir / f"{self.vm}.vbox").exists() else "create"
         if info is not None and info.state is VMState.BUSY:
             raise HypervisorError(
                 f"VM {self.vm!r} is {info.vbox_state}", hint="wait a moment and run the command again"
             )
-        rules = _with_ssh(wanted, info)
+        rules = fw.with_ssh(wanted, [] if info is None else info.nat_forwards())
         settings, setting_changes = self._settings_plan(info, spec)
         rule_args, rule_changes = self._rules_plan(info, rules)
         storage = self._storage_plan(info, iso)
         live = info is not None and info.state in (VMState.RUNNING, VMState.PAUSED, VMState.SAVED)
         offline = setting_changes + [text for text, _ in storage]
-        if live and offline:
+        if info is not None and live and offline:
             raise HypervisorError(
                 f"VM {self.vm!r} is {info.vbox_state}; these changes need it powered off: "
                 f"{'; '.join(offline)}",
-                hint="run `invoke vm.stop`, then run the command again",
+                hint="run `b2dkit vm.stop`, then run the command again",
             )
-        if info is not None and info.state is not VMState.STOPPED and rule_args:
-            if info.state is VMState.SAVED:
-                self.vbox.run(["modifyvm", self.vm, *rule_args])
-            else:
-                self._apply_rules_live(info, rules)
-        elif settings or rule_args:
-            self.vbox.run(["modifyvm", self.vm, *settings, *rule_args])
-        report.changes += [] if report.created else setting_changes
-        report.changes += rule_changes
-        for text, action in storage:
-            action(header, total)
-            report.changes.append(text)
-        return report
-
-    def _check_spec(self, spec: MachineSpec) -> List[Forward]:
-        if spec.name != self.vm:
-            raise InputError(f"machine spec is for {spec.name!r}, not {self.vm!r}")
-        if not isinstance(spec.memory_mb, int) or not 256 <= spec.memory_mb <= 1 << 20:
-            raise InputError(f"invalid memory {spec.memory_mb!r} MB: boot2docker needs at least 256")
-        if not isinstance(spec.cpus, int) or not 1 <= spec.cpus <= 32:
-            raise InputError(f"invalid CPU count {spec.cpus!r}: use 1 to 32")
-        iso = Path(spec.iso)
-        if not iso.is_file():
-            raise InputError(f"boot ISO {iso} does not exist", hint="check the profile's ISO or --iso")
-        if not str(spec.public_key).strip():
-            raise InputError("no SSH public key for the persistent disk")
-        return check_forwards(spec.forwards)
+        return _Decision(info, fresh, rules, settings, setting_changes, rule_args, rule_changes, storage,
+                         header, total)
 
     def _settings_plan(self, info: Optional[VMInfo], spec: MachineSpec):
         args, changes = [], []
@@ -235,18 +237,14 @@ class VirtualBoxProvider(Provider):
             have = current.get(fwd.name)
             if have == fwd:
                 continue
-            clash = _clash(fwd, [f for f in current.values() if f.name != fwd.name])
+            clash = fw.clash(fwd, current.values())
             if clash:
-                raise PortInUse(
-                    f"host port {fwd.host_ip}:{fwd.host_port}/{fwd.proto} is already forwarded by rule "
-                    f"{clash.name!r} of VM {self.vm!r}",
-                    hint=f"remove it with `invoke vm.unforward {clash.name}` or pick another host port",
-                )
+                fw.refuse_clash(fwd, clash, self.vm)
             if have is not None:
                 args += ["--natpf1", "delete", fwd.name]
             args += ["--natpf1", natpf_rule(fwd)]
             if info is not None:
-                changes.append(f"forward {describe(fwd)}" + (" (replaced)" if have else " added"))
+                changes.append(f"forward {fwd.name}: {fw.describe(fwd)}" + (" (replaced)" if have else " added"))
         return args, changes
 
     def _apply_rules_live(self, info: VMInfo, rules: List[Forward]):
@@ -255,7 +253,7 @@ class VirtualBoxProvider(Provider):
             have = current.get(fwd.name)
             if have == fwd:
                 continue
-            if have is None or _clash(fwd, [have]) is None:
+            if have is None or not fw.same_socket(fwd, have):
                 self._require_free(fwd)
             self._add_live(info, fwd, replace=have is not None)
 
@@ -285,7 +283,7 @@ class VirtualBoxProvider(Provider):
                 )
             )
         current_iso = None if info is None else info.medium(CONTROLLER, ISO_PORT)
-        if current_iso is None or not _same_file(current_iso, iso):
+        if current_iso is None or not paths.same_file(current_iso, iso):
             plan.append(
                 (
                     f"boot ISO {current_iso} → {iso}" if current_iso else f"boot ISO {iso} attached",
@@ -295,7 +293,7 @@ class VirtualBoxProvider(Provider):
                 )
             )
         current_disk = None if info is None else info.medium(CONTROLLER, DISK_PORT)
-        if current_disk is not None and not _same_file(current_disk, self.disk_file):
+        if current_disk is not None and not paths.same_file(current_disk, self.disk_file):
             raise HypervisorError(
                 f"SATA port {DISK_PORT} of VM {self.vm!r} holds {current_disk}, "
                 f"not b2dkit's disk {self.disk_file}",
@@ -344,10 +342,10 @@ class VirtualBoxProvider(Provider):
         self.vbox.run(["startvm", self.vm, "--type", "headless"])
         self._raise_nat_failures(self._log_of(info), 0, info.nat_forwards(), started=True)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0) -> bool:
         info = self._require()
         if info.state in (VMState.STOPPED, VMState.SAVED):
-            return
+            return True
         if info.state is VMState.PAUSED:
             self.vbox.run(["controlvm", self.vm, "resume"])  # a paused guest cannot see the button
         if info.state is not VMState.BUSY:
@@ -355,8 +353,9 @@ class VirtualBoxProvider(Provider):
         for _ in range(max(1, math.ceil(timeout / self.poll_interval))):
             self.sleep(self.poll_interval)
             if self.state() in (VMState.STOPPED, VMState.ABSENT):
-                return
+                return True
         self._poweroff()
+        return False
 
     def _poweroff(self):
         try:
@@ -375,7 +374,7 @@ class VirtualBoxProvider(Provider):
             for (ctl, port, dev), medium in sorted(info.storage.items()):
                 if medium in ("none", "emptydrive") or (ctl, port, dev) == iso_slot:
                     continue
-                if purge and _same_file(medium, self.disk_file):
+                if purge and paths.same_file(medium, self.disk_file):
                     continue
                 self.vbox.run(storageattach_argv(self.vm, ctl, port, None, "none", device=dev))
             self.vbox.run(["unregistervm", self.vm, "--delete"])
@@ -386,7 +385,7 @@ class VirtualBoxProvider(Provider):
 
     # -- forwards --------------------------------------------------------------------------
     def add_forward(self, fwd: Forward) -> None:
-        (fwd,) = check_forwards([fwd])
+        (fwd,) = fw.check_rules([fwd])
         info = self._require()
         if info.state is VMState.BUSY:
             raise HypervisorError(f"VM {self.vm!r} is {info.vbox_state}", hint="wait a moment and try again")
@@ -394,15 +393,11 @@ class VirtualBoxProvider(Provider):
         have = current.get(fwd.name)
         if have == fwd:
             return  # deterministic names: re-adding the same rule is a no-op
-        clash = _clash(fwd, [f for f in current.values() if f.name != fwd.name])
+        clash = fw.clash(fwd, current.values())
         if clash:
-            raise PortInUse(
-                f"host port {fwd.host_ip}:{fwd.host_port}/{fwd.proto} is already forwarded by rule "
-                f"{clash.name!r} of VM {self.vm!r}",
-                hint=f"remove it first with `invoke vm.unforward {clash.name}`",
-            )
+            fw.refuse_clash(fwd, clash, self.vm)
         live = info.state in (VMState.RUNNING, VMState.PAUSED)
-        held_by_us = live and have is not None and _clash(fwd, [have]) is not None
+        held_by_us = live and have is not None and fw.same_socket(fwd, have)
         if not held_by_us:
             self._require_free(fwd)
         if live:
@@ -429,13 +424,11 @@ class VirtualBoxProvider(Provider):
 
     # -- port checks -----------------------------------------------------------------------
     def _require_free(self, fwd: Forward):
-        """PortInUse naming the owner when the host cannot bind ``fwd`` now."""
-        if fw.host_port_free(fwd.host_port, fwd.host_ip or "0.0.0.0", fwd.proto):
-            return
-        fw.require_free(fwd, owner=self._owner(fwd) or "another program")
+        """The shared port policy; the neighbours are asked only once a bind has failed (it costs calls)."""
+        fw.require_free(fwd, neighbours=self._neighbours)
 
-    def _owner(self, fwd: Forward) -> Optional[str]:
-        """Which running VM forwards this port (only asked once a bind has failed: it costs calls)."""
+    def _neighbours(self):
+        """(label, rules) of every other running VirtualBox VM, b2dkit's or not."""
         for name, _uuid in self.vbox.list_vms(running=True):
             if name == self.vm:
                 continue
@@ -444,10 +437,7 @@ class VirtualBoxProvider(Provider):
             except VMNotRegistered:
                 continue
             for rules in other.forwards.values():
-                clash = _clash(fwd, rules)
-                if clash:
-                    return f"VirtualBox VM {name!r} (NAT rule {clash.name!r})"
-        return None
+                yield f"VirtualBox VM {name!r}", rules
 
     def _log_of(self, info: VMInfo) -> Path:
         if info.log_folder:
@@ -472,83 +462,30 @@ class VirtualBoxProvider(Provider):
             what = "started, but" if started else "is running, but"
             raise PortInUse(
                 f"VM {self.vm!r} {what} VirtualBox could not forward host port {', '.join(failed)}",
-                hint=f"another program took it; free it, then `invoke vm.stop` + `invoke vm.start` ({log})",
+                hint=f"another program took it; free it, then `b2dkit vm.stop` + `b2dkit vm.start` ({log})",
             )
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def check_forwards(rules) -> List[Forward]:
-    """Validate forwards before any VBoxManage call: ports, protocol, IP, name, duplicates."""
-    out: List[Forward] = []
-    for fwd in rules:
-        if not isinstance(fwd, Forward):
-            raise InputError(f"invalid forward {fwd!r}")
-        fw.parse_port(fwd.host_port, "host port")
-        fw.parse_port(fwd.guest_port, "guest port")
-        if fwd.proto not in fw.PROTOCOLS:
-            raise InputError(f"invalid forward {fwd.name!r}: unknown protocol {fwd.proto!r} (use tcp or udp)")
-        if fwd.host_ip:
-            fw.check_host_ip(fwd.host_ip)
-        natpf_rule(fwd)  # rejects names VirtualBox cannot round-trip
-        for seen in out:
-            if seen.name == fwd.name or _clash(fwd, [seen]):
-                raise InputError(
-                    f"forwards {seen.name!r} and {fwd.name!r} both use host port {fwd.host_port}/{fwd.proto}"
-                )
-        out.append(fwd)
-    return out
+@dataclass
+class _Decision:
+    """What create will do to one VM: VBoxManage arguments and the user-readable line of each."""
 
+    info: Optional[VMInfo]
+    fresh: Optional[str]  # "create" | "register" when VirtualBox has no such VM yet
+    rules: List[Forward]
+    settings: List[str]
+    setting_changes: List[str]
+    rule_args: List[str]
+    rule_changes: List[str]
+    storage: list  # [(text, action(header, total))]
+    header: bytes  # the persistent disk's format-me header, should a disk be made
+    total: int
 
-def _with_ssh(rules: List[Forward], info: Optional[VMInfo]) -> List[Forward]:
-    """Make sure some rule reaches the guest's sshd; keep an existing one so its port stays put."""
-    if any(f.guest_port == SSH_GUEST_PORT for f in rules):
-        return rules
-    if info is not None:
-        for fwd in info.nat_forwards():
-            if fwd.guest_port == SSH_GUEST_PORT:
-                return rules + [fwd]
-    taken = {f.host_port for f in rules}
-    port = fw.pick_free_port(taken=taken)
-    return rules + [Forward(host_port=port, guest_port=SSH_GUEST_PORT)]
-
-
-def _ssh_endpoint(info: VMInfo, vm: str) -> Tuple[str, int]:
-    ssh = fw.ssh_forward(info.nat_forwards())
-    if ssh:
-        return fw.connect_address(ssh)
-    raise HypervisorError(
-        f"VM {vm!r} has no NAT rule to the guest's SSH port 22", hint="run `invoke vm.create` again to add it"
-    )
-
-
-def _overlap(a: str, b: str) -> bool:
-    wildcard = ("", "0.0.0.0")
-    return a == b or a in wildcard or b in wildcard
-
-
-def _clash(fwd: Forward, rules) -> Optional[Forward]:
-    """The rule that would bind the same host socket (Vagrant PR #4616: IP matters)."""
-    for other in rules:
-        if (
-            other.proto == fwd.proto
-            and other.host_port == fwd.host_port
-            and _overlap(other.host_ip, fwd.host_ip)
-        ):
-            return other
-    return None
-
-
-def describe(fwd: Forward) -> str:
-    return f"{fwd.name}: {fwd.host_ip or '*'}:{fwd.host_port} → {fwd.guest_port}/{fwd.proto}"
-
-
-def _same_file(a, b) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(str(a)) == os.path.abspath(str(b))
+    def texts(self) -> List[str]:
+        return self.setting_changes + self.rule_changes + [text for text, _ in self.storage]
 
 
 def _str(path) -> Optional[str]:

@@ -20,11 +20,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from . import atomic, paths
-from .errors import HypervisorError, InputError, PortInUse, ToolMissing
-from .forwards import Forward
+from ... import atomic, install, paths
+from ...errors import HypervisorError, InputError, PortInUse, ToolMissing
+from ...forwards import Forward
+from ..base import VMState
 
 QEMU = "qemu-system-x86_64"
 ACCELS = ("kvm", "tcg", "hvf")
@@ -37,13 +38,22 @@ KVM_DEVICE = "/dev/kvm"
 KVM_PVM_MARKERS = (Path("/sys/module/kvm_pvm"), Path("/proc/modules"))  # loaded module dir, module list
 
 
+# QEMU's run states (``query-status``) → b2dkit's.
+# The error states halt the guest but the process still holds the disk: not safe to
+# reconfigure, and stop() ends it; info() shows QEMU's own word for it.
+_PAUSED = ("paused", "suspended", "internal-error", "io-error", "guest-panicked", "watchdog")
+STATES = {"running": VMState.RUNNING, **dict.fromkeys(_PAUSED, VMState.PAUSED)}
+
+
+def map_state(status: str) -> VMState:
+    """QEMU's run state → b2dkit's; anything else (prelaunch, migrating...) is BUSY."""
+    return STATES.get(status, VMState.BUSY)
+
+
 def find_qemu() -> str:
     path = shutil.which(QEMU)
     if not path:
-        raise ToolMissing(
-            f"{QEMU} not found on PATH: install QEMU "
-            "(sudo apt-get install qemu-system-x86 / brew install qemu)"
-        )
+        raise ToolMissing(f"{QEMU} not found on PATH: {install.hint('qemu')}")
     return path
 
 
@@ -384,7 +394,7 @@ class QMP:
 
     def execute(self, command: str, arguments: Optional[dict] = None):
         """Send one command; return its ``return`` value, raise QMPError on ``error``."""
-        message = {"execute": command}
+        message: Dict[str, Any] = {"execute": command}
         if arguments:
             message["arguments"] = arguments
         self._file.write(json.dumps(message).encode() + b"\n")
@@ -445,7 +455,8 @@ def parse_usernet(text: str) -> dict:
     QEMU prints 0.0.0.0 as ``*``; a rule to the default guest address reads back with an
     empty ``guest_ip``, as the rule was written.
     """
-    result, netdev = {}, None
+    result: Dict[str, List[Forward]] = {}
+    netdev = None
     for line in text.splitlines():
         hub = _HUB.match(line.strip())
         if hub:

@@ -1,0 +1,1 @@
+"""VirtualBox: ``vboxmanage`` runs the program, ``provider`` drives one VM through it."""
