@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
@@ -64,6 +65,8 @@ def machine_from_profile(profile) -> Machine:
         mounts=list(profile.mounts),
         persistent_dirs=list(profile.persistent_dirs),
         boot_codes=list(profile.boot_code_args()),
+        docker=profile.docker_mode,
+        images=[str(path) for path in profile.images],
     )
 
 
@@ -293,7 +296,10 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     """``vm.start``: boot if needed, wait for SSH, create persistent dirs, set the clock, mount."""
     from . import guest
 
+    from . import dockerd
+
     out = Outcome()
+    images = dockerd.check_images(machine.images)  # a corrupt tarball is named before the VM is touched
     provider = provider_for(machine)
     snap = provider.status()  # one hypervisor query answers state, forwards and the SSH endpoint
     if snap.state == VMState.ABSENT:
@@ -308,11 +314,18 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     ssh = fw.ssh_forward(snap.forwards)
     host, port = fw.connect_address(ssh) if ssh else provider.ssh_endpoint()  # the latter says what is wrong
     log(f"waiting for SSH on {host}:{port}…")
+    began = time.monotonic()
     with guest.wait_for_session(
         host, port, key_path(machine.name), known_hosts_path(machine.name),
         timeout=SSH_TIMEOUT, log_path=provider.log_path(),
     ) as session:  # set-up reuses the connection that proved SSH ready: one handshake, not two
+        stages = [("SSH", time.monotonic() - began)]
         report = guest.setup(session, machine.persistent_dirs)
+        stages.append(("set-up", time.monotonic() - began - stages[0][1]))
+        docker_began = time.monotonic()
+        if _docker(machine, provider, session, snap.forwards, images, out, log):
+            stages.append(("docker", time.monotonic() - docker_began))
+    log("ready: " + ", ".join(f"{what} {seconds:.1f} s" for what, seconds in stages))
     out.done += [f"created {d}" for d in report.created] + [f"fixed owner of {d}" for d in report.fixed]
     out.kept += [f"{d} already there" for d in report.present]
     if report.clock_set:
@@ -326,6 +339,45 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
     for line in out.warnings:
         log(f"warning: {line}")
     return out
+
+
+def _docker(machine: Machine, provider: Provider, session, rules: List[Forward], images: List[Path],
+            out: Outcome, log: Log) -> bool:
+    """Docker set-up on a guest that has it (decide, then act), then wait for the daemon.
+
+    False when the guest has no Docker (or the profile says docker: false)."""
+    from . import dockerd
+
+    tz = next((code.split("=", 1)[1] for code in machine.boot_codes if code.startswith("tz=")), None)
+    decided = dockerd.plan(machine.name, session, rules, taken=lambda: _other_vm_ports(machine.name),
+                           required=machine.docker, tz=tz)
+    if not decided.has_docker:
+        return False
+    for line in decided.lines:
+        log(f"docker: {line}")
+    out.done += dockerd.apply(machine.name, session, decided, provider.add_forward)
+    rule = decided.rule
+    assert rule is not None  # plan always has one for a guest with Docker
+    address = "tcp://%s:%d" % fw.connect_address(rule)
+    log(f"waiting for the Docker daemon on {address} (TLS)…")
+    version = dockerd.wait_ready(machine.name, session, rule)
+    out.kept.append(f"Docker {version} answers on {address} with TLS")
+    loaded = dockerd.load_images(machine.name, session, dockerd.images_to_copy(session, images))
+    for line in loaded:
+        log(f"docker: {line}")
+    out.done += loaded
+    return True
+
+
+def _other_vm_ports(name: str) -> List[int]:
+    ports = []
+    for other in machines.all_machines():
+        if other.name != name:
+            try:
+                ports += [f.host_port for f in provider_for(other).forwards()]
+            except B2dkitError:
+                continue
+    return ports
 
 
 STOP_TIMEOUT = 30.0

@@ -25,6 +25,8 @@ class Machine:
     mounts: List[Mount] = field(default_factory=list)  # the profile's, as they were at create
     persistent_dirs: List[str] = field(default_factory=list)
     boot_codes: List[str] = field(default_factory=list)
+    docker: Optional[bool] = None  # Profile.docker_mode: required, none, or ask the guest at start
+    images: List[str] = field(default_factory=list)  # host tarballs the daemon loads at start
 
     def to_dict(self) -> dict:
         return {**asdict(self), "mounts": [m.to_dict() for m in self.mounts]}

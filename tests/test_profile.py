@@ -428,3 +428,30 @@ def test_not_utf8_is_a_clear_error(tmp_path):
     path = tmp_path / "bin.yaml"
     path.write_bytes(b"name: \xff\xfe\n")
     assert "not a text file" in error_for(path)
+
+
+@pytest.mark.parametrize("iso, setting, mode", [
+    ("iso: {build: guest-docker}\n", "", True),
+    ("iso: {build: guest}\n", "", False),
+    ("iso: {path: /b2d.iso}\n", "", None),  # a boot2docker.iso: asked at start (/etc/init.d/docker)
+    ("iso: {build: guest}\n", "docker: true\n", True),
+    ("iso: {build: guest-docker}\n", "docker: false\n", False),
+])
+def test_docker_follows_the_iso_unless_the_profile_says(tmp_path, iso, setting, mode):
+    no_iso = BASE.replace("iso:\n  urls: [https://mirror.example/b2d.iso]\n  sha256: " + SHA + "\n", "")
+    loaded = profile.check_file(write(tmp_path, "p.yaml", no_iso + iso + setting))
+    assert loaded.docker_mode is mode
+    assert ("docker" in loaded.to_dict()) is bool(setting)
+
+
+def test_docker_must_be_a_boolean(tmp_path):
+    message = error_for(write(tmp_path, "p.yaml", BASE + "docker: yes-please\n"))
+    assert "docker" in message and "expected true or false" in message
+
+
+def test_images_are_host_paths_next_to_the_profile_and_merge_by_path(tmp_path):
+    base = write(tmp_path, "base.yaml", BASE + "images: [team/base.tar]\n")
+    mine = write(tmp_path, "sub/mine.yaml", f"extends: {base}\nimages: [/abs/app.tar.gz, ~/x.tar]\n")
+    loaded = profile.check_file(mine)
+    assert loaded.images == [tmp_path / "team" / "base.tar", Path("/abs/app.tar.gz"), Path.home() / "x.tar"]
+    assert "images" in error_for(write(tmp_path, "bad.yaml", BASE + "images: [3]\n"))
