@@ -66,6 +66,15 @@ def check_ssh_client() -> Check:
     return Check("ssh client", True, binary)
 
 
+def check_docker_cli() -> Check:
+    """For a profile whose guest runs Docker: the client ``eval "$(b2dkit vm.env)"`` is for."""
+    binary = shutil.which("docker")
+    if not binary:
+        return Check("docker CLI", False, "docker is not installed (the VM runs the daemon; you need the client)",
+                     install.commands("docker"))
+    return Check("docker CLI", True, binary)
+
+
 def check_disk_space(profile) -> Check:
     where = paths.data_dir()
     probe = where
@@ -109,4 +118,6 @@ def run(profile) -> List[Check]:
               check_ssh_client()]
     if profile.mounts:
         checks.append(check_sshfs())
+    if profile.docker_mode:  # a guest that certainly runs Docker (docker: true, or guest-docker)
+        checks.append(check_docker_cli())
     return checks

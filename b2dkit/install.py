@@ -11,6 +11,9 @@ COMMANDS: Dict[str, Dict[str, str]] = {
               "Debian/Ubuntu": "sudo apt-get install sshfs fuse3"},
     "fuse": {"macOS": "brew install --cask macfuse", "Debian/Ubuntu": "sudo apt-get install fuse3"},
     "ssh": {"macOS": "ssh ships with macOS", "Debian/Ubuntu": "sudo apt-get install openssh-client"},
+    # Only the client is used (the daemon runs in the VM); Debian packages both as docker.io.
+    "docker": {"macOS": "brew install docker",
+               "Debian/Ubuntu": "sudo apt-get install docker.io  (b2dkit uses only its docker CLI)"},
 }  # fmt: skip
 
 
