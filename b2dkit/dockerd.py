@@ -48,6 +48,11 @@ class Plan:
     current: Optional[Forward] = None  # the rule already there
     tz: Optional[str] = None
     localtime: List[str] = field(default_factory=list)  # LOCALTIME_FILES to (re)write for ``tz``
+    failed: bool = False  # the daemon's last start failed (the guest logged an ERROR): start it again
+
+    @property
+    def restart(self) -> bool:
+        return bool(self.install) or self.failed
 
     @property
     def lines(self) -> List[str]:
@@ -55,6 +60,8 @@ class Plan:
         if self.install:
             out.append(f"install {', '.join(self.install)} into the guest's {GUEST_DIR}")
             out.append("restart the guest's Docker daemon (it reads them at start)")
+        elif self.failed:
+            out.append(f"restart the guest's Docker daemon (its last start failed: see {GUEST_LOG})")
         if self.forward:
             out.append(f"forward {fw.describe(self.forward)} (the Docker daemon, TLS)")
         if self.localtime:
@@ -66,17 +73,25 @@ class Plan:
         return self.forward or self.current
 
 
-def probe(session, required: Optional[bool]) -> bool:
-    """Does the guest run Docker? ``required`` True makes a guest without it an error."""
+# Has the guest Docker (exit status), and its last docker line in the boot log (b2dkit's guest
+# writes them; "ERROR" there means the daemon is down until someone starts it again).
+_PROBE = (f"test -x {INIT_SCRIPT} && {{ grep 'b2dkit-guest: docker: ' /var/log/boot.log 2>/dev/null"
+          " | tail -n 1; true; }")
+
+
+def probe(session, required: Optional[bool]) -> Tuple[bool, str]:
+    """(does the guest run Docker, its last boot-log line about it); ``required`` True makes a
+    guest without Docker an error."""
     if required is False:
-        return False
-    found = session.run(["test", "-x", INIT_SCRIPT], check=False).ok
+        return False, ""
+    result = session.run(_PROBE, check=False)
+    found = result.ok
     if required and not found:
         raise GuestError(
             f"the profile says docker: true, but the guest has no {INIT_SCRIPT}: its ISO has no Docker daemon",
             hint="use a boot2docker.iso (or iso: {build: guest-docker}), or set docker: false",
         )
-    return found
+    return found, result.stdout.strip()
 
 
 def plan(name: str, session, rules: List[Forward], taken: Callable[[], Iterable[int]] = tuple,
@@ -88,10 +103,11 @@ def plan(name: str, session, rules: List[Forward], taken: Callable[[], Iterable[
     """
     from . import guest
 
-    if not probe(session, required):
+    found, last = probe(session, required)
+    if not found:
         return Plan(has_docker=False)
     certs = cert_dir(name)
-    result = Plan(has_docker=True, certs=tlscerts.plan(certs), tz=tz)
+    result = Plan(has_docker=True, certs=tlscerts.plan(certs), tz=tz, failed="docker: ERROR" in last)
     reissued = {c.name for c in result.certs}
     wanted = _server_digests(certs) if not result.certs else {}
     zone = localtime(tz)
@@ -138,10 +154,10 @@ def apply(name: str, session, decided: Plan, add_forward: Callable[[Forward], No
         guest.install_root_files(session, files)  # one SFTP session, one sudo
     if decided.forward:  # before the restart: a daemon that fails to come up keeps its DOCKER_HOST
         add_forward(decided.forward)
-    if decided.install:
+    if decided.restart:
         result = session.run(["sudo", INIT_SCRIPT, "restart"], check=False, timeout=READY_TIMEOUT)
         if not result.ok:
-            raise GuestError(_not_up(name, "did not restart with the new certificates"))
+            raise GuestError(_not_up(name, "failed to restart"))
     return decided.lines
 
 

@@ -361,6 +361,7 @@ def _docker(machine: Machine, provider: Provider, session, rules: List[Forward],
     address = "tcp://%s:%d" % fw.connect_address(rule)
     log(f"waiting for the Docker daemon on {address} (TLS)…")
     version = dockerd.wait_ready(machine.name, session, rule)
+    log(f"Docker {version} is ready on {address} (TLS)")
     out.kept.append(f"Docker {version} answers on {address} with TLS")
     loaded = dockerd.load_images(machine.name, session, dockerd.images_to_copy(session, images))
     for line in loaded:

@@ -75,6 +75,9 @@ def test_plan_lines_say_what_start_will_do():
         "write /etc/localtime for TZ=CST-8 (containers mount it)",
     ]
     assert dockerd.Plan(has_docker=True, current=Forward(2377, 2376)).lines == []
+    failed = dockerd.Plan(has_docker=True, failed=True)
+    assert failed.restart and failed.lines == [
+        "restart the guest's Docker daemon (its last start failed: see /var/log/docker.log)"]
 
 
 # -- the API over TLS -------------------------------------------------------------------------------
