@@ -208,7 +208,8 @@ def _web(env, name: str, port: int, text: str):
 def test_the_port_chain_host_forward_vm_container(world, capfd):
     env = docker_env(capfd)
     # The guest's own stand-in page listens on 8000; the team's container takes that port instead.
-    guest(capfd, "sudo pkill -x httpd; true")
+    guest(capfd, "for d in /proc/[0-9]*; do [ \"$(cat $d/comm 2>/dev/null)\" = httpd ] && sudo kill ${d#/proc/}; done;"
+                 " i=0; while netstat -ltn | grep -q ':8000 ' && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; true")
     proc = _web(env, "web", 8000, "hello-from-a-container")
     assert proc.returncode == 0, proc.stderr
     try:
