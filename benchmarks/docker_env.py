@@ -67,9 +67,10 @@ def host_round(env, calls: int):
 
 def guest_round(env, calls: int) -> float:
     """Seconds per ``docker -H unix:// version`` inside the VM, by the guest's clock."""
-    script = ("s=$(date +%s.%N); i=0; while [ $i -lt " + str(calls) + " ]; do "
+    # busybox date has no %N: the guest's uptime counts in hundredths of a second, enough here.
+    script = ("read s _ < /proc/uptime; i=0; while [ $i -lt " + str(calls) + " ]; do "
               "docker -H unix:///var/run/docker.sock version >/dev/null || exit 1; i=$((i+1)); done; "
-              "e=$(date +%s.%N); echo $s $e")
+              "read e _ < /proc/uptime; echo $s $e")
     out = b2dkit(env, "vm.ssh", f"--name={VM}", "-c", script).stdout.split()
     return (float(out[1]) - float(out[0])) / calls
 
