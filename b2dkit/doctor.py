@@ -91,7 +91,7 @@ def builds_guest(profile) -> bool:
 def needs_docker(profile) -> bool:
     """The profile's guest runs Docker, so the host needs the Docker CLI: the ``guest-docker``
     build flavour, or a ``docker`` setting that is on (the hook for the Docker integration)."""
-    return profile.iso.build == "guest-docker" or bool(getattr(profile, "docker", None))
+    return bool(profile.docker_mode)  # docker: true, or the guest-docker flavour
 
 
 def check_guest_build(profile) -> Check:
@@ -101,8 +101,9 @@ def check_guest_build(profile) -> Check:
         builder = lifecycle.guest_builder()
     except B2dkitError as exc:
         return Check(name, False, str(exc))
+    flavour = profile.iso.build
     try:
-        built = builder.cached()
+        built = builder.cached(flavour=flavour)
     except (builder.BuildError, OSError):
         built = None
     if built:
@@ -110,7 +111,7 @@ def check_guest_build(profile) -> Check:
     if not shutil.which("dpkg-query"):
         return Check(name, False, "the guest is built from Debian packages and dpkg-query is not on PATH: "
                                   "build it on Debian/Ubuntu, or set iso.path to a boot2docker ISO")
-    missing = builder.missing_packages()
+    missing = builder.missing_packages(flavour)
     if missing:
         return Check(name, False, f"missing Debian packages: {' '.join(missing)}",
                      {install.SYSTEMS["apt"]: install.command_text("apt", missing)}, {"apt": missing})

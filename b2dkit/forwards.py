@@ -27,6 +27,10 @@ PROTOCOLS = ("tcp", "udp")
 LOOPBACK = "127.0.0.1"
 SSH_GUEST_PORT = 22
 DOCKER_PORTS = (2375, 2376)
+DOCKER_TLS_PORT = 2376  # the guest's dockerd, TLS only
+# Where a VM's forward to its dockerd is picked: first free from 2376 up (one range per purpose,
+# apart from SSH's 2200-2250, so the two never take each other's ports).
+DOCKER_HOST_RANGE = (2376, 2426)
 _SPEC = re.compile(r"^(?:(?P<host>[^:/]*):)?(?P<guest>[^:/]*)(?:/(?P<proto>.*))?$")
 
 
@@ -202,14 +206,32 @@ def refuse_clash(fwd: Forward, other: Forward, vm: str) -> None:
 
 
 def with_ssh(rules: List[Forward], current: Sequence[Forward] = (), taken: Iterable[int] = ()) -> List[Forward]:
-    """``rules`` plus a forward to the guest's sshd when none is there (an existing one keeps its port)."""
+    """``rules`` plus b2dkit's own rules: a forward to the guest's sshd when none is there (an
+    existing one keeps its port), and the Docker daemon's forward ``vm.start`` added earlier
+    (kept, so ``DOCKER_HOST`` stays the same and a re-run of ``vm.create`` changes nothing)."""
+    out = list(rules)
+    docker = docker_forward(current)
+    if docker and not docker_forward(rules) and not any(same_socket(docker, f) for f in rules):
+        out.append(docker)
     if ssh_forward(rules):
-        return list(rules)
+        return out
     kept = ssh_forward(current)
     if kept:
-        return list(rules) + [kept]
-    port = pick_free_port(taken={f.host_port for f in rules} | set(taken))
-    return list(rules) + [Forward(host_port=port, guest_port=SSH_GUEST_PORT)]
+        return out + [kept]
+    port = pick_free_port(taken={f.host_port for f in out} | set(taken))
+    return out + [Forward(host_port=port, guest_port=SSH_GUEST_PORT)]
+
+
+def docker_forward(rules: Iterable[Forward]) -> Optional[Forward]:
+    """The loopback rule that reaches the guest's TLS dockerd, if any."""
+    return next((f for f in rules if f.guest_port == DOCKER_TLS_PORT and f.proto == "tcp"
+                 and f.host_ip.startswith("127.")), None)
+
+
+def new_docker_forward(taken: Iterable[int] = ()) -> Forward:
+    """127.0.0.1:<first free port of DOCKER_HOST_RANGE, not in ``taken``> → 2376."""
+    start, end = DOCKER_HOST_RANGE
+    return Forward(host_port=pick_free_port(LOOPBACK, "tcp", start, end, taken), guest_port=DOCKER_TLS_PORT)
 
 
 # -- the host's ports ------------------------------------------------------------------------------

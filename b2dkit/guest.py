@@ -424,25 +424,53 @@ def setup(
     return report
 
 
-DOCKER_CERTS = ("ca.pem", "cert.pem", "key.pem")
-
-
-def fetch_docker_certs(session: GuestSession, dest_dir) -> bool:
-    """Copy the TLS client certs boot2docker makes for its daemon (~docker/.docker/*.pem).
-
-    False when the guest has none (no TLS daemon yet); nothing is written then.
-    """
+def root_file_digests(session: GuestSession, paths: Sequence[str]) -> dict:
+    """{path: sha256 hex} of those of ``paths`` that exist in the guest (read as root; one command)."""
+    result = session.run(["sudo", "sha256sum", "--", *paths], check=False)
     found = {}
-    for name in DOCKER_CERTS:
-        result = session.run(["cat", f".docker/{name}"], check=False)  # relative to the login's home
-        if not result.ok or "-----BEGIN" not in result.stdout:
-            return False
-        found[name] = result.stdout
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for name, text in found.items():
-        atomic.write_bytes(dest / name, text.encode(), mode=0o600)
-    return True
+    for line in result.stdout.splitlines():
+        digest, _, name = line.partition("  ")
+        if len(digest) == 64 and name in paths:
+            found[name] = digest
+    return found
+
+
+def install_root_files(session: GuestSession, files: dict) -> None:
+    """Write ``{guest path: (bytes or a host Path, mode)}`` as root-owned files: SFTP into a private temp dir,
+    then, per file, copy next to the target and rename over it, so a reader (dockerd at boot)
+    never sees half a key; the temp dir is removed even when a step fails."""
+    tmp = session.run(["mktemp", "-d", "/tmp/.b2dkit-install.XXXXXX"]).stdout.strip()
+    try:
+        sftp = session.client.open_sftp()
+        try:
+            staged = []
+            for index, (target, (data, mode)) in enumerate(sorted(files.items())):
+                source = f"{tmp}/{index}"
+                with sftp.open(source, "wb") as handle:
+                    handle.chmod(0o600)  # before the bytes: a key is never readable by others
+                    handle.set_pipelined(True)
+                    if isinstance(data, Path):  # an image tarball: streamed, never held in memory
+                        with open(data, "rb") as local:
+                            for chunk in iter(lambda: local.read(1 << 20), b""):
+                                handle.write(chunk)
+                    else:
+                        handle.write(data)
+                staged.append((source, target, mode))
+        except (OSError, paramiko.SSHException) as exc:
+            raise GuestError(f"copying files into the guest over SFTP failed ({_describe(exc)})") from None
+        finally:
+            sftp.close()
+        # busybox has no install(1): cp keeps the staged file's 0600 until chmod gives the final mode.
+        script = [shlex.join(["mkdir", "-p", *sorted({posixpath.dirname(t) for _, t, _ in staged})])]
+        for source, target, mode in staged:
+            part = f"{posixpath.dirname(target)}/.{posixpath.basename(target)}.b2dkit-part"
+            script.append(shlex.join(["cp", source, part]))
+            script.append(shlex.join(["chown", "root:root", part]))
+            script.append(shlex.join(["chmod", f"{mode:o}", part]))
+            script.append(shlex.join(["mv", "-f", part, target]))
+        session.run(["sudo", "sh", "-ec", "; ".join(script)])
+    finally:
+        session.run(["rm", "-rf", tmp], check=False)
 
 
 def clock_command(epoch: int) -> List[str]:

@@ -9,6 +9,7 @@ this module knows the order of things and what to tell the user.
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
@@ -66,6 +67,8 @@ def machine_from_profile(profile) -> Machine:
         mounts=list(profile.mounts),
         persistent_dirs=list(profile.persistent_dirs),
         boot_codes=list(profile.boot_code_args()),
+        docker=profile.docker_mode,
+        images=[str(path) for path in profile.images],
     )
 
 
@@ -92,24 +95,24 @@ def guest_builder():
     return module
 
 
-def built_guest() -> Optional[Path]:
+def built_guest(flavour: str = "guest") -> Optional[Path]:
     """The guest ISO if it is built for the current inputs; a missing build package (sudo,
     busybox...) is this machine's to fix, so it is ToolMissing, never a traceback."""
     builder = guest_builder()
     try:
-        return builder.cached()
+        return builder.cached(flavour=flavour)
     except (builder.BuildError, OSError) as exc:
         raise ToolMissing(f"cannot build the guest ISO: {exc}") from None
 
 
-def build_guest(log: Log = _quiet) -> Path:
-    iso = built_guest()
+def build_guest(log: Log = _quiet, flavour: str = "guest") -> Path:
+    iso = built_guest(flavour)
     if iso:
         return iso
     builder = guest_builder()
-    log("ISO: building the boot2docker-compatible guest from Debian packages…")
+    log(f"ISO: building the boot2docker-compatible guest ({flavour}) from Debian packages…")
     try:
-        return builder.build(quiet=True)
+        return builder.build(quiet=True, flavour=flavour)
     except (builder.BuildError, OSError) as exc:
         raise ToolMissing(f"building the guest ISO failed: {exc}") from None
 
@@ -136,14 +139,14 @@ def source_iso_change(profile, iso_path=None) -> Tuple[Optional[Path], str]:
                 )
         iso.check_bootable(path)  # also when no remaster will read it
         return path, f"using local ISO {path}"
-    if profile.iso.build == "guest":
+    if profile.iso.build:
         try:
-            built = built_guest()
+            built = built_guest(profile.iso.build)
         except ToolMissing:  # nothing to build with yet (a dry run on a bare machine): the build says why
             built = None
         if built:
             return built, f"guest ISO is built ({built})"
-        return None, "build the boot2docker-compatible guest ISO from Debian packages"
+        return None, f"build the boot2docker-compatible guest ISO from Debian packages ({profile.iso.build})"
     from . import isocache
 
     sha256 = profile.iso.require_sha256()
@@ -159,8 +162,8 @@ def source_iso(profile, iso_path=None, log: Log = _quiet) -> Path:
     found, change = source_iso_change(profile, iso_path)
     if found:
         return found
-    if profile.iso.build == "guest":
-        return build_guest(log)
+    if profile.iso.build:
+        return build_guest(log, profile.iso.build)
     from . import download
 
     log(f"ISO: {change}")
@@ -324,7 +327,10 @@ def start(machine: Machine, log: Log = _quiet, mount: bool = True) -> Outcome:
 def _start(machine: Machine, log: Log, mount: bool, booted: List[bool]) -> Outcome:
     from . import guest
 
+    from . import dockerd
+
     out = Outcome()
+    images = dockerd.check_images(machine.images)  # a corrupt tarball is named before the VM is touched
     provider = provider_for(machine)
     snap = provider.status()  # one hypervisor query answers state, forwards and the SSH endpoint
     if snap.state == VMState.ABSENT:
@@ -342,11 +348,18 @@ def _start(machine: Machine, log: Log, mount: bool, booted: List[bool]) -> Outco
     ssh = fw.ssh_forward(snap.forwards)
     host, port = fw.connect_address(ssh) if ssh else provider.ssh_endpoint()  # the latter says what is wrong
     log(f"waiting for SSH on {host}:{port}…")
+    began = time.monotonic()
     with guest.wait_for_session(
         host, port, key_path(machine.name), known_hosts_path(machine.name),
         timeout=SSH_TIMEOUT, log_path=provider.log_path(), check=lambda: _not_halted(machine, provider),
     ) as session:  # set-up reuses the connection that proved SSH ready: one handshake, not two
+        stages = [("SSH", time.monotonic() - began)]
         report = guest.setup(session, machine.persistent_dirs)
+        stages.append(("set-up", time.monotonic() - began - stages[0][1]))
+        docker_began = time.monotonic()
+        if _docker(machine, provider, session, snap.forwards, images, out, log):
+            stages.append(("docker", time.monotonic() - docker_began))
+    log("ready: " + ", ".join(f"{what} {seconds:.1f} s" for what, seconds in stages))
     out.done += [f"created {d}" for d in report.created] + [f"fixed owner of {d}" for d in report.fixed]
     out.kept += [f"{d} already there" for d in report.present]
     if report.clock_set:
@@ -396,6 +409,45 @@ def _not_halted(machine: Machine, provider: Provider) -> None:
     why = provider.halted()
     if why:
         raise HypervisorError(f"VM {machine.name} is halted: {why}")
+
+def _docker(machine: Machine, provider: Provider, session, rules: List[Forward], images: List[Path],
+            out: Outcome, log: Log) -> bool:
+    """Docker set-up on a guest that has it (decide, then act), then wait for the daemon.
+
+    False when the guest has no Docker (or the profile says docker: false)."""
+    from . import dockerd
+
+    tz = next((code.split("=", 1)[1] for code in machine.boot_codes if code.startswith("tz=")), None)
+    decided = dockerd.plan(machine.name, session, rules, taken=lambda: _other_vm_ports(machine.name),
+                           required=machine.docker, tz=tz)
+    if not decided.has_docker:
+        return False
+    for line in decided.lines:
+        log(f"docker: {line}")
+    out.done += dockerd.apply(machine.name, session, decided, provider.add_forward)
+    rule = decided.rule
+    assert rule is not None  # plan always has one for a guest with Docker
+    address = "tcp://%s:%d" % fw.connect_address(rule)
+    log(f"waiting for the Docker daemon on {address} (TLS)…")
+    version = dockerd.wait_ready(machine.name, session, rule)
+    log(f"Docker {version} is ready on {address} (TLS)")
+    out.kept.append(f"Docker {version} answers on {address} with TLS")
+    loaded = dockerd.load_images(machine.name, session, dockerd.images_to_copy(session, images))
+    for line in loaded:
+        log(f"docker: {line}")
+    out.done += loaded
+    return True
+
+
+def _other_vm_ports(name: str) -> List[int]:
+    ports = []
+    for other in machines.all_machines():
+        if other.name != name:
+            try:
+                ports += [f.host_port for f in provider_for(other).forwards()]
+            except B2dkitError:
+                continue
+    return ports
 
 
 STOP_TIMEOUT = 30.0

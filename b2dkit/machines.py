@@ -26,6 +26,8 @@ class Machine:
     mounts: List[Mount] = field(default_factory=list)  # the profile's, as they were at create
     persistent_dirs: List[str] = field(default_factory=list)
     boot_codes: List[str] = field(default_factory=list)
+    docker: Optional[bool] = None  # Profile.docker_mode: required, none, or ask the guest at start
+    images: List[str] = field(default_factory=list)  # host tarballs the daemon loads at start
 
     def to_dict(self) -> dict:
         return {**asdict(self), "mounts": [m.to_dict() for m in self.mounts]}
@@ -105,7 +107,8 @@ def save(machine: Machine) -> None:
 
 
 _FIELDS = {"name": str, "provider": str, "profile": str, "mounts": list, "persistent_dirs": list,
-           "boot_codes": list}
+           "boot_codes": list, "docker": (bool, type(None)), "images": list}
+_OPTIONAL = ("docker", "images")  # records written before Docker was set up by b2dkit lack them
 
 
 def _repair(name: str) -> str:
@@ -118,7 +121,7 @@ def load(name: str) -> Machine:
 
     path = paths.vm_dir(name) / RECORD
     repair = _repair(name)
-    data = records.read(path, _FIELDS, repair)
+    data = records.read(path, _FIELDS, repair, optional=_OPTIONAL)
     if data is None:
         raise VMNotFound(
             f"no b2dkit VM named {name!r}", hint="see `b2dkit vm.list`, or create it with `b2dkit vm.create`"
@@ -127,8 +130,8 @@ def load(name: str) -> Machine:
         raise records.damaged(path, f"it names VM {data['name']!r}, not {name!r}", repair)
     if data["provider"] not in PROVIDERS:
         raise records.damaged(path, f"unknown provider {data['provider']!r}", repair)
-    for key in ("persistent_dirs", "boot_codes"):
-        if not all(isinstance(v, str) for v in data[key]):
+    for key in ("persistent_dirs", "boot_codes", "images"):
+        if not all(isinstance(v, str) for v in data.get(key, [])):
             raise records.damaged(path, f"{key!r} must be a list of text", repair)
     mounts = []
     for m in data["mounts"]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import doctor, lifecycle, machines, status
+from . import forwards as fw
 from .errors import B2dkitError, ChecksFailed, GuestError, Interrupted
 from .hypervisors.base import VMState
 from .lifecycle import Outcome
@@ -194,10 +195,9 @@ def _summary(run: _Run):
         run.log(f"  folder   {m['host']} <-> VM {m['guest']} ({m['status']})")
     cli = _cli()
     run.log(f"  ssh      {cli} vm.ssh      (or: {cli} vm.ssh -c 'date')")
-    for line in status.docker_env(machine):
-        if line.startswith("export DOCKER_HOST"):
-            # An ssh:// host also needs the VM key in the agent: vm.env prints every line it takes.
-            run.log(f"  docker   {line}   (all of it: eval \"$({cli} vm.env)\")")
+    if any(f["guest_port"] == fw.DOCKER_TLS_PORT for f in info["forwards"]):
+        run.log(f"  docker   eval \"$({cli} vm.env)\"   then: docker run --rm b2dkit/busybox date")
+        run.log("           containers get the VM's time zone with -v /etc/localtime:/etc/localtime:ro")
     run.log(f"Next: put your code in the mounted folder, `{cli} vm.forward PORT` for new services,")
     run.log(f"      `{cli} vm.status` to check on it, `{cli} vm.stop` at the end of the day.")
 

@@ -65,9 +65,13 @@ TOP_KEYS = (
     "forwards",
     "persistent_dirs",
     "mounts",
+    "docker",
+    "images",
 )
 ISO_KEYS = ("urls", "sha256", "path", "build")
-ISO_BUILDS = ("guest",)  # images b2dkit builds itself: guest/ (the boot2docker-compatible test guest)
+# Images b2dkit builds itself with guest/build.py: the boot2docker-compatible guest without Docker
+# (fastest boot, for tests) or with Docker Engine from Debian packages.
+ISO_BUILDS = ("guest", "guest-docker")
 FORWARD_KEYS = ("host", "guest", "proto", "host_ip", "force", "remove")
 MOUNT_KEYS = ("guest", "host", "remove")
 PERSISTENT_KEYS = ("path", "remove")
@@ -84,7 +88,7 @@ class IsoSource:
     urls: Tuple[str, ...] = ()
     sha256: Optional[str] = None  # lower-case hex, SHA256_PLACEHOLDER, or None (local path only)
     path: Optional[Path] = None
-    build: Optional[str] = None  # "guest": built locally from Debian packages (no download)
+    build: Optional[str] = None  # "guest" / "guest-docker": built locally from Debian packages (no download)
 
     @property
     def pinned(self) -> bool:
@@ -144,6 +148,11 @@ class Profile:
     mounts: List[Mount] = field(default_factory=list)
     host_loopback: bool = False  # the guest may reach the host's 127.0.0.1 (VirtualBox 7.x: opt-in)
     description: str = ""
+    # Does the guest run Docker? None: follow the ISO (guest-docker yes, guest no, any other
+    # boot2docker.iso is asked at start: /etc/init.d/docker). False skips Docker set-up.
+    docker: Optional[bool] = None
+    # Image tarballs (`docker save`) on this computer that the guest's daemon loads at start.
+    images: List[Path] = field(default_factory=list)
     source: Optional[Path] = None
     chain: List[Path] = field(default_factory=list)
 
@@ -158,6 +167,13 @@ class Profile:
         if fwd:
             return fwd
         raise ProfileError(f"profile {self.profile_name!r} has no forward to guest port 22 (ssh)")
+
+    @property
+    def docker_mode(self) -> Optional[bool]:
+        """True: the guest must run Docker; False: it has none; None: ask the guest when it starts."""
+        if self.docker is not None:
+            return self.docker
+        return {"guest-docker": True, "guest": False}.get(self.iso.build or "")
 
     def boot_code_args(self) -> List[str]:
         """``["tz=CST-8", "noembed"]``: what goes on the kernel command line."""
@@ -184,6 +200,10 @@ class Profile:
             persistent_dirs=list(self.persistent_dirs),
             mounts=[mount.to_dict() for mount in self.mounts],
         )
+        if self.docker is not None:
+            data["docker"] = self.docker
+        if self.images:
+            data["images"] = [str(path) for path in self.images]
         return data
 
 
@@ -704,6 +724,17 @@ def _check_mount_overlap(path, mounts) -> None:
                         f"{b.guest!r} ({str(y)!r}); give each mount its own {side} dir, none inside another"
                     )
 
+def _check_images(check, where, value):
+    """Host paths of image tarballs; a relative one is taken next to the profile file."""
+    result = {}
+    for index, item in enumerate(check.items(where, value)):
+        text = check.text(f"{where}[{index}]", item)
+        path = Path(text).expanduser()
+        if not path.is_absolute():
+            path = check.path.parent / path
+        result[path] = True
+    return result
+
 
 _CHECKS = {
     "extends": _check_extends,
@@ -719,8 +750,10 @@ _CHECKS = {
     "forwards": _check_forwards,
     "persistent_dirs": _check_persistent_dirs,
     "mounts": _check_mounts,
+    "docker": lambda check, where, value: check.flag(where, value),
+    "images": _check_images,
 }
-_KEYED = ("boot_codes", "forwards", "persistent_dirs", "mounts")
+_KEYED = ("boot_codes", "forwards", "persistent_dirs", "mounts", "images")
 
 
 # -- merging and finishing -------------------------------------------------------------------
@@ -791,6 +824,8 @@ def _finish(merged: dict, path: Path, chain: List[Path], provider, name) -> Prof
         mounts=mounts,
         host_loopback=merged.get("host_loopback", False),
         description=merged.get("description", ""),
+        docker=merged.get("docker"),
+        images=list(merged.get("images", {})),
         source=path,
         chain=chain,
     )

@@ -40,7 +40,8 @@ def read(path: Path, fields: Mapping[str, Kind], repair: str, optional: Tuple[st
                 continue
             raise damaged(path, f"missing key {key!r}", repair)
         value = data[key]
-        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
             raise damaged(path, f"{key!r} is {type(value).__name__}, not {_kind_name(kind)}", repair)
     return data
 

@@ -3,12 +3,12 @@
 Everything is read live (hypervisor, guest clock, mount table); nothing here is cached.
 """
 
-from pathlib import Path
-from typing import List
+import shlex
+from typing import Dict, List, Optional
 
 from . import lifecycle, machines, paths
-from .errors import B2dkitError
-from .forwards import DOCKER_PORTS, connect_address, ssh_forward
+from .errors import B2dkitError, InputError
+from .forwards import connect_address, docker_forward, ssh_forward
 from .machines import Machine
 from .hypervisors.base import VMState
 
@@ -36,6 +36,13 @@ def collect(machine: Machine, drift: bool = True) -> dict:
     if drift and snap.state == VMState.RUNNING:
         info["clock_drift_seconds"] = _drift(machine, snap.forwards)
     info["watcher"] = _watcher(machine)  # after the drift check: that may have repaired something
+    rule = docker_forward(snap.forwards)
+    info["docker"] = None  # no Docker set up for this VM
+    if rule is not None and machine.docker is not False:
+        from . import dockerd
+
+        info["docker"] = (dockerd.summary(machine.name, rule) if snap.state == VMState.RUNNING
+                          else {"reachable": False, "error": f"the VM is {snap.state}"})
     return info
 
 
@@ -86,6 +93,13 @@ def render(info: dict) -> str:
     drift = info.get("clock_drift_seconds")
     if drift is not None:
         lines.append(f"clock:      guest - host = {drift} s" if isinstance(drift, (int, float)) else f"clock: {drift}")
+    docker = info.get("docker")
+    if docker and docker["reachable"]:
+        lines.append(f"docker:     {docker['version']} on {docker['host']} (TLS): {docker['images']} images, "
+                     f"{docker['containers']} containers ({docker['running']} running)")
+    elif docker:
+        lines.append(f"docker:     not reachable{' on ' + docker['host'] if docker.get('host') else ''}"
+                     f" ({docker['error']})")
     lines.append("forwards:" + ("" if info["forwards"] else " none"))
     for f in info["forwards"]:
         lines.append(f"  {f['host_ip']}:{f['host_port']} -> {f['guest_port']}/{f['proto']}  ({f['name']})")
@@ -147,51 +161,73 @@ def mounts(machine: Machine) -> List[dict]:
     return rows
 
 
-def docker_env(machine: Machine) -> List[str]:
-    """``export`` lines for the Docker client, like ``boot2docker shellinit``."""
+ENV_SHELLS = ("bash", "fish", "powershell", "cmd")  # bash: any POSIX shell (sh, zsh)
+ENV_NAMES = ("DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME")
+
+
+def docker_vars(machine: Machine, ssh: bool = False, unset: bool = False) -> Dict[str, Optional[str]]:
+    """{name: value, or None to unset} for the Docker client, as ``docker-machine env`` sets them.
+
+    TLS through the VM's loopback forward to 2376 with ``<vm dir>/certs`` (what ``vm.start``
+    set up); ``ssh`` gives the ``ssh://`` form instead, which needs the VM key in the agent.
+    """
+    from . import dockerd, tlscerts
+
+    if unset:
+        return {name: None for name in ENV_NAMES}
     provider = lifecycle.provider_for(machine)
-    rules = {f.guest_port: f for f in provider.forwards() if f.proto == "tcp"}
-    if 2376 in rules:
-        f = rules[2376]
-        certs = paths.vm_dir(machine.name) / "certs"
-        lines = [
-            f"export DOCKER_HOST=tcp://{f.host_ip}:{f.host_port}",
-            "export DOCKER_TLS_VERIFY=1",
-            f"export DOCKER_CERT_PATH={certs}",
-        ]
-        if not _certs_ready(machine, provider, certs):
-            lines.append("# the VM has no TLS client certificates yet (~docker/.docker/*.pem): start it, make sure")
-            lines.append("# its Docker daemon runs with TLS, then run `b2dkit vm.env` again")
-        lines.append(f"# run this command to configure your shell: eval \"$(b2dkit vm.env --name {machine.name})\"")
-        return lines
-    if 2375 in rules:
-        f = rules[2375]
-        return [
-            f"export DOCKER_HOST=tcp://{f.host_ip}:{f.host_port}",
-            "unset DOCKER_TLS_VERIFY DOCKER_CERT_PATH",
-            f"# run this command to configure your shell: eval \"$(b2dkit vm.env --name {machine.name})\"",
-        ]
-    host, port = provider.ssh_endpoint()
-    key = lifecycle.key_path(machine.name)
-    missing = ", ".join(str(p) for p in DOCKER_PORTS)
-    return [
-        f"export DOCKER_HOST=ssh://docker@{host}:{port}",
-        "unset DOCKER_TLS_VERIFY DOCKER_CERT_PATH",
-        f"# no forward to the daemon ports ({missing}); the Docker client goes over SSH and needs",
-        f"# the VM key in your agent: ssh-add {key}",
-    ]
+    if ssh:
+        host, port = provider.ssh_endpoint()
+        return {"DOCKER_TLS_VERIFY": None, "DOCKER_HOST": f"ssh://docker@{host}:{port}",
+                "DOCKER_CERT_PATH": None, "DOCKER_MACHINE_NAME": machine.name}
+    rule = docker_forward(provider.forwards())
+    certs = dockerd.cert_dir(machine.name)
+    if rule is None or not all((certs / n).is_file() for n in tlscerts.CLIENT_FILES):
+        raise InputError(
+            f"VM {machine.name!r} has no Docker daemon set up yet (no forward to its TLS port 2376, or no "
+            f"client certificates in {certs})",
+            hint=f"start it with `b2dkit vm.start --name {machine.name}` (b2dkit sets Docker up when the guest "
+            "has it), or use `b2dkit vm.env --ssh`",
+        )
+    host, port = connect_address(rule)
+    return {"DOCKER_TLS_VERIFY": "1", "DOCKER_HOST": f"tcp://{host}:{port}", "DOCKER_CERT_PATH": str(certs),
+            "DOCKER_MACHINE_NAME": machine.name}
 
 
-def _certs_ready(machine: Machine, provider, certs: Path) -> bool:
-    """The daemon's client certs are on the host, copying them from a running VM if needed."""
-    from . import guest
+def docker_env(machine: Machine, shell: str = "bash", ssh: bool = False, unset: bool = False) -> List[str]:
+    """The lines ``vm.env`` prints for ``shell``, ending with how to apply them (docker-machine's form)."""
+    if shell not in ENV_SHELLS:
+        raise InputError(f"--shell: unknown shell {shell!r}: use one of {', '.join(ENV_SHELLS)}")
+    values = docker_vars(machine, ssh=ssh, unset=unset)
+    lines = [_env_line(shell, name, value) for name, value in values.items()]
+    if ssh and not unset:
+        lines.append(_comment(shell, "the ssh:// form authenticates with the VM key through your agent: "
+                                     f"ssh-add {lifecycle.key_path(machine.name)}"))
+    command = f"b2dkit vm.env --name {machine.name}" + ("" if shell == "bash" else f" --shell {shell}") \
+        + (" --ssh" if ssh else "") + (" --unset" if unset else "")
+    lines.append(_comment(shell, "Run this command to configure your shell:"))
+    lines.append(_comment(shell, {
+        "bash": f'eval "$({command})"',
+        "fish": f"eval ({command})",
+        "powershell": f"& {command} | Invoke-Expression",
+        "cmd": f"@FOR /f \"tokens=*\" %i IN ('{command}') DO @%i",
+    }[shell]))
+    return lines
 
-    if all((certs / name).is_file() for name in guest.DOCKER_CERTS):
-        return True
-    if provider.state() != VMState.RUNNING:
-        return False
-    try:
-        with lifecycle.connect(machine, endpoint=provider.ssh_endpoint(), by="vm.env") as session:
-            return guest.fetch_docker_certs(session, certs)
-    except B2dkitError:
-        return False
+
+def _env_line(shell: str, name: str, value: Optional[str]) -> str:
+    if shell == "bash":
+        return f"unset {name}" if value is None else f"export {name}={shlex.quote(value)}"
+    if shell == "fish":
+        if value is None:
+            return f"set -e {name};"
+        return f"set -gx {name} '" + value.replace("\\", "\\\\").replace("'", "\\'") + "';"
+    if shell == "powershell":
+        if value is None:
+            return f"Remove-Item Env:\\{name} -ErrorAction SilentlyContinue"
+        return f"$Env:{name} = '" + value.replace("'", "''") + "'"
+    return f"SET {name}=" + ("" if value is None else value)  # cmd takes the rest of the line as it is
+
+
+def _comment(shell: str, text: str) -> str:
+    return ("REM " if shell == "cmd" else "# ") + text

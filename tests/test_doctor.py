@@ -167,6 +167,17 @@ def test_ssh_client_present_and_missing(tmp_path, monkeypatch):
     assert_install_lines(missing, "sudo apt-get install openssh-client", "ssh ships with macOS")
 
 
+def test_docker_cli_present_and_missing(tmp_path, monkeypatch):
+    bin_dir = only_on_path(tmp_path, monkeypatch, "docker")
+    present = doctor.check_docker_cli()
+    assert present.ok and present.detail == str(bin_dir / "docker")
+    (tmp_path / "bare").mkdir()
+    only_on_path(tmp_path / "bare", monkeypatch)
+    missing = doctor.check_docker_cli()
+    assert_install_lines(missing, "sudo apt-get install docker.io",
+                         "brew install docker")
+
+
 # -- disk space ---------------------------------------------------------------------------------
 
 
@@ -250,6 +261,10 @@ def test_run_checks_sshfs_only_when_the_profile_mounts(tmp_path, qemu_profile):
         tmp_path, "provider: qemu", "iso: {path: /x.iso}", "forwards:", "  - {host: 2022, remove: true}",
         f"  - {{host: {port}, guest: 22}}", name="plain")))
     assert [c.name for c in doctor.run(plain)] == ["QEMU", "disk space", "host ports", "ssh client"]
+    docker = profiles.load(str(write_profile(
+        tmp_path, "provider: qemu", "iso: {path: /x.iso}", "docker: true", "forwards:",
+        "  - {host: 2022, remove: true}", f"  - {{host: {port}, guest: 22}}", name="docker")))
+    assert [c.name for c in doctor.run(docker)][-1] == "Docker CLI"
 
 
 def run_doctor(capsys, *argv):

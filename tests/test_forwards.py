@@ -93,6 +93,29 @@ def test_with_ssh_keeps_an_existing_ssh_rule_and_adds_one_otherwise():
     assert forwards.ssh_forward(added).guest_port == 22 and 2200 <= added[-1].host_port <= 2250
 
 
+def test_the_docker_rule_vm_start_added_survives_a_converge_with_its_port():
+    """vm.create converges rules to the profile: the daemon's rule must not flap (DOCKER_HOST stays)."""
+    ssh, docker = Forward(2299, 22), Forward(2377, 2376)
+    assert forwards.with_ssh([Forward(8000, 80), ssh], current=[docker, ssh]) == [Forward(8000, 80), ssh, docker]
+    mine = Forward(3000, 2376)  # a profile that names its own daemon forward wins
+    assert forwards.with_ssh([mine, ssh], current=[docker, ssh]) == [mine, ssh]
+    wide = Forward(2376, 2376, host_ip="0.0.0.0", name="wide")  # never the rule DOCKER_HOST uses
+    assert forwards.docker_forward([wide]) is None
+
+
+def test_a_new_docker_rule_is_loopback_in_its_own_range_and_skips_busy_and_taken_ports():
+    low, high = forwards.DOCKER_HOST_RANGE
+    first = forwards.new_docker_forward()
+    assert first.host_ip == "127.0.0.1" and first.guest_port == 2376 and low <= first.host_port <= high
+    with socket.socket() as holder:  # someone listens there now
+        holder.bind(("127.0.0.1", first.host_port))
+        holder.listen()
+        busy = forwards.new_docker_forward()
+    assert busy.host_port != first.host_port and low <= busy.host_port <= high
+    taken = forwards.new_docker_forward(taken=[first.host_port])  # another VM's rule (not bound while it is off)
+    assert taken.host_port != first.host_port
+
+
 def test_an_ipv6_listener_makes_the_loopback_port_busy():
     """A program on [::]:PORT answers a browser's localhost:PORT, so the VM must not take it."""
     if not socket.has_ipv6:

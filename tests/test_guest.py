@@ -348,20 +348,27 @@ def test_without_an_ssh_client_commands_still_run_but_a_shell_cannot(vm, tmp_pat
         guest.interactive_shell(*args, user=vm["user"])
 
 
-def test_docker_client_certs_are_copied_when_the_guest_has_them(vm, tmp_path):
+def test_root_files_are_installed_by_rename_and_their_digests_read_back(vm, ssh_user, data_root):
+    """How vm.start puts the Docker server key into /var/lib/boot2docker: root-owned, 0600, whole."""
+    import hashlib
+
+    if not ssh_user["sudo"]:
+        pytest.skip("sudo is not installed on this machine (apt-get install sudo)")
+    key, cert = f"{data_root}/b2d/server-key.pem", f"{data_root}/b2d/server.pem"
     with session(vm) as s:
-        assert not guest.fetch_docker_certs(s, tmp_path / "none")
-        assert not (tmp_path / "none").exists()
-        s.run("mkdir -p .docker && for f in ca cert key; do "
-              "printf -- '-----BEGIN %s-----\\n' $f > .docker/$f.pem; done")
-        try:
-            assert guest.fetch_docker_certs(s, tmp_path / "certs")
-        finally:
-            s.run(["rm", "-rf", ".docker"])
-    for name in guest.DOCKER_CERTS:
-        path = tmp_path / "certs" / name
-        assert path.read_text() == f"-----BEGIN {name[:-4]}-----\n"
-        assert path.stat().st_mode & 0o777 == 0o600
+        assert guest.root_file_digests(s, [key, cert]) == {}
+        guest.install_root_files(s, {key: (b"secret\n", 0o600), cert: (b"public\n", 0o644)})
+        for path, data, mode in ((key, b"secret\n", 0o600), (cert, b"public\n", 0o644)):
+            st = os.stat(path)
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, mode)
+            assert Path(path).read_bytes() == data
+        assert sorted(os.listdir(f"{data_root}/b2d")) == ["server-key.pem", "server.pem"]  # no parts left
+        assert guest.root_file_digests(s, [key, cert, f"{data_root}/b2d/none"]) == {
+            key: hashlib.sha256(b"secret\n").hexdigest(), cert: hashlib.sha256(b"public\n").hexdigest()}
+        guest.install_root_files(s, {key: (b"renewed\n", 0o600)})  # replaces in place
+        assert Path(key).read_bytes() == b"renewed\n"
+        leftovers = s.run("ls -d /tmp/.b2dkit-install.* 2>/dev/null || true").stdout.split()
+        assert leftovers == []
 
 
 def test_waiting_for_ssh_stops_at_once_when_the_check_says_the_guest_is_halted(tmp_path, ssh_keys):

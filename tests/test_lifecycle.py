@@ -98,7 +98,7 @@ def test_a_missing_build_tool_for_the_demo_guest_is_tool_missing_not_a_traceback
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     # Deciding says what the step will do (a dry run lists it); doing it says what is missing.
     found, step = lifecycle.source_iso_change(demo)
-    assert (found, step) == (None, "build the boot2docker-compatible guest ISO from Debian packages")
+    assert found is None and step.startswith("build the boot2docker-compatible guest ISO from Debian packages")
     with pytest.raises(ToolMissing, match="guest ISO"):
         lifecycle.source_iso(demo)
 

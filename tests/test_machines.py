@@ -86,3 +86,15 @@ def test_a_damaged_active_vm_file_is_one_line_and_vm_list_still_lists(capsys):
     assert code == 3 and "active is damaged" in out.err and "Traceback" not in out.err
     run("vm.list")
     assert "dev" in capsys.readouterr().out
+
+
+def test_a_record_with_docker_on_reads_back_and_an_older_one_without_it_still_loads():
+    machines.save(machines.Machine(name="dev", provider="qemu", profile="demo", docker=True, images=["/x.tar"]))
+    assert machines.load("dev").docker is True and machines.load("dev").images == ["/x.tar"]
+    path = machines.paths.vm_dir("dev") / machines.RECORD
+    import json as _json
+
+    data = _json.loads(path.read_text())
+    del data["docker"], data["images"]  # written before b2dkit set Docker up
+    path.write_text(_json.dumps(data))
+    assert machines.load("dev").docker is None

@@ -251,6 +251,19 @@ def test_iso_is_replaced_as_a_whole(tmp_path, parent):
     assert p.iso == profile.IsoSource(path=tmp_path.resolve() / "images" / "b2d.iso")
 
 
+@pytest.mark.parametrize("flavour", ["guest", "guest-docker"])
+def test_iso_build_names_a_guest_flavour(tmp_path, parent, flavour):
+    p = child(tmp_path, f"iso: {{build: {flavour}}}\n")
+    assert p.iso == profile.IsoSource(build=flavour)
+
+
+def test_an_unknown_iso_build_lists_the_flavours(tmp_path):
+    path = write(tmp_path, "p.yaml", CORE.split("iso:")[0] + "iso: {build: guest-podman}\n"
+                 "forwards:\n  - {host: 2022, guest: 22}\n")
+    message = error_for(path)
+    assert "'guest-podman' is not something b2dkit builds: use guest, guest-docker" in message
+
+
 def test_removing_the_ssh_forward_is_refused(tmp_path, parent):
     with pytest.raises(ProfileError, match="no forward to guest port 22"):
         child(tmp_path, "forwards: [{host: 2022, remove: true}]\n")
@@ -457,3 +470,30 @@ def test_overlapping_mounts_are_refused(tmp_path, second):
                     f"  - {second}\n")
     with pytest.raises(ProfileError, match="overlaps"):
         profile.load(str(path))
+
+
+@pytest.mark.parametrize("iso, setting, mode", [
+    ("iso: {build: guest-docker}\n", "", True),
+    ("iso: {build: guest}\n", "", False),
+    ("iso: {path: /b2d.iso}\n", "", None),  # a boot2docker.iso: asked at start (/etc/init.d/docker)
+    ("iso: {build: guest}\n", "docker: true\n", True),
+    ("iso: {build: guest-docker}\n", "docker: false\n", False),
+])
+def test_docker_follows_the_iso_unless_the_profile_says(tmp_path, iso, setting, mode):
+    no_iso = BASE.replace("iso:\n  urls: [https://mirror.example/b2d.iso]\n  sha256: " + SHA + "\n", "")
+    loaded = profile.check_file(write(tmp_path, "p.yaml", no_iso + iso + setting))
+    assert loaded.docker_mode is mode
+    assert ("docker" in loaded.to_dict()) is bool(setting)
+
+
+def test_docker_must_be_a_boolean(tmp_path):
+    message = error_for(write(tmp_path, "p.yaml", BASE + "docker: yes-please\n"))
+    assert "docker" in message and "expected true or false" in message
+
+
+def test_images_are_host_paths_next_to_the_profile_and_merge_by_path(tmp_path):
+    base = write(tmp_path, "base.yaml", BASE + "images: [team/base.tar]\n")
+    mine = write(tmp_path, "sub/mine.yaml", f"extends: {base}\nimages: [/abs/app.tar.gz, ~/x.tar]\n")
+    loaded = profile.check_file(mine)
+    assert loaded.images == [tmp_path / "team" / "base.tar", Path("/abs/app.tar.gz"), Path.home() / "x.tar"]
+    assert "images" in error_for(write(tmp_path, "bad.yaml", BASE + "images: [3]\n"))

@@ -10,7 +10,10 @@ import sys
 
 import pytest
 
-from b2dkit import machines
+import shlex
+import subprocess
+
+from b2dkit import machines, paths, tlscerts
 from cli import run, run_failing
 from conftest import ONE_VBOX_VERSION
 from fakevbox import install
@@ -168,20 +171,65 @@ def test_vm_tasks_without_any_vm_say_what_to_do(fake, capsys):
     )
 
 
-def test_env_prints_the_docker_host_for_the_forwarded_daemon(created, capsys):
-    # No daemon forward in the default profile: the Docker client goes over SSH.
-    run("vm.env")
+def test_env_needs_the_docker_set_up_or_says_to_use_ssh(created, capsys):
+    # No daemon forward yet (vm.start adds it when the guest has Docker): one line saying what to do.
+    code, out = run_failing(capsys, "vm.env")
+    assert code == 2 and out.err.count("\n") == 1
+    assert "`b2dkit vm.start --name dev`" in out.err and "`b2dkit vm.env --ssh`" in out.err
+    run("vm.env", "--ssh")
     lines = capsys.readouterr().out.splitlines()
     ssh_port = next(f["host_port"] for f in _forwards(capsys) if f["guest_port"] == 22)
-    assert lines[0] == f"export DOCKER_HOST=ssh://docker@127.0.0.1:{ssh_port}"
-    # With the TLS daemon port forwarded (boot2docker's 2376), DOCKER_HOST points at it.
+    assert lines[:3] == ["unset DOCKER_TLS_VERIFY", f"export DOCKER_HOST=ssh://docker@127.0.0.1:{ssh_port}",
+                         "unset DOCKER_CERT_PATH"]
+    assert lines[-1] == '# eval "$(b2dkit vm.env --name dev --ssh)"'
+
+
+def test_env_prints_the_tls_settings_for_each_shell(created, capsys):
     port = _free_port()
     run("vm.forward", f"{port}:2376")
+    certs = paths.vm_dir("dev") / "certs"
+    tlscerts.ensure(certs, "dev")  # what vm.start does for a guest with Docker
     capsys.readouterr()
     run("vm.env")
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[:2] == [f"export DOCKER_HOST=tcp://127.0.0.1:{port}", "export DOCKER_TLS_VERIFY=1"]
-    assert lines[2].startswith("export DOCKER_CERT_PATH=") and lines[2].endswith("/vms/dev/certs")
+    assert capsys.readouterr().out.splitlines() == [
+        "export DOCKER_TLS_VERIFY=1", f"export DOCKER_HOST=tcp://127.0.0.1:{port}",
+        f"export DOCKER_CERT_PATH={certs}", "export DOCKER_MACHINE_NAME=dev",
+        "# Run this command to configure your shell:", '# eval "$(b2dkit vm.env --name dev)"',
+    ]
+    run("vm.env", "--shell", "fish")
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == f"set -gx DOCKER_HOST 'tcp://127.0.0.1:{port}';" and out[-1] == (
+        "# eval (b2dkit vm.env --name dev --shell fish)")
+    run("vm.env", "--shell", "powershell")
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == f"$Env:DOCKER_CERT_PATH = '{certs}'"
+    assert out[-1] == "# & b2dkit vm.env --name dev --shell powershell | Invoke-Expression"
+    run("vm.env", "--shell", "cmd")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "SET DOCKER_TLS_VERIFY=1" and out[-2].startswith("REM ")
+    run("vm.env", "--unset")
+    out = capsys.readouterr().out.splitlines()
+    assert out[:4] == ["unset DOCKER_TLS_VERIFY", "unset DOCKER_HOST", "unset DOCKER_CERT_PATH",
+                       "unset DOCKER_MACHINE_NAME"]
+    run("vm.env", "--unset", "--shell", "powershell")
+    assert capsys.readouterr().out.startswith("Remove-Item Env:\\DOCKER_TLS_VERIFY")
+    code, out = run_failing(capsys, "vm.env", "--shell", "tcsh")
+    assert code == 2 and "unknown shell 'tcsh'" in out.err
+
+
+def test_env_quotes_a_cert_path_with_spaces(fake, iso, small, tmp_path, monkeypatch, capsys):
+    """macOS keeps data under "Application Support": the eval'd lines must keep the path whole."""
+    monkeypatch.setenv("B2DKIT_HOME", str(tmp_path / "Application Support" / "b2dkit"))
+    run("vm.create", small, "--provider=virtualbox", "--name=dev", f"--iso={iso}", "--no-start")
+    run("vm.forward", f"{_free_port()}:2376")
+    certs = paths.vm_dir("dev") / "certs"
+    tlscerts.ensure(certs, "dev")
+    capsys.readouterr()
+    run("vm.env")
+    lines = capsys.readouterr().out
+    assert f"export DOCKER_CERT_PATH={shlex.quote(str(certs))}\n" in lines and " " in str(certs)
+    shown = subprocess.run(["sh", "-c", lines + 'printf %s "$DOCKER_CERT_PATH"'], capture_output=True, text=True)
+    assert shown.stdout == str(certs)
 
 
 def _forwards(capsys):

@@ -175,10 +175,18 @@ def ssh_config(c, name=None, all=False):  # noqa: A002 - the flag is --all
             say(line)
 
 
-@task(help={"name": NAME_HELP}, auto_shortflags=False)
-def env(c, name=None):
-    """Print the DOCKER_HOST export for the VM's daemon: eval "$(b2dkit vm.env)"."""
-    for line in vmstatus.docker_env(_machine(name)):
+@task(
+    help={
+        "name": NAME_HELP,
+        "shell": "bash (any POSIX shell: sh, zsh), fish, powershell or cmd",
+        "unset": "print the lines that undo it",
+        "ssh": "DOCKER_HOST=ssh://docker@… instead of TLS (needs the VM key in your ssh agent)",
+    },
+    auto_shortflags=False,
+)
+def env(c, name=None, shell="bash", unset=False, ssh=False):
+    """Print the Docker client's settings for the VM's daemon (TLS): eval "$(b2dkit vm.env)"."""
+    for line in vmstatus.docker_env(_machine(name), shell=shell, ssh=ssh, unset=unset):
         say(line)
 
 

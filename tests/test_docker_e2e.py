@@ -1,0 +1,318 @@
+"""Docker from the host, end to end: the tasks a user types, on QEMU, with the guest-docker flavour,
+and Debian's /usr/bin/docker talking to the VM's daemon with the settings ``vm.env`` prints.
+
+One VM is shared by the tests of this module (they run in order, each building on the last):
+create sets Docker up (certs, forward, localtime, profile images, readiness) → vm.env → docker over
+TLS → status → the seed's folder chain and port chain → docker build → the team's time zone → a
+re-start changes nothing → images and a named volume survive stop/start and destroy/create → a
+corrupt profile image and a daemon that cannot start are one line each.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import qemuclean
+from b2dkit import paths
+from b2dkit.main import make_program
+from cli import run, run_failing, task
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+VM = "e2e-docker"
+DOCKER = "/usr/bin/docker"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def team_image(path: Path, tag: str) -> Path:
+    """A `docker save` tarball made offline by guest/build.py's base_image (no registry here)."""
+    sys.path.insert(0, str(REPO / "guest"))
+    try:
+        import build
+    finally:
+        sys.path.pop(0)
+    tarball, _ = build.base_image(Path("/bin/busybox").read_bytes(), ["/bin/sh", "/bin/cat"], "test", tag=tag)
+    path.write_bytes(tarball)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    if not os.path.exists(DOCKER):
+        pytest.skip("Debian's docker CLI is not installed (apt-get install docker.io)")
+    root = tmp_path_factory.mktemp("docker-e2e")
+    home = root / "home"
+    home.mkdir()
+    profile = root / "docker.yaml"
+    images = team_image(root / "team-base.tar", "team/base:1")
+    app_port = _free_port()
+    profile.write_text(
+        f"""extends: cst
+name: {VM}
+provider: qemu
+memory: 1024
+cpus: 2
+disk: 4096
+iso: {{build: guest-docker}}
+forwards:
+  - {{host: 2022, remove: true}}
+  - {{host: 8000, remove: true}}
+  - {{host: {_free_port()}, guest: 22}}
+  - {{host: {app_port}, guest: 8000}}
+images: [{images}]
+"""
+    )
+    mp = pytest.MonkeyPatch()
+    b2dkit_home = root / "b2dkit-home"
+    mp.setenv("B2DKIT_HOME", str(b2dkit_home))
+    mp.setenv("HOME", str(home))
+    mp.setenv("B2DKIT_QEMU_ACCEL", os.environ.get("B2DKIT_QEMU_ACCEL", "tcg"))
+    yield {"root": root, "home": home, "profile": profile, "b2dkit_home": b2dkit_home, "app_port": app_port,
+           "mount": home / "workspace" / "dev", "images": images}
+    mp.setenv("B2DKIT_HOME", str(b2dkit_home))
+    try:
+        make_program().run(["b2dkit", "vm.destroy", f"--name={VM}", "--yes", "--purge"], exit=False)
+    except BaseException:  # noqa: B036 - teardown must go on to kill QEMU whatever happened
+        pass
+    qemuclean.kill_all(root)
+    mp.undo()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _same_home(world, monkeypatch):
+    monkeypatch.setenv("B2DKIT_HOME", str(world["b2dkit_home"]))
+
+
+def guest(capfd, command):
+    capfd.readouterr()
+    run("vm.ssh", "-c", command)
+    return capfd.readouterr().out.strip()
+
+
+def docker_env(capfd, *args) -> dict:
+    """What ``eval "$(b2dkit vm.env)"`` leaves in a POSIX shell's environment."""
+    code, out = task(capfd, "vm.env", *args)
+    assert code == 0, out.err
+    shell = subprocess.run(["sh", "-c", out.out + "\nenv -0"], capture_output=True, text=True, check=True,
+                           env={"PATH": "/usr/bin:/bin"})
+    pairs = dict(item.split("=", 1) for item in shell.stdout.split("\0") if "=" in item)
+    return {k: v for k, v in pairs.items() if k.startswith("DOCKER_")}
+
+
+def docker(env: dict, *argv, timeout=180):
+    clean = {"PATH": "/usr/bin:/bin", "HOME": os.environ["HOME"], **env}
+    return subprocess.run([DOCKER, *argv], capture_output=True, text=True, timeout=timeout, env=clean)
+
+
+def rule(capfd):
+    code, out = task(capfd, "vm.forwards", "--json")
+    assert code == 0
+    return next(r for r in json.loads(out.out) if r["guest_port"] == 2376)
+
+
+def test_create_sets_up_docker_with_tls_on_a_loopback_forward(world, capfd):
+    run("vm.create", f"--profile={world['profile']}")
+    out = capfd.readouterr().out
+    certs = paths.vm_dir(VM) / "certs"
+    forward = rule(capfd)
+    assert forward["host_ip"] == "127.0.0.1"
+    assert "docker: issue ca.pem: missing" in out
+    assert "docker: install ca.pem, server.pem, server-key.pem into the guest's /var/lib/boot2docker" in out
+    assert f"docker: forward 127.0.0.1:{forward['host_port']} → 2376/tcp (the Docker daemon, TLS)" in out
+    assert f"is ready on tcp://127.0.0.1:{forward['host_port']} (TLS)" in out
+    assert "docker: write /var/lib/boot2docker/etc/localtime, /etc/localtime for TZ=CST-8" in out
+    assert "docker: copied team-base.tar into the guest's /var/lib/boot2docker/images and loaded it" in out
+    timing = next(line for line in out.splitlines() if line.startswith("ready: "))
+    assert [part.split()[0] for part in timing[len("ready: "):].split(", ")] == ["SSH", "set-up", "docker"]
+    for name, mode in (("ca-key.pem", 0o600), ("key.pem", 0o600), ("server-key.pem", 0o600), ("cert.pem", 0o644)):
+        assert (certs / name).stat().st_mode & 0o777 == mode
+    assert guest(capfd, "sudo stat -c '%a %U' /var/lib/boot2docker/server-key.pem") == "600 root"
+    assert guest(capfd, "cat /var/run/docker.ready").startswith("20.")
+
+
+def test_env_gives_the_debian_docker_cli_the_daemon_over_tls(world, capfd):
+    env = docker_env(capfd)
+    port = rule(capfd)["host_port"]
+    assert env == {"DOCKER_TLS_VERIFY": "1", "DOCKER_HOST": f"tcp://127.0.0.1:{port}",
+                   "DOCKER_CERT_PATH": str(paths.vm_dir(VM) / "certs"), "DOCKER_MACHINE_NAME": VM}
+    proc = docker(env, "version", "--format", "{{.Server.Version}}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == guest(capfd, "cat /var/run/docker.ready")
+    # Without the client cert the daemon refuses: TLS is the only way in.
+    proc = docker({"DOCKER_HOST": env["DOCKER_HOST"]}, "version", timeout=60)
+    assert proc.returncode != 0
+
+
+def test_status_shows_the_daemon_from_one_call(world, capfd):
+    code, out = task(capfd, "vm.status", "--json")
+    assert code == 0
+    daemon = json.loads(out.out)["docker"]
+    assert daemon["reachable"] and daemon["version"] == guest(capfd, "cat /var/run/docker.ready")
+    assert daemon["images"] >= 2  # the offline base image and the profile's team/base:1
+    code, out = task(capfd, "vm.status")
+    line = next(x for x in out.out.splitlines() if x.startswith("docker:"))
+    assert f"{daemon['images']} images" in line and "(TLS)" in line
+
+
+def test_the_profile_image_is_there_to_run(world, capfd):
+    proc = docker(docker_env(capfd), "run", "--rm", "team/base:1", "cat", "/etc/group")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("root:x:0:")
+
+
+def test_the_folder_chain_host_sshfs_vm_container_and_back(world, capfd):
+    """The seed's chain: a file saved on the host is in the VM's /mnt/sda1/dev, which a container mounts."""
+    env = docker_env(capfd)
+    (world["mount"] / "from-host.txt").write_text("edited on the laptop\n")
+    proc = docker(env, "run", "--rm", "-v", "/mnt/sda1/dev:/src", "b2dkit/busybox", "cat", "/src/from-host.txt")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "edited on the laptop\n"
+    proc = docker(env, "run", "--rm", "-v", "/mnt/sda1/dev:/src", "b2dkit/busybox",
+                  "sh", "-c", "echo built in a container > /src/from-container.txt")
+    assert proc.returncode == 0, proc.stderr
+    assert (world["mount"] / "from-container.txt").read_text() == "built in a container\n"
+
+
+def _page(port: int, timeout: float = 60.0) -> str:
+    """The page on 127.0.0.1:port once something answers (a container's httpd takes a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _web(env, name: str, port: int, text: str):
+    return docker(env, "run", "-d", "--name", name, "-p", f"{port}:{port}", "b2dkit/busybox", "sh", "-c",
+                  f"mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p {port} -h /www")
+
+
+def test_the_port_chain_host_forward_vm_container(world, capfd):
+    env = docker_env(capfd)
+    # The guest's own stand-in page listens on 8000; the team's container takes that port instead.
+    guest(capfd, "for d in /proc/[0-9]*; do [ \"$(cat $d/comm 2>/dev/null)\" = httpd ] && sudo kill ${d#/proc/}; done;"
+                 " i=0; while netstat -ltn | grep -q ':8000 ' && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; true")
+    proc = _web(env, "web", 8000, "hello-from-a-container")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        assert _page(world["app_port"]) == "hello-from-a-container\n"
+        # A new port, live: vm.forward while the VM runs, then a container publishing it.
+        host_port = _free_port()
+        run("vm.forward", f"{host_port}:8081")
+        proc = _web(env, "web2", 8081, "second-service")
+        assert proc.returncode == 0, proc.stderr
+        assert _page(host_port) == "second-service\n"
+    finally:
+        docker(env, "rm", "-f", "web", "web2")
+
+
+def test_docker_build_from_the_offline_base_image(world, capfd, tmp_path):
+    env = docker_env(capfd)
+    (tmp_path / "Dockerfile").write_text("FROM b2dkit/busybox\nRUN echo built-offline > /built.txt\n")
+    proc = docker(env, "build", "-q", "-t", "team/app:1", str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    proc = docker(env, "run", "--rm", "team/app:1", "cat", "/built.txt")
+    assert proc.stdout == "built-offline\n", proc.stderr
+
+
+def test_containers_get_the_teams_time_zone_with_the_localtime_mount(world, capfd):
+    env = docker_env(capfd)
+    proc = docker(env, "run", "--rm", "-v", "/etc/localtime:/etc/localtime:ro", "b2dkit/busybox",
+                  "date", "+%Z %z")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "CST +0800"
+    plain = docker(env, "run", "--rm", "b2dkit/busybox", "date", "+%Z")  # without it: UTC, as boot2docker
+    assert plain.stdout.strip() == "UTC"
+
+
+def test_a_second_start_installs_nothing_and_keeps_the_port(world, capfd):
+    before = rule(capfd)
+    restarts = guest(capfd, "grep -c 'starting dockerd' /var/log/boot.log")
+    run("vm.start")
+    out = capfd.readouterr().out
+    assert "docker: " not in out  # nothing decided: no certs, no install, no forward
+    assert "ready: " in out and ", docker " in out
+    assert rule(capfd) == before
+    assert guest(capfd, "grep -c 'starting dockerd' /var/log/boot.log") == restarts  # no restart
+
+
+def _volume_and_images(env):
+    proc = docker(env, "run", "--rm", "-v", "team-data:/data", "b2dkit/busybox", "cat", "/data/kept.txt")
+    images = docker(env, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}")
+    return proc.stdout, set(images.stdout.split())
+
+
+def test_images_and_a_named_volume_survive_stop_and_start(world, capfd):
+    env = docker_env(capfd)
+    proc = docker(env, "run", "--rm", "-v", "team-data:/data", "b2dkit/busybox",
+                  "sh", "-c", "echo kept > /data/kept.txt")
+    assert proc.returncode == 0, proc.stderr
+    before = _volume_and_images(env)
+    assert before[0] == "kept\n" and {"team/app:1", "team/base:1", "b2dkit/busybox:latest"} <= before[1]
+    certs = {p.name: p.read_bytes() for p in (paths.vm_dir(VM) / "certs").iterdir()}
+    run("vm.stop")
+    run("vm.start")
+    out = capfd.readouterr().out
+    assert "docker: install" not in out and "docker: copied" not in out  # all of it was on the disk
+    assert docker_env(capfd) == env
+    assert {p.name: p.read_bytes() for p in (paths.vm_dir(VM) / "certs").iterdir()} == certs
+    assert _volume_and_images(env) == before
+
+
+def test_images_and_the_volume_survive_destroy_and_create(world, capfd):
+    env = docker_env(capfd)
+    before = _volume_and_images(env)
+    run("vm.destroy", "--yes")
+    run("vm.create", f"--profile={world['profile']}")
+    out = capfd.readouterr().out
+    assert "docker: install" not in out  # the kept disk has the server files; the certs are the VM's own
+    after = docker_env(capfd)
+    assert after["DOCKER_CERT_PATH"] == env["DOCKER_CERT_PATH"]
+    assert _volume_and_images(after) == before
+
+
+def test_a_corrupt_profile_image_is_one_line_naming_it(world, capfd):
+    good = world["images"].read_bytes()
+    world["images"].write_bytes(good[: len(good) // 2])
+    try:
+        code, out = run_failing(capfd, "vm.start")
+        err = out.err.strip()
+        assert code == 2 and "\n" not in err
+        assert f"profile image {world['images']} is not a readable tar archive" in err
+    finally:
+        world["images"].write_bytes(good)
+
+
+def test_a_daemon_that_cannot_start_is_one_line_pointing_at_its_log(world, capfd):
+    guest(capfd, "echo 'EXTRA_ARGS=\"--no-such-flag\"' | sudo tee /var/lib/boot2docker/profile >/dev/null"
+                 " && sudo rm /var/lib/boot2docker/server.pem")
+    try:
+        code, out = run_failing(capfd, "vm.start")
+        assert code == 3
+        err = out.err.strip()
+        assert "\n" not in err and "Traceback" not in err
+        assert "/var/log/docker.log" in err and f"VM {VM!r}" in err
+    finally:
+        guest(capfd, "sudo rm -f /var/lib/boot2docker/profile")
+    run("vm.start")  # fixed: the daemon whose last start failed is started again
+    out = capfd.readouterr().out
+    assert "docker: restart the guest's Docker daemon (its last start failed: see /var/log/docker.log)" in out
+    assert docker(docker_env(capfd), "version").returncode == 0
