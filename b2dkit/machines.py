@@ -8,7 +8,7 @@ hypervisor cannot tell us: that b2dkit made the VM, with which provider and prof
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from . import atomic, paths, records
 from .errors import DamagedRecord, InputError, VMNotFound
@@ -106,8 +106,10 @@ def save(machine: Machine) -> None:
     atomic.write_bytes(vm_dir / RECORD, json.dumps(machine.to_dict(), indent=2, sort_keys=True).encode())
 
 
-_FIELDS = {"name": str, "provider": str, "profile": str, "mounts": list, "persistent_dirs": list,
-           "boot_codes": list, "docker": (bool, type(None)), "images": list}
+_FIELDS: Dict[str, records.Kind] = {
+    "name": str, "provider": str, "profile": str, "mounts": list, "persistent_dirs": list, "boot_codes": list,
+    "docker": (bool, type(None)), "images": list,
+}
 _OPTIONAL = ("docker", "images")  # records written before Docker was set up by b2dkit lack them
 
 

@@ -230,7 +230,7 @@ def test_from_a_local_file_in_a_building_profile_writes_path_and_sha256_and_it_i
     assert code == 0, err
     digest = sha256(iso)
     assert changed_lines(before, target.read_text()) == (
-        ["  build: guest"], ["  path: isos/b2d.iso", f"  sha256: {digest}"])  # beside the profile: relative
+        ["  build: guest-docker"], ["  path: isos/b2d.iso", f"  sha256: {digest}"])  # beside the profile: relative
     prof = profiles.load(str(target))
     assert lifecycle.source_iso(prof) == iso
     shutil.copy(isos["other"], iso)  # someone swaps the file
