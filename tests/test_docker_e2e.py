@@ -121,7 +121,7 @@ def docker(env: dict, *argv, timeout=180):
 def rule(capfd):
     code, out = task(capfd, "vm.forwards", "--json")
     assert code == 0
-    return next(r for r in json.loads(out.out) if r["guest_port"] == 2376)
+    return next(r for r in json.loads(out.out)["forwards"] if r["guest_port"] == 2376)
 
 
 def test_create_sets_up_docker_with_tls_on_a_loopback_forward(world, capfd):
