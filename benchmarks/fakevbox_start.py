@@ -38,7 +38,8 @@ def main():
         rows = [
             ("python -S -c pass (baseline)", base),
             ("VBoxManage list vms", per_call([str(fake.exe), "list", "vms"], env, n)),
-            ("VBoxManage showvminfo (not found)", per_call([str(fake.exe), "showvminfo", "x", "--machinereadable"], env, n)),
+            ("VBoxManage showvminfo (not found)",
+             per_call([str(fake.exe), "showvminfo", "x", "--machinereadable"], env, n)),
         ]
     print(f"CPU per call, mean of {n}, PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}")
     for label, ms in rows:

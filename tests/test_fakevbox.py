@@ -400,7 +400,8 @@ def test_vbox_file_matches_vagrants_fixture_shape(run, vm):
         assert {"slot", "enabled", "MACAddress", "type"} <= set(adapter.attrib)
         fwd = adapter.find("v:NAT/v:Forwarding", NS)
         assert {"name", "proto", "hostport", "guestport"} <= set(fwd.attrib)
-    assert real.find("v:Machine", NS).get("uuid").startswith("{") and ours.find("v:Machine", NS).get("uuid").startswith("{")
+    assert real.find("v:Machine", NS).get("uuid").startswith("{")
+    assert ours.find("v:Machine", NS).get("uuid").startswith("{")
 
 
 def test_registervm_reads_the_vbox_file_back(run, vm, fake):
@@ -533,7 +534,8 @@ def test_live_add_on_a_busy_port_exits_0_and_only_logs(run, vm, vbox_version):
         code, _, err = run("controlvm", "b2d", "natpf1", f"web,tcp,127.0.0.1,{port},,80")
     assert code == 0 and err == ""
     log = (vm["folder"] / "Logs" / "VBox.log").read_text()
-    assert vbox.nat_failures(log) == [("tcp", "127.0.0.1", port, "Address already in use" if triple(vbox_version) < (7, 1, 0) else "Port forward modify FAIL")]
+    why = "Address already in use" if triple(vbox_version) < (7, 1, 0) else "Port forward modify FAIL"
+    assert vbox.nat_failures(log) == [("tcp", "127.0.0.1", port, why)]
 
 
 def test_unregistervm_delete_all_is_7_only_and_takes_dvds_in_the_vm_folder(run, vm, vbox_version):

@@ -128,7 +128,7 @@ def test_missing_python_is_a_clear_message(tmp_path, checkout):
 # What the fake apt-get "installs" as programs; the guest build's packages are only marked
 # installed (the fake dpkg-query reports them), which is what doctor checks.
 BARE_PROVIDES = {"qemu-system-x86": ["qemu-system-x86_64"], "qemu-utils": ["qemu-img"],
-                 "openssh-client": ["ssh"], "sshfs": ["sshfs"], "fuse3": ["fusermount3"]}
+                 "openssh-client": ["ssh"], "sshfs": ["sshfs"], "fuse3": ["fusermount3"], "docker.io": ["docker"]}
 
 
 @pytest.fixture
@@ -153,7 +153,9 @@ def _guest_packages():
     spec = importlib.util.spec_from_file_location("guest_build_for_test", f"{sys_path}/build.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return list(module.PACKAGES)
+    from b2dkit import profile
+
+    return list(module.packages(profile.load("demo").iso.build))  # demo's flavour: guest-docker
 
 
 def test_bare_machine_without_yes_and_without_a_terminal_installs_nothing(checkout, laptop, bare_machine):
@@ -205,7 +207,8 @@ def test_bare_machine_with_yes_ends_with_a_working_vm_in_the_same_run(checkout, 
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         pytest.skip("needs root (the guest build reads the kernel) and /dev/fuse")
     programs = {"qemu-system-x86": ["qemu-system-x86_64"], "qemu-utils": ["qemu-img"], "openssh-client": ["ssh"],
-                "sshfs": ["sshfs"], "fuse3": ["fusermount3"], "kmod": ["modprobe", "depmod"], "xorriso": ["xorriso"]}
+                "sshfs": ["sshfs"], "fuse3": ["fusermount3"], "kmod": ["modprobe", "depmod"], "xorriso": ["xorriso"],
+                "docker.io": ["docker"]}
     provides = {}
     for package, names in programs.items():
         found = {name: shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin") for name in names}

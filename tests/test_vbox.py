@@ -547,7 +547,8 @@ def test_item3_verr_nat_redir_setup_is_port_in_use_naming_the_port():
 
 def test_item6_startvm_success_line_wins_over_exit_1(tmp_path):
     script = tmp_path / "VBoxManage"
-    script.write_text('#!/bin/sh\necho \'Waiting for VM "dev" to power on...\'\necho \'VM "dev" has been successfully started.\'\nexit 1\n')
+    script.write_text("#!/bin/sh\necho 'Waiting for VM \"dev\" to power on...'\n"
+                      "echo 'VM \"dev\" has been successfully started.'\nexit 1\n")
     script.chmod(0o755)
     runner = vbox.VBoxManage(path=str(script), sleep=lambda s: None)
     assert "successfully started" in runner.run(["startvm", "dev", "--type", "headless"])

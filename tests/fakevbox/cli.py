@@ -7,8 +7,9 @@ and exit codes (3-line ``VBoxManage: error:`` shape, exit 1), the session lock o
 VMs, ``unregistervm --delete`` deleting attached hard disks, a media registry that knows
 each disk by the UUID inside the file (not by its path), a real-shaped ``.vbox`` XML at
 ``CfgFile``, ``convertfromraw stdin`` that stops at EOF or at BYTES without an error (it
-records what arrived, so tests can hold b2dkit to exactly BYTES), and the NAT engine of the version: the old one starts the VM although a
-forwarded host port is taken (the failure only shows in ``Logs/VBox.log``), libslirp (7.1+)
+records what arrived, so tests can hold b2dkit to exactly BYTES), and the NAT engine of the
+version: the old one starts the VM although a forwarded host port is taken (the failure only
+shows in ``Logs/VBox.log``), libslirp (7.1+)
 fails the power-up. What differs by version is in ``versions.py``; translations in ``l10n.py``.
 
 Environment:
@@ -1420,7 +1421,8 @@ def cmd_controlvm(state, args):
     if action == "acpipowerbutton":
         if m["state"] == "gurumeditation":
             # Console::PowerButton wants a running VM (GUESS: the wording of this refusal)
-            raise Fail(f"{PROG}: error: Invalid machine state: Stuck (must be Running, Teleporting or LiveSnapshotting)\n")
+            raise Fail(f"{PROG}: error: Invalid machine state: Stuck "
+                       "(must be Running, Teleporting or LiveSnapshotting)\n")
         if m["state"] != "running":
             raise Fail(f"{PROG}: error: The virtual machine is not running\n")
         if os.environ.get("FAKEVBOX_ACPI_IGNORE") != "1":
@@ -1576,7 +1578,7 @@ def main(argv=None):
     state = State(home)
     try:
         with state.locked():
-            state.svc_lang  # the first call "starts VBoxSVC" in the caller's language
+            _ = state.svc_lang  # the first call "starts VBoxSVC" in the caller's language
             fault = injected_fault(state, cmd)
         if fault:
             raise fault
