@@ -157,7 +157,8 @@ def _run(args, **kwargs) -> str:
 
 
 def _apt_hint(program: str) -> str:
-    return {"xorriso": "xorriso", "depmod": "kmod", "modprobe": "kmod", "ldd": "libc-bin"}.get(program, program)
+    return {"xorriso": "xorriso", "depmod": "kmod", "modprobe": "kmod", "ldd": "libc-bin",
+            "mksquashfs": "squashfs-tools"}.get(program, program)
 
 
 def kernel_version() -> str:

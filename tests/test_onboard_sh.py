@@ -208,7 +208,7 @@ def test_bare_machine_with_yes_ends_with_a_working_vm_in_the_same_run(checkout, 
         pytest.skip("needs root (the guest build reads the kernel) and /dev/fuse")
     programs = {"qemu-system-x86": ["qemu-system-x86_64"], "qemu-utils": ["qemu-img"], "openssh-client": ["ssh"],
                 "sshfs": ["sshfs"], "fuse3": ["fusermount3"], "kmod": ["modprobe", "depmod"], "xorriso": ["xorriso"],
-                "docker.io": ["docker"]}
+                "docker.io": ["docker"], "squashfs-tools": ["mksquashfs"]}
     provides = {}
     for package, names in programs.items():
         found = {name: shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin") for name in names}
