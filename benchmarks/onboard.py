@@ -17,7 +17,6 @@ Run: PYTHONPATH=. python benchmarks/onboard.py [--rounds 5]
 
 import argparse
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -147,15 +146,6 @@ def main():
         mount = home / "workspace" / "dev"
         if os.path.ismount(mount):
             subprocess.run(["fusermount3", "-uz", str(mount)], check=False)
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and b"qemu-system" in argv[0] and any(str(root).encode() in a for a in argv):
-                os.kill(int(entry.name), signal.SIGKILL)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,12 @@ def task(capture, *argv):
     return code, capture.readouterr()
 
 
+def outputs(capture, *argv):
+    """(exit code, stdout, stderr) of one command, for tests that compare the texts."""
+    code, out = task(capture, *argv)
+    return code, out.out, out.err
+
+
 def run_failing(capture, *argv):
     """(exit code, captured output) of a command that must fail."""
     code, out = task(capture, *argv)

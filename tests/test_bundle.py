@@ -15,21 +15,13 @@ from isofixtures import build_iso, sha256, tools_available
 
 from b2dkit import bundle, isocache, lifecycle
 from b2dkit import profile as profiles
-from b2dkit.main import make_program
+from cli import outputs
 from fakevbox import install
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def b2dkit(capfd, *argv):
-    capfd.readouterr()
-    try:
-        make_program().run(["b2dkit", *argv], exit=True)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capfd.readouterr()
-    return code, out.out, out.err
+b2dkit = outputs  # (exit code, stdout, stderr) of one command
 
 
 @pytest.fixture

@@ -10,17 +10,12 @@ from jsonschemas import jsonschema, validate, validator
 
 from b2dkit import jsonout
 from b2dkit.main import make_program
+from cli import task
 from fakevbox import install
 
 
 def run_json(capsys, *argv, code=0):
-    capsys.readouterr()
-    try:
-        make_program().run(["b2dkit", *argv], exit=True)
-        got = 0
-    except SystemExit as exc:
-        got = exc.code
-    out = capsys.readouterr()
+    got, out = task(capsys, *argv)
     assert got == code, out.err
     return json.loads(out.out)
 

@@ -15,7 +15,7 @@ from isofixtures import build_iso, sha256, tools_available
 from b2dkit import download, isocache, lifecycle, pin, profileedit
 from b2dkit import profile as profiles
 from b2dkit.errors import IsoError, ProfileError
-from b2dkit.main import make_program
+from cli import outputs
 from fakevbox import install
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,15 +57,7 @@ def team(tmp_path, monkeypatch):
     return folder
 
 
-def b2dkit(capfd, *argv):
-    capfd.readouterr()
-    try:
-        make_program().run(["b2dkit", *argv], exit=True)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capfd.readouterr()
-    return code, out.out, out.err
+b2dkit = outputs  # (exit code, stdout, stderr) of one command
 
 
 def changed_lines(before: str, after: str):

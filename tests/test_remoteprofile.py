@@ -14,7 +14,7 @@ from httpmirror import Mirror, Route
 from b2dkit import download, remoteprofile
 from b2dkit import profile as profiles
 from b2dkit.errors import DownloadError, InputError, ProfileError
-from b2dkit.main import make_program
+from cli import outputs
 
 SHA = "ab" * 32
 BASE = """\
@@ -50,15 +50,7 @@ def gets(mirror, path):
     return sum(1 for p, _ in mirror.requests if p == path)
 
 
-def b2dkit(capfd, *argv):
-    capfd.readouterr()
-    try:
-        make_program().run(["b2dkit", *argv], exit=True)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capfd.readouterr()
-    return code, out.out, out.err
+b2dkit = outputs  # (exit code, stdout, stderr) of one command
 
 
 def test_an_unpinned_url_is_fetched_on_each_load_and_its_digest_is_announced(web):
