@@ -158,7 +158,7 @@ def _run(args, **kwargs) -> str:
 
 def _apt_hint(program: str) -> str:
     return {"xorriso": "xorriso", "depmod": "kmod", "modprobe": "kmod", "ldd": "libc-bin",
-            "mksquashfs": "squashfs-tools"}.get(program, program)
+            "mksquashfs": "squashfs-tools", "dpkg-query": "dpkg"}.get(program, program)
 
 
 def kernel_version() -> str:

@@ -99,8 +99,9 @@ def test_a_missing_build_tool_for_the_demo_guest_is_tool_missing_not_a_traceback
     # Deciding says what the step will do (a dry run lists it); doing it says what is missing.
     found, step = lifecycle.source_iso_change(demo)
     assert found is None and step.startswith("build the boot2docker-compatible guest ISO from Debian packages")
-    with pytest.raises(ToolMissing, match="guest ISO"):
+    with pytest.raises(ToolMissing, match="guest ISO") as excinfo:
         lifecycle.source_iso(demo)
+    assert "install dpkg-query" not in str(excinfo.value)  # no such package: dpkg ships dpkg-query
 
 
 # -- mounts: real sshfs against the test SSH server, two VMs sharing one host dir ---------------
