@@ -190,6 +190,19 @@ def api(name: str, rule: Forward, path: str, timeout: float = 5.0):
     return response.json() if kind.startswith("application/json") else response.text
 
 
+def stream(name: str, rule: Forward, path: str, idle: float):
+    """GET ``path`` as a stream (``/events``): the open ``requests`` response, to read line by
+    line and close; a read that waits ``idle`` seconds for the next line raises."""
+    import requests
+
+    host, port = fw.connect_address(rule)
+    ca, cert, key = client_files(name)
+    response = requests.get(f"https://{host}:{port}{path}", cert=(cert, key), verify=ca, timeout=(10.0, idle),
+                            stream=True)
+    response.raise_for_status()
+    return response
+
+
 # One SSH round trip per poll: the ready file's version, else the guest's last docker boot line
 # (``b2dkit-guest: docker: ERROR: … see /var/log/docker.log`` means it will not come up).
 _READY_PROBE = (

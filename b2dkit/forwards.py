@@ -79,6 +79,18 @@ def rule_name(proto: str, host_port: int) -> str:
     return f"{proto}-{host_port}"
 
 
+AUTO_PREFIX = "auto-"  # rules b2dkit adds for a container's published port (autoports.py)
+
+
+def auto_name(proto: str, host_port: int) -> str:
+    return AUTO_PREFIX + rule_name(proto, host_port)
+
+
+def is_auto(fwd: "Forward") -> bool:
+    """A rule that follows a container (``ports: auto``), as opposed to the VM's own."""
+    return fwd.name.startswith(AUTO_PREFIX)
+
+
 def parse_port(value: object, what: str = "port") -> int:
     text = str(value).strip()
     if not text.isdigit():
@@ -207,9 +219,11 @@ def refuse_clash(fwd: Forward, other: Forward, vm: str) -> None:
 
 def with_ssh(rules: List[Forward], current: Sequence[Forward] = (), taken: Iterable[int] = ()) -> List[Forward]:
     """``rules`` plus b2dkit's own rules: a forward to the guest's sshd when none is there (an
-    existing one keeps its port), and the Docker daemon's forward ``vm.start`` added earlier
-    (kept, so ``DOCKER_HOST`` stays the same and a re-run of ``vm.create`` changes nothing)."""
+    existing one keeps its port), the Docker daemon's forward ``vm.start`` added earlier
+    (kept, so ``DOCKER_HOST`` stays the same and a re-run of ``vm.create`` changes nothing),
+    and the auto forwards of running containers, unless ``rules`` wants their port."""
     out = list(rules)
+    out += [f for f in current if is_auto(f) and not any(same_socket(f, r) for r in rules)]
     docker = docker_forward(current)
     if docker and not docker_forward(rules) and not any(same_socket(docker, f) for f in rules):
         out.append(docker)
@@ -305,11 +319,16 @@ def _listener(port: int, proto: str) -> Optional[str]:
         return None
     what = [f"-iTCP:{port}", "-sTCP:LISTEN"] if proto == "tcp" else [f"-iUDP:{port}"]
     try:
-        out = subprocess.run([lsof, "-nP", *what, "-Fc"], capture_output=True, text=True, timeout=3).stdout
+        out = subprocess.run([lsof, "-nP", *what, "-Fpc"], capture_output=True, text=True, timeout=3).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
-    names = [line[1:] for line in out.splitlines() if line.startswith("c")]
-    return names[0] if names else None
+    pid = None
+    for line in out.splitlines():  # "p<pid>" then "c<command>" per process
+        if line.startswith("p"):
+            pid = line[1:]
+        elif line.startswith("c"):
+            return f"{line[1:]} (pid {pid})" if pid else line[1:]
+    return None
 
 
 UNPRIVILEGED_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")

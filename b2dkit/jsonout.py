@@ -10,7 +10,7 @@ the schemas.
 import dataclasses
 import json
 from pathlib import Path
-from typing import Iterable, List
+from typing import List, Optional
 
 SCHEMA_VERSION = 1
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas" / f"v{SCHEMA_VERSION}"
@@ -37,8 +37,12 @@ def vm_list(rows: List[dict]) -> dict:
     return document(vms=rows)
 
 
-def vm_forwards(name: str, rules: Iterable) -> dict:
-    return document(name=name, forwards=[rule.to_dict() for rule in sorted(rules)])
+def vm_forwards(name: str, rows: List[dict], auto_ports: Optional[dict] = None) -> dict:
+    """``rows``: ``autoports.forward_rows`` (each rule, an auto one with its container)."""
+    doc = document(name=name, forwards=rows)
+    if auto_ports is not None:
+        doc["auto_ports"] = auto_ports
+    return doc
 
 
 def vm_mounts(name: str, rows: List[dict]) -> dict:

@@ -69,6 +69,7 @@ def machine_from_profile(profile) -> Machine:
         boot_codes=list(profile.boot_code_args()),
         docker=profile.docker_mode,
         images=[str(path) for path in profile.images],
+        auto_ports=None if profile.auto_ports is None else list(profile.auto_ports),
     )
 
 
@@ -340,7 +341,8 @@ def _start(machine: Machine, log: Log, mount: bool, booted: List[bool]) -> Outco
         out.kept.append(f"VM {machine.name} is already running")
     else:
         _stop_watcher(machine, Outcome())  # one left by a VM stopped outside b2dkit holds its [::1] relays
-        _check_other_vms(machine.name, snap.forwards)
+        out.done += _clear_auto_forwards(machine, provider, log)  # left by a VM stopped outside b2dkit
+        _check_other_vms(machine.name, [f for f in snap.forwards if not fw.is_auto(f)])
         log(f"starting {machine.name} ({machine.provider})…")
         booted.append(True)  # from here on an interrupt leaves a running VM behind
         provider.start()
@@ -402,6 +404,18 @@ def _stop_watcher(machine: Machine, out: Outcome) -> None:
 
     if watcher.stop(machine.name):
         out.done.append("stopped the watcher")
+
+
+def _clear_auto_forwards(machine: Machine, provider: Provider, log: Log) -> List[str]:
+    """Auto forwards follow running containers (autoports.py): a stopped VM keeps none."""
+    from . import autoports
+
+    if machine.auto_ports is None and not autoports.state(machine.name):
+        return []  # never followed: no hypervisor call (benchmarks/vbox_calls.py counts them)
+    done = autoports.clear(machine.name, provider)
+    for line in done:
+        log(line)
+    return done
 
 
 def _not_halted(machine: Machine, provider: Provider) -> None:
@@ -513,6 +527,7 @@ def stop(machine: Machine, log: Log = _quiet, timeout=STOP_TIMEOUT) -> Outcome:
     _stop_watcher(machine, out)
     out.done += unmount_all(machine, log=log).done
     provider = provider_for(machine)
+    out.done += _clear_auto_forwards(machine, provider, log)
     state = provider.state()
     if state in (VMState.STOPPED, VMState.ABSENT):
         out.kept.append(f"VM {machine.name} is already stopped")
@@ -646,6 +661,10 @@ def forward(machine: Machine, rule: Forward, auto_correct: bool = False, force: 
                 log(f"forward {rule.host_ip}:{rule.host_port} -> {rule.guest_port}/{rule.proto} already in place")
                 return rule
             held = fw.holder(rule, current)
+            if held and fw.is_auto(held):  # a container's auto forward: the user's own forward wins
+                provider.remove_forward(held.name)
+                log(f"replacing the auto forward {fw.describe(held)} (a forward of your own wins)")
+                current, held = [r for r in current if r != held], None
             if held:  # this VM's own rule (maybe its SSH route): a clash, never a replace
                 fw.refuse_clash(rule, held, machine.name)
             fw.require_free(rule, neighbours=lambda: [(f"VM {machine.name!r}", current)])

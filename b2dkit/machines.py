@@ -28,6 +28,7 @@ class Machine:
     boot_codes: List[str] = field(default_factory=list)
     docker: Optional[bool] = None  # Profile.docker_mode: required, none, or ask the guest at start
     images: List[str] = field(default_factory=list)  # host tarballs the daemon loads at start
+    auto_ports: Optional[List[str]] = None  # `ports: auto`: the allow-list (autoports.py); None: off
 
     def to_dict(self) -> dict:
         return {**asdict(self), "mounts": [m.to_dict() for m in self.mounts]}
@@ -108,9 +109,9 @@ def save(machine: Machine) -> None:
 
 _FIELDS: Dict[str, records.Kind] = {
     "name": str, "provider": str, "profile": str, "mounts": list, "persistent_dirs": list, "boot_codes": list,
-    "docker": (bool, type(None)), "images": list,
+    "docker": (bool, type(None)), "images": list, "auto_ports": (list, type(None)),
 }
-_OPTIONAL = ("docker", "images")  # records written before Docker was set up by b2dkit lack them
+_OPTIONAL = ("docker", "images", "auto_ports")  # records written before Docker (or auto ports) lack them
 
 
 def _repair(name: str) -> str:
@@ -132,8 +133,8 @@ def load(name: str) -> Machine:
         raise records.damaged(path, f"it names VM {data['name']!r}, not {name!r}", repair)
     if data["provider"] not in PROVIDERS:
         raise records.damaged(path, f"unknown provider {data['provider']!r}", repair)
-    for key in ("persistent_dirs", "boot_codes", "images"):
-        if not all(isinstance(v, str) for v in data.get(key, [])):
+    for key in ("persistent_dirs", "boot_codes", "images", "auto_ports"):
+        if not all(isinstance(v, str) for v in data.get(key) or []):
             raise records.damaged(path, f"{key!r} must be a list of text", repair)
     mounts = []
     for m in data["mounts"]:

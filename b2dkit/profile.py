@@ -67,6 +67,7 @@ TOP_KEYS = (
     "mounts",
     "docker",
     "images",
+    "ports",
 )
 ISO_KEYS = ("urls", "sha256", "path", "build")
 # Images b2dkit builds itself with guest/build.py: the boot2docker-compatible guest without Docker
@@ -75,6 +76,7 @@ ISO_BUILDS = ("guest", "guest-docker")
 FORWARD_KEYS = ("host", "guest", "proto", "host_ip", "force", "remove")
 MOUNT_KEYS = ("guest", "host", "remove")
 PERSISTENT_KEYS = ("path", "remove")
+PORTS_MODES = ("auto", "manual")  # ports: auto | manual | {auto: true | false | {allow: [...]}}
 _REMOVE = object()  # marks "drop the inherited item" inside a layer
 
 
@@ -153,6 +155,8 @@ class Profile:
     docker: Optional[bool] = None
     # Image tarballs (`docker save`) on this computer that the guest's daemon loads at start.
     images: List[Path] = field(default_factory=list)
+    # ``ports: auto``: forward what running containers publish, on this allow-list (None: off).
+    auto_ports: Optional[Tuple[str, ...]] = None
     source: Optional[Path] = None
     chain: List[Path] = field(default_factory=list)
 
@@ -204,6 +208,8 @@ class Profile:
             data["docker"] = self.docker
         if self.images:
             data["images"] = [str(path) for path in self.images]
+        if self.auto_ports is not None:
+            data["ports"] = {"auto": {"allow": list(self.auto_ports)}}
         return data
 
 
@@ -736,6 +742,37 @@ def _check_images(check, where, value):
     return result
 
 
+def _check_ports(check, where, value):
+    """``auto`` (the default allow-list), ``manual`` (off, the default), or
+    ``{auto: true | false | {allow: [3000-3999, 8080, 5353/udp]}}``; the allow-list as text, or None."""
+    from . import autoports
+
+    if isinstance(value, str) and value.strip() in PORTS_MODES:
+        return autoports.DEFAULT_ALLOW if value.strip() == "auto" else None
+    if not isinstance(value, dict):
+        raise check.error(where, f"expected auto, manual or {{auto: {{allow: [...]}}}}, got {value!r} ({_kind(value)})")
+    check.keys(where, value, ("auto",))
+    at = f"{where}.auto"
+    if "auto" not in value:
+        raise check.error(where, "missing key 'auto' (true, false or {allow: [...]})")
+    auto = value["auto"]
+    if isinstance(auto, bool):
+        return autoports.DEFAULT_ALLOW if auto else None
+    check.keys(at, check.mapping(at, auto), ("allow",))
+    if "allow" not in auto:
+        raise check.error(at, "missing key 'allow' (the ports containers may publish to the host, e.g. [3000-3999])")
+    items = check.items(f"{at}.allow", auto["allow"])
+    if not items:
+        raise check.error(f"{at}.allow", "the allow-list is empty: list ports or ranges, or set ports: manual")
+    allow = []
+    for index, item in enumerate(items):
+        try:
+            allow.append(str(autoports.parse_range(item)))
+        except InputError as exc:
+            raise check.wrap(f"{at}.allow[{index}]", exc) from None
+    return tuple(allow)
+
+
 _CHECKS = {
     "extends": _check_extends,
     "description": _check_description,
@@ -752,6 +789,7 @@ _CHECKS = {
     "mounts": _check_mounts,
     "docker": lambda check, where, value: check.flag(where, value),
     "images": _check_images,
+    "ports": _check_ports,
 }
 _KEYED = ("boot_codes", "forwards", "persistent_dirs", "mounts", "images")
 
@@ -826,6 +864,7 @@ def _finish(merged: dict, path: Path, chain: List[Path], provider, name) -> Prof
         description=merged.get("description", ""),
         docker=merged.get("docker"),
         images=list(merged.get("images", {})),
+        auto_ports=merged.get("ports"),
         source=path,
         chain=chain,
     )

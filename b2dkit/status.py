@@ -6,7 +6,7 @@ Everything is read live (hypervisor, guest clock, mount table); nothing here is 
 import shlex
 from typing import Dict, List, Optional
 
-from . import lifecycle, machines, paths
+from . import autoports, lifecycle, machines, paths
 from .errors import B2dkitError, InputError
 from .forwards import connect_address, docker_forward, ssh_forward
 from .machines import Machine
@@ -23,7 +23,7 @@ def collect(machine: Machine, drift: bool = True) -> dict:
         "profile": machine.profile,
         "active": machines.active_name() == machine.name,
         "state": str(snap.state),
-        "forwards": [f.to_dict() for f in sorted(snap.forwards)],
+        "forwards": autoports.forward_rows(machine.name, snap.forwards),
         "disk": str(disk) if disk else None,
         "iso": str(paths.vm_dir(machine.name) / lifecycle.VM_ISO),
         "boot_codes": machine.boot_codes,
@@ -36,6 +36,9 @@ def collect(machine: Machine, drift: bool = True) -> dict:
     if drift and snap.state == VMState.RUNNING:
         info["clock_drift_seconds"] = _drift(machine, snap.forwards)
     info["watcher"] = _watcher(machine)  # after the drift check: that may have repaired something
+    auto = autoports.report(machine)
+    if auto is not None:
+        info["auto_ports"] = auto
     rule = docker_forward(snap.forwards)
     info["docker"] = None  # no Docker set up for this VM
     if rule is not None and machine.docker is not False:
@@ -102,7 +105,9 @@ def render(info: dict) -> str:
                      f" ({docker['error']})")
     lines.append("forwards:" + ("" if info["forwards"] else " none"))
     for f in info["forwards"]:
-        lines.append(f"  {f['host_ip']}:{f['host_port']} -> {f['guest_port']}/{f['proto']}  ({f['name']})")
+        auto = f"; auto: container {f['auto']['container'] or 'unknown'}" if f.get("auto") else ""
+        lines.append(f"  {f['host_ip']}:{f['host_port']} -> {f['guest_port']}/{f['proto']}  ({f['name']}{auto})")
+    lines += autoports.render(info.get("auto_ports"))
     lines.append("mounts:" + ("" if info["mounts"] else " none"))
     for m in info["mounts"]:
         lines.append(f"  {m['guest']} -> {m['host']}: {m['status']}")

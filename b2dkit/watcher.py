@@ -16,6 +16,7 @@ What it watches, cheaply:
 Any of these triggers ``repair.repair`` (clock, stale mounts), then each forward is
 re-checked.  It also runs the [::1] relays of the VM's loopback forwards (``relay.py``),
 re-reading the forwards at once on SIGHUP (``vm.forward`` sends it) and every 30 s.
+With ``ports: auto`` a thread follows the Docker daemon's events (``autoports.py``).
 
 ``B2DKIT_WATCHER=0`` turns it off (the fast tests do, as they fake the hypervisor).
 """
@@ -257,6 +258,7 @@ class Watcher:
         self.stalled_logged = False
         self.stop_requested = False
         self.reread_forwards = True
+        self.follower: Any = None  # autoports.Follower when the profile says ports: auto
         # before "ready": a vm.stop right after vm.start must find the handlers in place
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
@@ -267,6 +269,7 @@ class Watcher:
         last_wall, last_mono = time.time(), time.monotonic()
         next_probe = next_state = next_forwards = next_mounts = 0.0
         try:
+            self._follow_containers()
             while not self.stop_requested:
                 now = time.monotonic()
                 wall = time.time()
@@ -303,6 +306,8 @@ class Watcher:
                     self._repair(reason)
                 self._sleep(TICK)
         finally:
+            if self.follower is not None:
+                self.follower.stop()
             self.relays.close()
             self._disconnect()
             _log("watcher stopped")
@@ -313,6 +318,16 @@ class Watcher:
                 select.select([self.shell], [], [], seconds)  # wake early for the guest's answer
                 return
         time.sleep(seconds)
+
+    def _follow_containers(self) -> None:
+        """``ports: auto``: a thread follows the Docker daemon (autoports.py); it never blocks
+        this loop, and a guest without a daemon only costs it a retry now and then."""
+        from . import autoports
+
+        try:
+            self.follower = autoports.follow(self.machine, log=_log, on_change=self._on_hup)
+        except B2dkitError as exc:
+            _log(f"auto ports: not followed: {exc}")
 
     def _on_term(self, *_):
         self.stop_requested = True

@@ -10,6 +10,7 @@ corrupt profile image and a daemon that cannot start are one line each.
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -22,10 +23,12 @@ import qemuclean
 from b2dkit import paths
 from b2dkit.main import make_program
 from cli import run, run_failing, task
+from waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 VM = "e2e-docker"
+AUTO_ALLOW = "8100-8999"  # ports: auto in this module's profile (the watcher follows it only where a test turns it on)
 DOCKER = "/usr/bin/docker"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,6 +69,7 @@ forwards:
   - {{host: {_free_port()}, guest: 22}}
   - {{host: {app_port}, guest: 8000}}
 images: [{images}]
+ports: {{auto: {{allow: [{AUTO_ALLOW}]}}}}
 """
     )
     mp = pytest.MonkeyPatch()
@@ -222,6 +226,153 @@ def test_the_port_chain_host_forward_vm_container(world, capfd):
         assert _page(host_port) == "second-service\n"
     finally:
         docker(env, "rm", "-f", "web", "web2")
+
+
+# -- ports that follow the containers (ports: auto, the watcher on) ----------------------------------
+
+
+def _allowed_free_port() -> int:
+    from b2dkit import forwards as fw
+
+    low, high = map(int, AUTO_ALLOW.split("-"))
+    return next(p for p in random.sample(range(low, high + 1), high - low + 1) if fw.probe(p) == fw.FREE)
+
+
+def _forwards(capfd) -> dict:
+    import jsonschemas
+
+    code, out = task(capfd, "vm.forwards", "--json")
+    assert code == 0, out.err
+    doc = json.loads(out.out)
+    jsonschemas.validate("vm.forwards", doc)
+    return doc
+
+
+def _on(capfd, port: int):
+    return next((r for r in _forwards(capfd)["forwards"] if r["host_port"] == port), None)
+
+
+def _refused(capfd, port: int):
+    return next((r for r in _forwards(capfd)["auto_ports"]["refused"] if r["port"] == port), None)
+
+
+def _until(what: str, condition, timeout: float = 60.0):
+    """Wait for ``condition()``; a timeout says what, with the end of the watcher's log."""
+    return wait_for(condition, timeout, what, every=0.3,
+                    explain=lambda: "watcher.log ends:\n" + (paths.vm_dir(VM) / "watcher.log").read_text()[-3000:])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read() == b"auto-forwarded\n"
+    except OSError:
+        return False
+
+
+def _serve(env, name: str, port: int, text: str, *extra):
+    return docker(env, "run", "-d", *extra, "--name", name, "-p", f"{port}:80", "b2dkit/busybox", "sh", "-c",
+                  f"mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p 80 -h /www")
+
+
+@pytest.fixture
+def watching(world, capfd, monkeypatch):
+    """This VM's watcher on (the fast tests keep it off), started by vm.start on the running VM."""
+    from b2dkit import watcher
+
+    monkeypatch.setenv("B2DKIT_WATCHER", "1")
+    run("vm.start")
+    capfd.readouterr()
+    assert watcher.running_pid(VM)
+    yield docker_env(capfd)
+    watcher.stop(VM)  # the later tests of this module run without it, as before
+
+
+def test_auto_ports_forward_a_published_port_and_remove_it_at_stop(world, capfd, watching):
+    port = _allowed_free_port()
+    proc = _serve(watching, "auto-web", port, "auto-forwarded")
+    assert proc.returncode == 0, proc.stderr
+    began = time.monotonic()
+    try:
+        assert _page(port) == "auto-forwarded\n"  # no vm.forward: the watcher saw the container start
+        print(f"auto forward answered {time.monotonic() - began:.1f} s after docker run returned")
+        _until("the [::1] relay of the auto forward", lambda: _answers(f"http://[::1]:{port}/"))
+        row = _on(capfd, port)
+        assert row["name"] == f"auto-tcp-{port}" and row["host_ip"] == "127.0.0.1" and row["guest_port"] == port
+        assert row["auto"] == {"container": "auto-web", "id": proc.stdout.strip()[:12]}
+        code, out = task(capfd, "vm.forwards")
+        assert f"auto-tcp-{port}" in out.out and "(auto: container auto-web)" in out.out
+    finally:
+        stopped = docker(watching, "stop", "-t", "1", "auto-web")
+    assert stopped.returncode == 0, stopped.stderr
+    _until("the auto forward gone after docker stop", lambda: _on(capfd, port) is None)
+    docker(watching, "rm", "-f", "auto-web")
+    log = (paths.vm_dir(VM) / "watcher.log").read_text()
+    assert f"auto ports: forwarding 127.0.0.1:{port} → {port}/tcp for container auto-web" in log
+    assert f"auto ports: removed 127.0.0.1:{port} → {port}/tcp (container auto-web stopped)" in log
+
+
+def test_auto_ports_leave_a_port_off_the_allow_list_alone(world, capfd, watching):
+    from b2dkit import forwards as fw
+
+    low, high = map(int, AUTO_ALLOW.split("-"))
+    port = _free_port()  # an ephemeral port: outside the allow-list
+    assert not low <= port <= high
+    proc = _serve(watching, "auto-outside", port, "not-forwarded")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        row = _until("the port refused as not allowed", lambda: _refused(capfd, port))
+        assert row["reason"] == "not allowed" and row["container"] == "auto-outside"
+        assert AUTO_ALLOW in row["detail"]
+        assert _on(capfd, port) is None and fw.probe(port) == fw.FREE  # nothing listens on the host
+    finally:
+        docker(watching, "rm", "-f", "auto-outside")
+
+
+def test_auto_ports_report_a_host_clash_with_its_process_and_container(world, capfd, watching):
+    import socket
+
+    port = _allowed_free_port()
+    with socket.socket() as holder:  # this test process holds the port on the host
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        proc = _serve(watching, "auto-clash", port, "clashing")
+        assert proc.returncode == 0, proc.stderr
+        try:
+            row = _until("the clash reported", lambda: _refused(capfd, port))
+            assert row["reason"] == "in use" and row["container"] == "auto-clash"
+            assert f"(pid {os.getpid()})" in row["owner"]
+            rows = _forwards(capfd)["forwards"]
+            assert not [r for r in rows if (r.get("auto") or {}).get("container") == "auto-clash"]  # not shifted
+            assert not [r for r in rows if r["host_port"] == port]
+            log = (paths.vm_dir(VM) / "watcher.log").read_text()
+            assert (f"auto ports: {port}/tcp of container auto-clash not forwarded: host port "
+                    f"127.0.0.1:{port}/tcp is in use by {row['owner']}; it is not moved to another port") in log
+            code, out = task(capfd, "vm.status")
+            assert f"{port}/tcp of container auto-clash not forwarded: host port 127.0.0.1:{port}/tcp is in use" \
+                in out.out
+        finally:
+            docker(watching, "rm", "-f", "auto-clash")
+
+
+def test_auto_forwards_go_at_vm_stop_and_follow_a_restarted_container(world, capfd, watching, monkeypatch):
+    port = _allowed_free_port()
+    proc = _serve(watching, "auto-keep", port, "restarted", "--restart=always")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        _until("the auto forward", lambda: _on(capfd, port))
+        run("vm.stop")
+        out = capfd.readouterr().out
+        assert f"removed auto forward 127.0.0.1:{port} → {port}/tcp (container auto-keep)" in out
+        assert not [r for r in _forwards(capfd)["forwards"] if r["name"].startswith("auto-")]  # the stored rules
+        assert not (paths.vm_dir(VM) / "autoports.json").exists()
+        run("vm.start")  # a new watcher: it lists the containers the daemon restarted
+        row = _until("the restarted container's auto forward", lambda: _on(capfd, port), timeout=120)
+        assert row["auto"]["container"] == "auto-keep"
+        assert _page(port) == "restarted\n"
+    finally:
+        docker(watching, "rm", "-f", "auto-keep")
+    _until("the auto forward gone after docker rm", lambda: _on(capfd, port) is None)
 
 
 def test_docker_build_from_the_offline_base_image(world, capfd, tmp_path):

@@ -497,3 +497,45 @@ def test_images_are_host_paths_next_to_the_profile_and_merge_by_path(tmp_path):
     loaded = profile.check_file(mine)
     assert loaded.images == [tmp_path / "team" / "base.tar", Path("/abs/app.tar.gz"), Path.home() / "x.tar"]
     assert "images" in error_for(write(tmp_path, "bad.yaml", BASE + "images: [3]\n"))
+
+
+# -- ports: auto (autoports.py) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting, allow", [
+    ("", None), ("ports: manual\n", None), ("ports: auto\n", ("3000-3999", "8000-8999")),
+    ("ports: {auto: true}\n", ("3000-3999", "8000-8999")), ("ports: {auto: false}\n", None),
+    ("ports:\n  auto: {allow: [3000-3999, 8080, 5353/udp]}\n", ("3000-3999", "8080", "5353/udp")),
+])
+def test_ports_auto_is_off_unless_the_profile_says(tmp_path, setting, allow):
+    loaded = profile.check_file(write(tmp_path, "p.yaml", BASE + setting))
+    assert loaded.auto_ports == allow
+    shown = loaded.to_dict()
+    assert shown.get("ports") == (None if allow is None else {"auto": {"allow": list(allow)}})
+    again = profile.check_file(write(tmp_path, "again.yaml", yaml.safe_dump(shown)))  # to_dict is a profile
+    assert again.auto_ports == allow
+
+
+@pytest.mark.parametrize("setting, where, said", [
+    ("ports: everything\n", "ports", "expected auto, manual or {auto: {allow: [...]}}"),
+    ("ports: {automatic: true}\n", "ports.automatic", "did you mean 'auto'?"),
+    ("ports: {}\n", "ports", "missing key 'auto'"),
+    ("ports: {auto: {}}\n", "ports.auto", "missing key 'allow'"),
+    ("ports: {auto: {allow: [], deny: [22]}}\n", "ports.auto.deny", "unknown key 'deny'"),
+    ("ports: {auto: {allow: []}}\n", "ports.auto.allow", "the allow-list is empty"),
+    ("ports: {auto: {allow: 3000-3999}}\n", "ports.auto.allow", "expected a list"),
+    ("ports: {auto: {allow: [3000-3999, 9000-8000]}}\n", "ports.auto.allow[1]", "ends below its start"),
+    ("ports: {auto: {allow: [70000]}}\n", "ports.auto.allow[0]", "expected a number from 1 to 65535"),
+    ("ports: {auto: {allow: [53/sctp]}}\n", "ports.auto.allow[0]", "unknown protocol 'sctp'"),
+    ("ports: {auto: yes-please}\n", "ports.auto", "expected a mapping"),
+])
+def test_bad_ports_settings_are_one_line_naming_the_key(tmp_path, setting, where, said):
+    message = error_for(write(tmp_path, "p.yaml", BASE + setting))
+    assert f": {where}: " in message and said in message
+
+
+def test_ports_is_replaced_as_a_whole_by_an_extending_profile(tmp_path):
+    base = write(tmp_path, "base.yaml", BASE + "ports: {auto: {allow: [3000]}}\n")
+    assert profile.check_file(write(tmp_path, "on.yaml", f"extends: {base}\n")).auto_ports == ("3000",)
+    off = write(tmp_path, "off.yaml", f"extends: {base}\nports: manual\n")
+    assert profile.check_file(off).auto_ports is None

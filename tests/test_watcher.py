@@ -26,18 +26,7 @@ from test_e2e import guest_iso  # noqa: F401
 from b2dkit import guest, lifecycle, machines, paths, repair, watcher
 from b2dkit.hypervisors.qemu import qemusystem as qemu
 from b2dkit.main import make_program
-
-
-def wait_for(condition, timeout, what):
-    """Poll ``condition`` until truthy; its value, or fail saying what did not happen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.05)
+from waiting import wait_for
 
 
 def proc_stat(pid):

@@ -3,7 +3,7 @@
 import sys
 
 from .. import forwards as forwards_
-from .. import jsonout, lifecycle, machines, profile as profiles, status as vmstatus
+from .. import autoports, jsonout, lifecycle, machines, profile as profiles, status as vmstatus
 from ..errors import B2dkitError, InputError, VMNotFound
 from ._base import print_json, say, task
 
@@ -134,12 +134,13 @@ def unforward(c, spec, name=None, force=False):
 def forwards(c, name=None, json=False):
     """List the VM's port forwards as the hypervisor has them now."""
     machine = _machine(name)
-    rules = lifecycle.provider_for(machine).forwards()
+    rows = autoports.forward_rows(machine.name, lifecycle.provider_for(machine).forwards())
+    auto = autoports.report(machine)
     if json:
-        print_json(jsonout.vm_forwards(machine.name, rules))
+        print_json(jsonout.vm_forwards(machine.name, rows, auto))
         return
-    for r in sorted(rules):
-        say(f"{r.name:<12} {r.host_ip}:{r.host_port} -> {r.guest_port}/{r.proto}")
+    for line in [autoports.rule_line(row) for row in rows] + autoports.render(auto):
+        say(line)
 
 
 @task(help={"name": NAME_HELP, "command": "run this command instead of an interactive shell"})
