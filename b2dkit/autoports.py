@@ -349,7 +349,7 @@ class Follower:
         self.on_change = on_change
         self.host_busy = host_busy
         self.stopping = threading.Event()
-        self.applying = threading.Event()  # set while reconcile changes forwards
+        self.applying = threading.Lock()  # held while forwards change: stop waits for it
         self.thread = threading.Thread(target=self._run, name=f"autoports-{name}", daemon=True)
         self.last: Optional[str] = None  # last daemon state written, so a steady outage logs once
         self.refused_before: List[dict] = []
@@ -362,9 +362,8 @@ class Follower:
         """Returns once no change is half-applied: a thread blocked on the stream just ends with
         the process (a read blocked in another thread cannot be woken portably)."""
         self.stopping.set()
-        deadline = time.monotonic() + timeout
-        while self.applying.is_set() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        if self.applying.acquire(timeout=timeout):
+            self.applying.release()
 
     def _run(self) -> None:
         failures = 0
@@ -413,13 +412,9 @@ class Follower:
         began = time.monotonic()
         pubs = published(dockerd.api(self.name, rule, "/containers/json"))
         changes = decide(pubs, self.provider.forwards(), self.allow, self.host_busy)
-        if self.stopping.is_set():
-            return changes
-        self.applying.set()
-        try:
-            self._apply(changes, why, began)
-        finally:
-            self.applying.clear()
+        with self.applying:
+            if not self.stopping.is_set():
+                self._apply(changes, why, began)
         return changes
 
     def _apply(self, changes: Changes, why: str, began: float) -> None:

@@ -103,6 +103,25 @@ def test_the_docker_rule_vm_start_added_survives_a_converge_with_its_port():
     assert forwards.docker_forward([wide]) is None
 
 
+def test_auto_forwards_survive_a_converge_unless_the_profile_wants_their_port():
+    ssh, auto = Forward(2299, 22), Forward(8085, 8085, name=forwards.auto_name("tcp", 8085))
+    assert forwards.is_auto(auto) and not forwards.is_auto(Forward(8085, 8085))
+    assert forwards.with_ssh([ssh], current=[ssh, auto]) == [ssh, auto]
+    mine = Forward(8085, 80)  # the profile's own forward on that host port wins
+    assert forwards.with_ssh([ssh, mine], current=[ssh, auto]) == [ssh, mine]
+
+
+def test_the_owner_of_a_busy_port_is_the_listening_process_with_its_pid():
+    if not shutil.which("lsof"):
+        pytest.skip("lsof is not installed")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        owner = forwards.owner(Forward(port, port))
+    assert owner is not None and owner.startswith("python") and owner.endswith(f"(pid {os.getpid()})")
+
+
 def test_a_new_docker_rule_is_loopback_in_its_own_range_and_skips_busy_and_taken_ports():
     low, high = forwards.DOCKER_HOST_RANGE
     first = forwards.new_docker_forward()
