@@ -361,7 +361,7 @@ def _rewrite(
             f"{src} has a boot sector pycdlib cannot carry over (not an isohdpfx isohybrid MBR)",
             "shorten the boot codes so the config fits its sectors and the fast path is used",
         )
-    fp: BinaryIO = io.BytesIO(new_cfg)  # must stay alive until write() has finished
+    fp = io.BytesIO(new_cfg)  # must stay alive until write() has finished
     if hasattr(iso, "update_file_contents_fp"):  # pycdlib >= 1.2x keeps the record and its RR fields
         iso.update_file_contents_fp(fp, len(new_cfg), iso_path=cfg.iso_path)
     else:
@@ -369,8 +369,8 @@ def _rewrite(
     _fix_isohybrid_geometry(iso, before["isohybrid"])
     _register_boot_info_tables(iso, entries, before)
     try:
-        with _open_for_writing(tmp) as fp:  # not iso.write(): it would O_TRUNC (see fast_copy)
-            iso.write_fp(fp)
+        with _open_for_writing(tmp) as out:  # not iso.write(): it would O_TRUNC (see fast_copy)
+            iso.write_fp(out)
     except PyCdlibException as exc:
         raise IsoError(f"could not rebuild {src}: {_one_line(exc)}") from None
 
@@ -535,7 +535,9 @@ def show(path: StrPath) -> Dict[str, Any]:
         for entry in entries:
             with contextlib.suppress(PyCdlibException, AttributeError):
                 for rec, _pvd in entry.inode.linked_records:
-                    paths[entry.load_rba] = _display_path(iso, rec)  # type: ignore[arg-type]
+                    if isinstance(rec, DirectoryRecord):  # the boot entry itself is linked too; it has no name
+                        paths[entry.load_rba] = _display_path(iso, rec)
+                        break
         catalog_path = None
         if iso.eltorito_boot_catalog is not None:
             with contextlib.suppress(PyCdlibException, AttributeError):
