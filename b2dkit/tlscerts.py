@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import atomic
-from .errors import InputError
+from .errors import InputError, MachineError
 from .paths import StrPath
 
 CA_CERT, CA_KEY = "ca.pem", "ca-key.pem"
@@ -282,7 +282,11 @@ def ensure(directory: StrPath, vm_name: str, extra_ips: Iterable[str] = (), extr
         ca_cert, ca_key = _issue_ca(vm_name, now)
         _write_pair(directory, CA_CERT, CA_KEY, ca_cert, ca_key)
     else:
-        ca_cert, ca_key = _load_cert(directory / CA_CERT), _load_key(directory / CA_KEY)  # type: ignore[assignment]
+        loaded_cert, loaded_key = _load_cert(directory / CA_CERT), _load_key(directory / CA_KEY)
+        if loaded_cert is None or loaded_key is None:  # plan() read them fine: something changed them since
+            gone = CA_CERT if loaded_cert is None else CA_KEY
+            raise MachineError(f"{directory / gone} changed while b2dkit was using it; run the command again")
+        ca_cert, ca_key = loaded_cert, loaded_key
     if CLIENT_CERT in todo:
         cert, key = _issue_leaf(ca_cert, ca_key, f"b2dkit client for VM {vm_name}",
                                 ExtendedKeyUsageOID.CLIENT_AUTH, now)
