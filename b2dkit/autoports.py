@@ -20,12 +20,17 @@ import threading
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import atomic, paths
 from . import forwards as fw
 from .errors import B2dkitError, InputError
 from .forwards import Forward, auto_name, is_auto
+
+if TYPE_CHECKING:
+    from .hypervisors.base import Provider
+    from .machines import Machine
 
 STATE = "autoports.json"
 DEFAULT_ALLOW = ("3000-3999", "8000-8999")  # `ports: auto` alone: the usual dev-server ports
@@ -252,7 +257,7 @@ def host_check(rule: Forward) -> Optional[Tuple[str, Optional[str]]]:
 # -- the record (autoports.json) -------------------------------------------------------------------
 
 
-def _state_path(name: str):
+def _state_path(name: str) -> Path:
     return paths.vm_dir(name) / STATE
 
 
@@ -295,7 +300,7 @@ def rule_line(row: dict) -> str:
     return text + (f"  (auto: container {auto['container'] or 'unknown'})" if auto else "")
 
 
-def report(machine) -> Optional[dict]:
+def report(machine: "Machine") -> Optional[dict]:
     """For vm.forwards/vm.status: the allow-list, whether the daemon is followed, refused ports."""
     allow = getattr(machine, "auto_ports", None)
     if allow is None:
@@ -314,7 +319,7 @@ def render(info: Optional[dict]) -> List[str]:
     return lines
 
 
-def clear(name: str, provider) -> List[str]:
+def clear(name: str, provider: "Provider") -> List[str]:
     """Remove every auto forward of the VM (``vm.stop``; ``vm.start`` before a boot): they follow
     containers, and a stopped VM has none."""
     try:
@@ -340,7 +345,7 @@ def clear(name: str, provider) -> List[str]:
 class Follower:
     """Follows one VM's daemon in a thread of the watcher; ``stop`` ends it promptly."""
 
-    def __init__(self, name: str, provider, allow: Sequence[PortRange], log: Callable[[str], None],
+    def __init__(self, name: str, provider: "Provider", allow: Sequence[PortRange], log: Callable[[str], None],
                  on_change: Callable[[], None] = lambda: None, host_busy: HostCheck = host_check):
         self.name = name
         self.provider = provider
@@ -471,7 +476,7 @@ def _idle(exc: BaseException) -> bool:
     return False
 
 
-def follow(machine, log: Callable[[str], None], on_change: Callable[[], None]) -> Optional[Follower]:
+def follow(machine: "Machine", log: Callable[[str], None], on_change: Callable[[], None]) -> Optional[Follower]:
     """The watcher's hook: a running Follower when the VM's profile says ``ports: auto``."""
     from . import lifecycle
 
