@@ -27,6 +27,12 @@ BREW_QEMU = "brew install qemu"
 Usage = namedtuple("Usage", "total used free")
 
 
+@pytest.fixture(autouse=True)
+def laptop_user(monkeypatch):
+    """Not root, as on a laptop: hints say ``sudo``. Tests of root (a bare container) say so."""
+    monkeypatch.setattr("b2dkit.install.as_root", lambda: False)
+
+
 def only_on_path(tmp_path, monkeypatch, *programs):
     """PATH = one fresh dir with just these programs (linked from the real PATH)."""
     bin_dir = tmp_path / "bin-only"
@@ -330,7 +336,7 @@ def bare(tmp_path, monkeypatch):
     lists.mkdir()
     (lists / "x_Packages").write_text("")
     monkeypatch.setattr(pkgmanager, "APT_LISTS", lists)
-    monkeypatch.setattr(pkgmanager, "_as_root", lambda: True)
+    monkeypatch.setattr("b2dkit.install.as_root", lambda: True)  # a bare container: root, and no sudo
     monkeypatch.setenv("B2DKIT_QEMU_ACCEL", "tcg")
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no terminal unless a test says so
     return fake
@@ -349,12 +355,23 @@ def test_doctor_ends_with_one_install_command_per_package_manager(bare, plain_pr
     code, out = run_doctor(capsys, f"--profile={plain_profile}")
     assert code == 3
     footer = out.out[out.out.index("to install what is missing:"):].splitlines()
-    assert [line.strip() for line in footer[1:]] == [
-        "Debian/Ubuntu: sudo apt-get install qemu-system-x86 qemu-utils openssh-client",
-        "Fedora: sudo dnf install qemu-system-x86 qemu-img openssh-clients",
+    assert [line.strip() for line in footer[1:]] == [  # root: what works here, with no sudo installed
+        "Debian/Ubuntu: apt-get install qemu-system-x86 qemu-utils openssh-client",
+        "Fedora: dnf install qemu-system-x86 qemu-img openssh-clients",
         "macOS: brew install qemu",
     ]
+    assert "sudo" not in out.out  # the per-check hints and the QEMU error's own text too
     assert bare.calls() == []  # doctor alone installs nothing
+
+
+def test_as_a_user_every_hint_goes_through_sudo_except_brew(bare, plain_profile, capsys, monkeypatch):
+    monkeypatch.setattr("b2dkit.install.as_root", lambda: False)
+    code, out = run_doctor(capsys, f"--profile={plain_profile}")
+    assert code == 3
+    assert "`sudo apt-get install qemu-system-x86 qemu-utils` (Debian/Ubuntu)" in out.out  # the QEMU error
+    assert "  Debian/Ubuntu: sudo apt-get install qemu-system-x86 qemu-utils openssh-client" in out.out
+    assert "  Fedora: sudo dnf install qemu-system-x86 qemu-img openssh-clients" in out.out
+    assert "sudo brew" not in out.out
 
 
 def test_fix_with_yes_installs_only_what_the_profile_needs_then_checks_again(bare, plain_profile, capsys):
@@ -405,7 +422,7 @@ def test_a_profile_that_builds_the_guest_needs_the_builders_packages(bare, tmp_p
     prof = profiles.load(str(path))
     check = by_name(doctor.run(prof))["guest build"]
     assert not check.ok and check.packages == {"apt": list(builder.PACKAGES)}  # guest/build.py's own list
-    assert check.line().splitlines()[1].strip() == "Debian/Ubuntu: sudo apt-get install " + " ".join(builder.PACKAGES)
+    assert check.line().splitlines()[1].strip() == "Debian/Ubuntu: apt-get install " + " ".join(builder.PACKAGES)
     bare.mark_installed(*[p for p in QEMU_PACKAGES])  # what else this profile needs is "there"...
     for program in (QEMU, "ssh"):
         (bare.bin / program).write_text("#!/bin/sh\n")

@@ -179,6 +179,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(fast, b2dkit_home, capfd):
 
 def test_dry_run_does_not_stop_on_a_failed_check(fast, b2dkit_home, capfd, monkeypatch):
     monkeypatch.setenv("PATH", str(fast["fake"].bin))  # VBoxManage, but no sshfs and no ssh
+    monkeypatch.setattr("b2dkit.install.as_root", lambda: False)  # a laptop user: hints say sudo
     code, out, _ = onboard_task(capfd, fast["profile"], "--dry-run")
     assert code == 0
     assert "[MISSING] sshfs" in out and "sudo apt-get install sshfs fuse3" in out
