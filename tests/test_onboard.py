@@ -310,9 +310,17 @@ class World:
         self.ssh_port = free_port()
         self.profile = write_profile(
             root / f"{name}.yaml", extends="demo", name=name, provider="qemu", disk=2048,
-            iso_lines=["iso:", f"  urls: [{self.mirror.iso_url}]", f"  sha256: {self.sha256}"],
+            iso_lines=["iso:", f"  urls: [{self.mirror.iso_url}]", "  sha256: UNVERIFIED"],
             ssh_port=self.ssh_port, app_port=free_port(),
         )
+        # The team lead pins it with iso.pin on their own machine (its own cache): the new hire's
+        # runs below onboard from the pinned profile and download and check the ISO themselves.
+        lead = dict(os.environ, PYTHONPATH=str(REPO), B2DKIT_HOME=str(root / "lead-home"), HOME=str(root))
+        pinned = subprocess.run([sys.executable, "-m", "b2dkit", "iso.pin", f"--profile={self.profile}"],
+                                env=lead, capture_output=True, text=True, timeout=300)
+        assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+        assert f"  sha256: {self.sha256}\n" in self.profile.read_text()
+        self.mirror.requests.clear()
         self.mp = pytest.MonkeyPatch()
         self.mp.setenv("B2DKIT_HOME", str(self.b2dkit_home))
         self.mp.setenv("HOME", str(self.home))
