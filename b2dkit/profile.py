@@ -321,6 +321,12 @@ def check_layer(path, text: str) -> None:
     _check_layer(path, _parse(path, text))
 
 
+def layer_images(path) -> List[Path]:
+    """The image tarballs one file lists itself (resolved next to it), its extends chain aside."""
+    path = Path(path)
+    return list(_check_layer(path, _read(path)).values.get("images", {}))
+
+
 def _resolve(path: Path, provider=None, name=None) -> Profile:
     layers = _load_chain(path, [])
     merged: dict = {}
