@@ -195,6 +195,52 @@ def test_failed_check_stops_before_anything_is_fetched(fast, b2dkit_home, capfd,
     assert "[2/7]" not in out and fast["mirror"].requests == [] and tree(b2dkit_home) == {}
 
 
+# What the fast profile (cst: sshfs mounts) lacks on a bare machine, in each manager's names.
+SSHFS = {"apt": ["sshfs", "fuse3"], "dnf": ["fuse-sshfs", "fuse3"], "brew": ["--cask", "macfuse"]}
+SSHFS_PROGRAMS = {"sshfs": ["sshfs"], "fuse-sshfs": ["sshfs"], "gromgit/fuse/sshfs-mac": ["sshfs"],
+                  "fuse3": ["fusermount3"], "macfuse": []}
+MANAGERS = [("apt", True), ("dnf", True), ("dnf", False), ("brew", False)]
+
+
+@pytest.mark.parametrize("manager, as_root", MANAGERS, ids=[f"{m}-{'root' if r else 'user'}" for m, r in MANAGERS])
+def test_yes_on_a_bare_machine_installs_with_its_manager_and_goes_on_in_the_same_run(
+        fast, b2dkit_home, capfd, monkeypatch, stop_before_boot, tmp_path, manager, as_root):
+    from fakepkg import bare_machine
+
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("sshfs needs /dev/fuse here")
+    pkg = bare_machine(monkeypatch, tmp_path / "pkg", SSHFS_PROGRAMS, manager=manager, as_root=as_root,
+                       real=("ssh",), extra_path=[fast["fake"].bin])  # VBoxManage and ssh: only sshfs lacks
+    code, out, err = onboard_task(capfd, fast["profile"], "--yes")
+    assert code == 130 and stop_before_boot == [FAST_VM], err  # steps 1-4 ran for real, then the boot
+    installs = [call for call in pkg.calls() if call[0] != "sudo"]
+    if manager == "brew":  # casks first, then formulae, never through sudo
+        assert installs == [["brew", "install", *SSHFS["brew"]], ["brew", "install", "gromgit/fuse/sshfs-mac"]]
+    else:
+        assert installs == [[{"apt": "apt-get"}.get(manager, manager), "install", "-y", *SSHFS[manager]]]
+    through_sudo = [call[1:] for call in pkg.calls() if call[0] == "sudo"]
+    assert through_sudo == ([] if as_root or manager == "brew" else installs)
+    assert "re-checked after installing:" in out and "[ok ] sshfs" in out
+    assert "[2/7] iso" in out and f"done: created VM {FAST_VM} on virtualbox" in out
+
+
+def test_a_failing_package_manager_stops_onboarding_at_step_1_in_one_line(
+        fast, b2dkit_home, capfd, monkeypatch, tmp_path):
+    from fakepkg import bare_machine
+
+    pkg = bare_machine(monkeypatch, tmp_path / "pkg", SSHFS_PROGRAMS, manager="dnf", as_root=False,
+                       real=("ssh",), extra_path=[fast["fake"].bin])
+    monkeypatch.setenv("FAKEPKG_FAIL", "1")
+    code, out, err = onboard_task(capfd, fast["profile"], "--yes")
+    assert code == 3
+    said = [line for line in err.splitlines() if line.startswith("b2dkit:")]  # (the rest is dnf's own stderr)
+    assert len(said) == 1 and said[0].startswith(
+        "b2dkit: error: step 1 (doctor) failed: `sudo dnf install -y fuse-sshfs fuse3` failed (exit status 100) "
+        "(read its output above, fix it, and re-run")
+    assert "re-checked" not in out and "[2/7]" not in out and pkg.installed() == []
+    assert fast["mirror"].requests == [] and tree(b2dkit_home) == {}
+
+
 def test_failing_download_stops_at_step_2_with_one_line(fast, b2dkit_home, capfd, tmp_path):
     prof = Path(fast["profile_path"])
     prof.write_text(prof.read_text().replace("/b2d.iso", "/gone.iso"))
