@@ -8,8 +8,8 @@ its ISO (the cache, a download, the local path, or the built guest) and writes a
 * ``profiles/<name>.yaml``: each file of the extends chain, its ``extends`` rewritten (in place,
   comments kept) to name the next bundled file, so the chain resolves inside the bundle;
 * ``iso/<sha256>.iso``: the source ISO (remastering happens on the receiving machine);
-* ``images/<name>``: when the guest runs Docker, each ``images:`` tarball of the profile
-  (``docker save`` archives, checked readable first), and each chain file's ``images`` list
+* ``images/<name>``: each ``images:`` tarball of the profile (the ``docker save`` archives a
+  Docker guest loads at start, checked readable first), and each chain file's ``images`` list
   rewritten to name the bundled copies (``../images/<name>``), so the guest loads the team's
   base images with no registry and no network.
 

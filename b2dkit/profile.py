@@ -750,7 +750,7 @@ def _check_images(check, where, value):
         text = check.text(f"{where}[{index}]", item)
         path = Path(text).expanduser()
         if not path.is_absolute():
-            path = check.path.parent / path
+            path = Path(os.path.normpath(check.path.parent / path))  # ../images/x.tar: named plainly
         result[path] = True
     return result
 

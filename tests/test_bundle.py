@@ -210,7 +210,7 @@ def test_a_new_hire_onboards_with_the_bundled_images_and_no_network(made_with_im
     assert "2 image(s)" in out
     (images,) = started
     bundles = tmp_path / "laptop2" / "cache" / "bundles"
-    assert all(bundles in p.resolve().parents for p in images)
+    assert all(p.parent.parent.parent == bundles and p.parent.name == "images" for p in images)  # plainly named
     assert {p.name: sha256(p) for p in images} == made["images"]
     assert sorted(machines.load("backend-vm").images) == sorted(str(p) for p in images)
 
