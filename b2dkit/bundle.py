@@ -7,12 +7,16 @@ its ISO (the cache, a download, the local path, or the built guest) and writes a
   every other member;
 * ``profiles/<name>.yaml``: each file of the extends chain, its ``extends`` rewritten (in place,
   comments kept) to name the next bundled file, so the chain resolves inside the bundle;
-* ``iso/<sha256>.iso``: the source ISO (remastering happens on the receiving machine).
+* ``iso/<sha256>.iso``: the source ISO (remastering happens on the receiving machine);
+* ``images/<name>``: each ``images:`` tarball of the profile (the ``docker save`` archives a
+  Docker guest loads at start, checked readable first), and each chain file's ``images`` list
+  rewritten to name the bundled copies (``../images/<name>``), so the guest loads the team's
+  base images with no registry and no network.
 
 ``--from-bundle IN.tar`` reads only the members the manifest names (regular files, no paths
 outside the bundle), checks each digest, and, for a profile that pins its ISO, that the ISO is
 the pinned one.  The ISO goes into the download cache (a profile with ``iso.urls`` then needs
-no network, now or later) and the profiles into the cache's ``bundles/<digest>/``.
+no network, now or later), the profiles and images into the cache's ``bundles/<digest>/``.
 """
 
 import hashlib
@@ -20,7 +24,7 @@ import io
 import json
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -34,11 +38,15 @@ _CHUNK = 1 << 20
 Log = Callable[[str], None]
 
 
+FOLDERS = ("profiles/", "iso/", "images/")  # the only places a member may be
+
+
 @dataclass
 class Unpacked:
     profile: Path  # the bundled profile, ready for profile.load
     iso: Path  # the source ISO, in the download cache or the bundle folder
     sha256: str  # of the ISO
+    images: List[Path] = field(default_factory=list)  # the profile's image tarballs, digest-checked
 
 
 def _sha256_bytes(data: bytes) -> str:
@@ -58,16 +66,28 @@ def _chain_names(chain: List[Path]) -> List[str]:
     return names
 
 
-def _bundled_profiles(prof) -> Dict[str, bytes]:
-    """Each chain file with ``extends`` pointing at the next bundled file (round-trip edit)."""
+def _bundled_profiles(prof, images: bool) -> Dict[str, bytes]:
+    """Each chain file with ``extends`` pointing at the next bundled file and (``images``) its
+    ``images`` at the bundled tarballs (round-trip edits: comments kept)."""
     names = _chain_names(prof.chain)
     out = {}
     for index, (path, name) in enumerate(zip(prof.chain, names)):
         text = path.read_text(encoding="utf-8")
         if index + 1 < len(names):
             text = profileedit.set_top_level(path, text, "extends", names[index + 1])
+        own = profiles.layer_images(path) if images else []
+        if own:
+            text = profileedit.set_top_level(path, text, "images", [f"../images/{p.name}" for p in own])
         out[name] = text.encode("utf-8")
     return out
+
+
+def _images(prof) -> List[Path]:
+    """The profile's image tarballs, through the same check ``vm.start`` makes (a missing or
+    broken one is named before anything is written)."""
+    from . import dockerd
+
+    return dockerd.check_images(prof.images) if prof.images else []
 
 
 def create(profile_ref, out, iso_path=None, log: Log = print) -> str:
@@ -78,31 +98,38 @@ def create(profile_ref, out, iso_path=None, log: Log = print) -> str:
     out = Path(out).expanduser()
     if out.suffix != ".tar":
         raise InputError(f"--bundle: {out} should end in .tar (an uncompressed tar: ISOs do not compress)")
+    images = _images(prof)  # before the ISO: a broken tarball is a quick, offline answer
     source = Path(lifecycle.source_iso(prof, iso_path=iso_path, log=log))
     digest = isocache.source_digest(source)
     if prof.iso.pinned and not iso_path and digest != prof.iso.sha256:
         raise InputError(f"ISO {source} has sha256 {digest}, not the {prof.iso.sha256} the profile pins")
-    files = {f"profiles/{name}": data for name, data in _bundled_profiles(prof).items()}
+    files = {f"profiles/{name}": data for name, data in _bundled_profiles(prof, bool(images)).items()}
+    big = {f"iso/{digest}.iso": source, **{f"images/{p.name}": p for p in images}}  # copied from disk
     manifest: Dict[str, Any] = {
         "format": FORMAT,
         "b2dkit": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "profile": f"profiles/{_chain_names(prof.chain)[0]}",
         "iso": {"member": f"iso/{digest}.iso", "sha256": digest, "size": source.stat().st_size},
+        "images": [f"images/{p.name}" for p in images],
         "members": {name: {"sha256": _sha256_bytes(data), "size": len(data)} for name, data in files.items()},
     }
-    manifest["members"][manifest["iso"]["member"]] = {"sha256": digest, "size": source.stat().st_size}
+    for name, path in big.items():
+        manifest["members"][name] = {"sha256": digest if path == source else digests.file_sha256(path),
+                                     "size": path.stat().st_size}
+    pictures = f", {len(images)} image(s) ({sum(p.stat().st_size for p in images) / 1e6:.1f} MB)" if images else ""
     log(f"bundle: profile {prof.profile_name} ({len(files)} file(s)), ISO {source.name} "
-        f"({source.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]}…)")
+        f"({source.stat().st_size / 1e6:.1f} MB, sha256 {digest[:12]}…){pictures}")
     with atomic.atomic_path(out) as tmp:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
             _add(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
             for name, data in files.items():
                 _add(tar, name, data)
-            info = tarfile.TarInfo(manifest["iso"]["member"])
-            info.size, info.mode, info.mtime = source.stat().st_size, 0o644, int(time.time())
-            with open(source, "rb") as fp:
-                tar.addfile(info, fp)
+            for name, path in big.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = path.stat().st_size, 0o644, int(time.time())
+                with open(path, "rb") as fp:
+                    tar.addfile(info, fp)
         whole = digests.file_sha256(tmp)
     log(f"wrote {out} (sha256 {whole}); onboard with it: b2dkit onboard --from-bundle {out.name}")
     return whole
@@ -142,9 +169,15 @@ def unpack(path, log: Log = print) -> Unpacked:
     if prof.iso.pinned and prof.iso.sha256 != digest:
         raise InputError(f"--from-bundle: {path}: the bundled ISO has sha256 {digest}, "
                          f"but the bundled profile pins {prof.iso.sha256}")
-    log(f"bundle {path.name}: checked {len(manifest['members'])} file(s); profile {prof.profile_name}, "
+    bundled = {(folder / name).resolve() for name in manifest.get("images", [])}
+    outside = [str(p) for p in prof.images if p.resolve() not in bundled]
+    if outside:  # it would need files this laptop may not have
+        raise InputError(f"--from-bundle: {path}: the bundled profile names image(s) the bundle lacks: "
+                         f"{', '.join(outside)}; make the bundle again with this b2dkit")
+    carried = f", {len(bundled)} image(s)" if bundled else ""
+    log(f"bundle {path.name}: checked {len(manifest['members'])} file(s); profile {prof.profile_name}{carried}, "
         f"ISO sha256 {digest[:12]}… in the cache")
-    return Unpacked(profile=prof_path, iso=iso_target, sha256=digest)
+    return Unpacked(profile=prof_path, iso=iso_target, sha256=digest, images=sorted(bundled))
 
 
 def _manifest(tar: tarfile.TarFile, path: Path) -> dict:
@@ -162,11 +195,13 @@ def _manifest(tar: tarfile.TarFile, path: Path) -> dict:
                          f" is not {FORMAT}; make it again with this b2dkit")
     members = data.get("members")
     if not isinstance(members, dict) or data.get("profile") not in members or \
-            not isinstance(data.get("iso"), dict) or data["iso"].get("member") not in members:
+            not isinstance(data.get("iso"), dict) or data["iso"].get("member") not in members or \
+            not isinstance(data.get("images", []), list) or \
+            any(name not in members or not str(name).startswith("images/") for name in data.get("images", [])):
         raise bad
     for name, meta in members.items():
         parts = Path(name).parts
-        if name.startswith("/") or ".." in parts or not name.startswith(("profiles/", "iso/")) or \
+        if name.startswith("/") or ".." in parts or not name.startswith(FOLDERS) or \
                 not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
             raise InputError(f"--from-bundle: {path}: refusing member {name!r} (outside the bundle's folders)")
         try:

@@ -121,7 +121,7 @@ def check_guest_build(profile) -> Check:
         return Check(name, False, str(exc))
     if not os.access(kernel, os.R_OK):
         return Check(name, False, f"cannot read {kernel} (Debian makes it 0600): onboard as root, "
-                                  f"or `sudo chmod 0644 {kernel}`")
+                                  f"or `{install.privileged_text('chmod', '0644', str(kernel))}`")
     return Check(name, True, f"packages installed, kernel {kernel} readable (first build takes a minute)")
 
 

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import List, Optional
 
+from . import install
 from .errors import DownloadError, InputError, ToolMissing
 from .paths import StrPath
 
@@ -25,7 +26,7 @@ def _run(args: List[str], cwd: Optional[StrPath] = None, timeout: float = TIMEOU
     exe = shutil.which("git")
     if exe is None:
         raise ToolMissing("git is not installed, and this profile is a git reference",
-                          hint="install git (e.g. sudo apt-get install git), or give a profile file")
+                          hint=f"{install.hint('git')}; or give a profile file")
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="", SSH_ASKPASS="", LC_ALL="C")
     try:
         proc = subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, timeout=timeout,

@@ -1,17 +1,22 @@
 """How to install each external program b2dkit runs: the one table doctor, onboarding and every error use.
 
 A tool maps to its package names per package manager (apt, dnf, brew; brew casks apart,
-since they need ``--cask``); the human-readable commands are made from the same names, so
-what an error suggests is what ``onboard --yes`` would run.
+since they need ``--cask``); the human-readable commands are made from the same names and
+the same argument lists (``install_argvs``) that ``pkgmanager`` runs, so what an error
+suggests is what ``onboard --yes`` would run.  ``privileged`` is the one rule for root:
+as root a command runs (and is shown) as is, otherwise through ``sudo``; brew never.
 """
 
+import os
 import platform
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 MANAGERS = ("apt", "dnf", "brew")
 SYSTEMS = {"apt": "Debian/Ubuntu", "dnf": "Fedora", "brew": "macOS"}
+BINARY = {"apt": "apt-get", "dnf": "dnf", "brew": "brew"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,36 @@ TABLE: Dict[str, Packages] = {
     "fuse": Packages(apt=("fuse3",), dnf=("fuse3",), cask=("macfuse",)),
     "ssh": Packages(apt=("openssh-client",), dnf=("openssh-clients",), note={"brew": "ssh ships with macOS"}),
     "docker": Packages(apt=("docker.io",), dnf=("moby-engine",), brew=("docker",)),
+    "git": Packages(apt=("git",), dnf=("git",), brew=("git",)),
 }  # fmt: skip
+
+
+def as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def privileged(argv: List[str]) -> List[str]:
+    """``argv`` as this user must run a command that needs root: as is when root (a bare
+    machine or container often has no sudo at all), otherwise through ``sudo``."""
+    return list(argv) if as_root() else ["sudo", *argv]
+
+
+def privileged_text(*argv: str) -> str:
+    """The same, as a person types it (for hints: ``sudo modprobe fuse`` or ``modprobe fuse``)."""
+    return shlex.join(privileged(list(argv)))
+
+
+def install_argvs(manager: str, packages: List[str], yes: bool = False) -> List[List[str]]:
+    """The argument lists that install ``packages`` (brew: casks first, never sudo).
+
+    ``yes``: no question from the manager itself (``-y``; the user consented already).
+    """
+    if manager == "brew":
+        casks = [p.split(" ", 1)[1] for p in packages if p.startswith("--cask ")]
+        formulae = [p for p in packages if not p.startswith("--cask ")]
+        return ([["brew", "install", "--cask", *casks]] if casks else []) + (
+            [["brew", "install", *formulae]] if formulae else [])
+    return [privileged([BINARY[manager], "install", *(["-y"] if yes else []), *packages])]
 
 
 def host_manager() -> str:
@@ -56,15 +90,8 @@ def host_system() -> str:
 
 
 def command_text(manager: str, packages: List[str]) -> str:
-    """What a person types: ``sudo apt-get install a b`` (brew: casks first, never sudo)."""
-    if manager == "brew":
-        casks = [p.split(" ", 1)[1] for p in packages if p.startswith("--cask ")]
-        formulae = [p for p in packages if not p.startswith("--cask ")]
-        parts = (["brew install --cask " + " ".join(casks)] if casks else []) + (
-            ["brew install " + " ".join(formulae)] if formulae else [])
-        return " && ".join(parts)
-    binary = {"apt": "apt-get", "dnf": "dnf"}[manager]
-    return f"sudo {binary} install " + " ".join(packages)
+    """What a person types: ``sudo apt-get install a b``, or ``apt-get install a b`` as root."""
+    return " && ".join(shlex.join(argv) for argv in install_argvs(manager, packages))
 
 
 def commands(tool: str) -> Dict[str, str]:

@@ -150,7 +150,7 @@ def source_iso_change(profile, iso_path=None) -> Tuple[Optional[Path], str]:
         return None, f"build the boot2docker-compatible guest ISO from Debian packages ({profile.iso.build})"
     from . import isocache
 
-    sha256 = profile.iso.require_sha256()
+    sha256 = profile.iso.require_sha256(profile.ref)
     cached = isocache.source_path(sha256)
     if cached.is_file():
         iso.check_bootable(cached)
@@ -168,7 +168,7 @@ def source_iso(profile, iso_path=None, log: Log = _quiet) -> Path:
     from . import download
 
     log(f"ISO: {change}")
-    return download.fetch(list(profile.iso.urls), profile.iso.require_sha256())
+    return download.fetch(list(profile.iso.urls), profile.iso.require_sha256(profile.ref))
 
 
 def boot_iso_change(profile, source: Optional[Path]) -> Tuple[Optional[Path], str]:

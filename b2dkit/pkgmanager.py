@@ -1,12 +1,12 @@
 """The only place that runs a package manager (apt-get, dnf, brew): argument lists, sudo, one error.
 
 ``onboard`` and ``doctor --fix`` decide first (an ``InstallPlan``: which manager, which
-packages, the exact command a user reads) and run it only after consent. As root the
-manager runs directly; otherwise through ``sudo``, which asks for the password on the
-terminal itself (nothing is ever passed on a command line). brew refuses sudo and never gets it.
+packages, the exact command a user reads) and run it only after consent. The command is
+``install.install_argvs``, the one every hint shows: as root the manager runs directly;
+otherwise through ``sudo``, which asks for the password on the terminal itself (nothing is
+ever passed on a command line). brew refuses sudo and never gets it.
 """
 
-import os
 import shlex
 import shutil
 import subprocess
@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from . import install
 from .errors import MachineError, ToolMissing
 
-BINARY = {"apt": "apt-get", "dnf": "dnf", "brew": "brew"}
 APT_LISTS = Path("/var/lib/apt/lists")  # empty on a fresh Debian image: apt-get update first
 
 
 def detect() -> Optional[str]:
     """The package manager on PATH (apt, dnf or brew), or None."""
     for manager in ("brew", "apt", "dnf") if _darwin() else ("apt", "dnf", "brew"):
-        if shutil.which(BINARY[manager]):
+        if shutil.which(install.BINARY[manager]):
             return manager
     return None
 
@@ -34,27 +34,17 @@ def _darwin() -> bool:
     return platform.system() == "Darwin"
 
 
-def _as_root() -> bool:
-    return os.geteuid() == 0
-
-
 @dataclass
 class InstallPlan:
     manager: str
     packages: List[str]
 
     def argvs(self) -> List[List[str]]:
-        """The argument lists to run, in order (sudo in front when not root, never for brew)."""
-        if self.manager == "brew":
-            casks = [p.split(" ", 1)[1] for p in self.packages if p.startswith("--cask ")]
-            formulae = [p for p in self.packages if not p.startswith("--cask ")]
-            return ([["brew", "install", "--cask", *casks]] if casks else []) + (
-                [["brew", "install", *formulae]] if formulae else [])
-        sudo = [] if _as_root() else ["sudo"]
-        runs = []
+        """The argument lists to run, in order: the hint's command plus ``-y`` (install.install_argvs),
+        after ``apt-get update`` where apt has no package lists yet (a fresh image)."""
+        runs = install.install_argvs(self.manager, self.packages, yes=True)
         if self.manager == "apt" and not _has_apt_lists():
-            runs.append([*sudo, "apt-get", "update"])
-        runs.append([*sudo, BINARY[self.manager], "install", "-y", *self.packages])
+            runs.insert(0, install.privileged(["apt-get", "update"]))
         return runs
 
     def command(self) -> str:

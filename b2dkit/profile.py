@@ -96,13 +96,15 @@ class IsoSource:
     def pinned(self) -> bool:
         return bool(self.sha256) and self.sha256 != SHA256_PLACEHOLDER
 
-    def require_sha256(self) -> str:
-        """The digest a download must match; refuses the unverified placeholder."""
+    def require_sha256(self, profile_ref: str = "") -> str:
+        """The digest a download must match; refuses the unverified placeholder, naming the
+        command that fixes it (``profile_ref``: how the user names the profile, see Profile.ref)."""
         if not self.pinned:
+            pin = f"b2dkit iso.pin --profile={profile_ref}" if profile_ref else "b2dkit iso.pin"
             raise ProfileError(
                 f"iso.sha256 is {self.sha256!r}, not a verified digest, so the download cannot be checked",
-                hint="put the sha256 from the boot2docker release notes in the profile, or set iso.path "
-                "to a local boot2docker.iso",
+                hint=f"pin it: `{pin}` (downloads the ISO, checks it, writes its sha256), "
+                f"or `{pin} --from PATH` for a boot2docker.iso you have; or set iso.path to a local file",
             )
         return str(self.sha256)
 
@@ -164,6 +166,17 @@ class Profile:
     def profile_name(self) -> str:
         """The profile's own name (``cst``), as opposed to the VM's name."""
         return _stem(self.source) if self.source else self.name
+
+    @property
+    def ref(self) -> str:
+        """How to name this profile on a command line: its name when that finds this very file,
+        else its path (advice such as `b2dkit iso.pin --profile=…` must work when pasted)."""
+        if self.source is None:
+            return self.name
+        found = dict(available()).get(self.profile_name)
+        if found is not None and found.resolve() == self.source.resolve():
+            return self.profile_name
+        return display_path(self.source)
 
     @property
     def ssh_forward(self) -> Forward:
@@ -312,6 +325,12 @@ def check_layer(path, text: str) -> None:
     """
     path = Path(path)
     _check_layer(path, _parse(path, text))
+
+
+def layer_images(path) -> List[Path]:
+    """The image tarballs one file lists itself (resolved next to it), its extends chain aside."""
+    path = Path(path)
+    return list(_check_layer(path, _read(path)).values.get("images", {}))
 
 
 def _resolve(path: Path, provider=None, name=None) -> Profile:
@@ -737,7 +756,7 @@ def _check_images(check, where, value):
         text = check.text(f"{where}[{index}]", item)
         path = Path(text).expanduser()
         if not path.is_absolute():
-            path = check.path.parent / path
+            path = Path(os.path.normpath(check.path.parent / path))  # ../images/x.tar: named plainly
         result[path] = True
     return result
 

@@ -13,7 +13,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -107,14 +107,17 @@ def iso_edit(path: StrPath, urls: Optional[Sequence[str]] = None, sha256: Option
     return Edit(path=path, old_text=text, new_text=new_text, changes=changes)
 
 
-def set_top_level(path: StrPath, text: str, key: str, value: str) -> str:
-    """``text`` (the content of ``path``) with the top-level ``key`` set to ``value``, layout kept."""
+def set_top_level(path: StrPath, text: str, key: str, value: Union[str, List[str]]) -> str:
+    """``text`` (the content of ``path``) with the top-level ``key`` set to ``value``, layout kept
+    (a list replaces an existing list's items in place, so its comments stay)."""
     yaml, data = _load(Path(path), text)
     if not isinstance(data, CommentedMap):
         raise ProfileError(f"{profiles.display_path(path)}: the top level is not a mapping")
     if data.get(key) == value:
         return text
-    if key in data:
+    if isinstance(value, list) and isinstance(data.get(key), CommentedSeq):
+        _replace_items(data[key], value)
+    elif key in data:
         data[key] = value
     else:
         data.insert(0, key, value)

@@ -52,8 +52,8 @@ def require_sshfs() -> str:
         raise ToolMissing(f"sshfs is not installed; {install.hint('sshfs')}")
     if sys.platform.startswith("linux") and not os.path.exists("/dev/fuse"):
         raise ToolMissing(
-            "FUSE is not available (/dev/fuse is missing); load it with `sudo modprobe fuse` "
-            f"or {install.hint('fuse')}"
+            "FUSE is not available (/dev/fuse is missing); load it with "
+            f"`{install.privileged_text('modprobe', 'fuse')}` or {install.hint('fuse')}"
         )
     return path
 

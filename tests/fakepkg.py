@@ -8,6 +8,7 @@ installed package asks the real dpkg-query (the guest build reads the real kerne
 """
 
 import json
+import os
 import shutil
 import stat
 import sys
@@ -122,3 +123,30 @@ class FakePackages:
 def bare_path(monkeypatch, fake: FakePackages) -> None:
     """PATH = the fake's bin only (a machine without the tools)."""
     monkeypatch.setenv("PATH", fake.env_path())
+
+
+BINARIES = {"apt": "apt-get", "dnf": "dnf", "brew": "brew"}
+
+
+def bare_machine(monkeypatch, root: Path, provides: Dict[str, List[str]], manager: str = "apt",
+                 as_root: bool = True, apt_lists: bool = True, real=(), extra_path=()) -> FakePackages:
+    """This process on a machine with one fake package manager and nothing b2dkit needs.
+
+    ``as_root``: root (a bare container: no sudo on PATH) or a user with a (fake) sudo; brew
+    is a user's and has no sudo. ``apt_lists``: apt has its package lists (else an empty
+    /var/lib/apt/lists, as on a fresh image). ``extra_path``: directories kept after the fake
+    one (a fake VBoxManage's, say).
+    """
+    from b2dkit import install, pkgmanager
+
+    fake = FakePackages(root, provides=provides, managers=(BINARIES[manager],), real=real)
+    if not as_root and manager != "brew":
+        fake.add_sudo()
+    monkeypatch.setenv("PATH", os.pathsep.join([fake.env_path(), *map(str, extra_path)]))
+    lists = root / "apt-lists"
+    lists.mkdir(exist_ok=True)
+    if apt_lists:
+        (lists / "deb.debian.org_dists_bookworm_main_binary-amd64_Packages").write_text("")
+    monkeypatch.setattr(pkgmanager, "APT_LISTS", lists)
+    monkeypatch.setattr(install, "as_root", lambda: as_root)
+    return fake

@@ -27,6 +27,12 @@ BREW_QEMU = "brew install qemu"
 Usage = namedtuple("Usage", "total used free")
 
 
+@pytest.fixture(autouse=True)
+def laptop_user(monkeypatch):
+    """Not root, as on a laptop: hints say ``sudo``. Tests of root (a bare container) say so."""
+    monkeypatch.setattr("b2dkit.install.as_root", lambda: False)
+
+
 def only_on_path(tmp_path, monkeypatch, *programs):
     """PATH = one fresh dir with just these programs (linked from the real PATH)."""
     bin_dir = tmp_path / "bin-only"
@@ -319,18 +325,10 @@ QEMU_PACKAGES = {"qemu-system-x86": [QEMU], "qemu-utils": ["qemu-img"], "openssh
 
 @pytest.fixture
 def bare(tmp_path, monkeypatch):
-    """A machine with apt-get (fake) and nothing b2dkit needs; root, with apt's lists present."""
-    from fakepkg import FakePackages, bare_path
+    """A machine with apt-get (fake) and nothing b2dkit needs; root (no sudo), with apt's lists present."""
+    from fakepkg import bare_machine
 
-    from b2dkit import pkgmanager
-
-    fake = FakePackages(tmp_path / "pkg", provides=QEMU_PACKAGES)
-    bare_path(monkeypatch, fake)
-    lists = tmp_path / "lists"
-    lists.mkdir()
-    (lists / "x_Packages").write_text("")
-    monkeypatch.setattr(pkgmanager, "APT_LISTS", lists)
-    monkeypatch.setattr(pkgmanager, "_as_root", lambda: True)
+    fake = bare_machine(monkeypatch, tmp_path / "pkg", QEMU_PACKAGES)
     monkeypatch.setenv("B2DKIT_QEMU_ACCEL", "tcg")
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no terminal unless a test says so
     return fake
@@ -349,12 +347,23 @@ def test_doctor_ends_with_one_install_command_per_package_manager(bare, plain_pr
     code, out = run_doctor(capsys, f"--profile={plain_profile}")
     assert code == 3
     footer = out.out[out.out.index("to install what is missing:"):].splitlines()
-    assert [line.strip() for line in footer[1:]] == [
-        "Debian/Ubuntu: sudo apt-get install qemu-system-x86 qemu-utils openssh-client",
-        "Fedora: sudo dnf install qemu-system-x86 qemu-img openssh-clients",
+    assert [line.strip() for line in footer[1:]] == [  # root: what works here, with no sudo installed
+        "Debian/Ubuntu: apt-get install qemu-system-x86 qemu-utils openssh-client",
+        "Fedora: dnf install qemu-system-x86 qemu-img openssh-clients",
         "macOS: brew install qemu",
     ]
+    assert "sudo" not in out.out  # the per-check hints and the QEMU error's own text too
     assert bare.calls() == []  # doctor alone installs nothing
+
+
+def test_as_a_user_every_hint_goes_through_sudo_except_brew(bare, plain_profile, capsys, monkeypatch):
+    monkeypatch.setattr("b2dkit.install.as_root", lambda: False)
+    code, out = run_doctor(capsys, f"--profile={plain_profile}")
+    assert code == 3
+    assert "`sudo apt-get install qemu-system-x86 qemu-utils` (Debian/Ubuntu)" in out.out  # the QEMU error
+    assert "  Debian/Ubuntu: sudo apt-get install qemu-system-x86 qemu-utils openssh-client" in out.out
+    assert "  Fedora: sudo dnf install qemu-system-x86 qemu-img openssh-clients" in out.out
+    assert "sudo brew" not in out.out
 
 
 def test_fix_with_yes_installs_only_what_the_profile_needs_then_checks_again(bare, plain_profile, capsys):
@@ -405,7 +414,7 @@ def test_a_profile_that_builds_the_guest_needs_the_builders_packages(bare, tmp_p
     prof = profiles.load(str(path))
     check = by_name(doctor.run(prof))["guest build"]
     assert not check.ok and check.packages == {"apt": list(builder.PACKAGES)}  # guest/build.py's own list
-    assert check.line().splitlines()[1].strip() == "Debian/Ubuntu: sudo apt-get install " + " ".join(builder.PACKAGES)
+    assert check.line().splitlines()[1].strip() == "Debian/Ubuntu: apt-get install " + " ".join(builder.PACKAGES)
     bare.mark_installed(*[p for p in QEMU_PACKAGES])  # what else this profile needs is "there"...
     for program in (QEMU, "ssh"):
         (bare.bin / program).write_text("#!/bin/sh\n")
@@ -437,3 +446,82 @@ def test_nothing_to_install_asks_nothing(bare, plain_profile):
     prof = profiles.load(str(plain_profile))
     bare_checks = [doctor.Check("host ports", False, "in use: 127.0.0.1:2022/tcp")]  # no package fixes it
     assert doctor.fix(prof, bare_checks, confirm=lambda command: pytest.fail("asked"), log=print) == bare_checks
+
+
+# -- every package manager, as root and through sudo (brew: never), end to end --------------------
+
+# What plain_profile needs (QEMU and ssh) in each manager's names; brew has no ssh package
+# (it ships with macOS), so that machine has ssh already.
+NEEDS = {"apt": ["qemu-system-x86", "qemu-utils", "openssh-client"],
+         "dnf": ["qemu-system-x86", "qemu-img", "openssh-clients"], "brew": ["qemu"]}
+EVERY_NAME = {**QEMU_PACKAGES, "qemu-img": ["qemu-img"], "openssh-clients": ["ssh"], "qemu": [QEMU, "qemu-img"]}
+MACHINES = [("apt", True), ("apt", False), ("dnf", True), ("dnf", False), ("brew", False)]
+
+
+@pytest.fixture(params=MACHINES, ids=[f"{m}-{'root' if r else 'user'}" for m, r in MACHINES])
+def machine(request, tmp_path, monkeypatch):
+    from fakepkg import bare_machine
+
+    manager, as_root = request.param
+    fake = bare_machine(monkeypatch, tmp_path / "pkg", EVERY_NAME, manager=manager, as_root=as_root,
+                        real=("ssh",) if manager == "brew" else ())
+    monkeypatch.setenv("B2DKIT_QEMU_ACCEL", "tcg")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    return fake, manager, as_root
+
+
+def expected_runs(manager, as_root, packages, update=False):
+    """What the fakes record: sudo logs its argv, then the manager it runs logs its own."""
+    binary = {"apt": "apt-get", "dnf": "dnf", "brew": "brew"}[manager]
+    argvs = ([[binary, "update"]] if update else []) + [[binary, "install", *(["-y"] if manager != "brew" else []),
+                                                          *packages]]
+    if as_root or manager == "brew":
+        return argvs
+    return [call for argv in argvs for call in (["sudo", *argv], argv)]
+
+
+def test_fix_with_yes_runs_this_machines_manager_the_way_its_hint_says(machine, plain_profile, capsys):
+    fake, manager, as_root = machine
+    code, out = run_doctor(capsys, f"--profile={plain_profile}")
+    assert code == 3 and fake.calls() == []
+    hints = out.out
+    code, out = run_doctor(capsys, f"--profile={plain_profile}", "--fix", "--yes")
+    assert code == 0, out.err
+    assert fake.calls() == expected_runs(manager, as_root, NEEDS[manager])
+    shown = " && ".join(" ".join(argv) for argv in expected_runs(manager, True, NEEDS[manager]))
+    command = shown if as_root or manager == "brew" else "sudo " + shown
+    assert f"running: {command}" in out.out
+    system = {"apt": "Debian/Ubuntu", "dnf": "Fedora", "brew": "macOS"}[manager]
+    footer = hints[hints.index("to install what is missing:"):]
+    assert f"  {system}: {command.replace(' -y', '')}\n" in footer  # the hint is the command, less -y
+    assert "sudo brew" not in hints and ("sudo" in hints) is (not as_root)
+    after = out.out[out.out.index("re-checked after installing:"):]
+    assert f"[ok ] QEMU: {fake.bin / QEMU}" in after and out.out.rstrip().endswith("all good")
+
+
+def test_a_failing_manager_is_one_line_and_nothing_is_claimed(machine, plain_profile, capsys, monkeypatch):
+    fake, manager, as_root = machine
+    monkeypatch.setenv("FAKEPKG_FAIL", "1")
+    code, out = run_doctor(capsys, f"--profile={plain_profile}", "--fix", "--yes")
+    assert code == 3
+    err = out.err.strip()
+    run = expected_runs(manager, as_root, NEEDS[manager])[0]
+    assert "\n" not in err and err.startswith(f"b2dkit: error: `{' '.join(run)}` failed (exit status 100)")
+    assert "re-checked" not in out.out and "all good" not in out.out and "Traceback" not in out.out + out.err
+    assert fake.installed() == []
+
+
+@pytest.mark.parametrize("as_root", [True, False])
+def test_an_empty_apt_list_is_updated_first_in_the_same_consent(tmp_path, monkeypatch, plain_profile, capsys,
+                                                                 as_root):
+    from fakepkg import bare_machine
+
+    fake = bare_machine(monkeypatch, tmp_path / "pkg", EVERY_NAME, as_root=as_root, apt_lists=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    code, out = run_doctor(capsys, f"--profile={plain_profile}", "--fix")  # no --yes, no terminal: say how
+    sudo = "" if as_root else "sudo "
+    assert code == 3 and fake.calls() == []
+    assert f"run `{sudo}apt-get update && {sudo}apt-get install -y qemu-system-x86" in out.err
+    code, out = run_doctor(capsys, f"--profile={plain_profile}", "--fix", "--yes")
+    assert code == 0, out.err
+    assert fake.calls() == expected_runs("apt", as_root, NEEDS["apt"], update=True)

@@ -86,6 +86,7 @@ def test_doctor_matches_its_schema_when_it_passes_and_when_it_fails(tmp_path, mo
     validate("doctor", report)
     assert report["ok"] is True and report["provider"] == "virtualbox"
     monkeypatch.setenv("PATH", str(fake.bin))  # VirtualBox, but no ssh client
+    monkeypatch.setattr("b2dkit.install.as_root", lambda: False)
     report = run_json(capsys, "doctor", "--profile=cst", "--provider=virtualbox", "--json", code=3)
     validate("doctor", report)
     failed = {c["name"]: c for c in report["checks"] if not c["ok"]}

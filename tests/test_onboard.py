@@ -179,6 +179,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(fast, b2dkit_home, capfd):
 
 def test_dry_run_does_not_stop_on_a_failed_check(fast, b2dkit_home, capfd, monkeypatch):
     monkeypatch.setenv("PATH", str(fast["fake"].bin))  # VBoxManage, but no sshfs and no ssh
+    monkeypatch.setattr("b2dkit.install.as_root", lambda: False)  # a laptop user: hints say sudo
     code, out, _ = onboard_task(capfd, fast["profile"], "--dry-run")
     assert code == 0
     assert "[MISSING] sshfs" in out and "sudo apt-get install sshfs fuse3" in out
@@ -192,6 +193,52 @@ def test_failed_check_stops_before_anything_is_fetched(fast, b2dkit_home, capfd,
     assert err.splitlines() == ["b2dkit: error: 2 check(s) failed: ssh client, sshfs "
                                 "(install what is listed above, then re-run)"]
     assert "[2/7]" not in out and fast["mirror"].requests == [] and tree(b2dkit_home) == {}
+
+
+# What the fast profile (cst: sshfs mounts) lacks on a bare machine, in each manager's names.
+SSHFS = {"apt": ["sshfs", "fuse3"], "dnf": ["fuse-sshfs", "fuse3"], "brew": ["--cask", "macfuse"]}
+SSHFS_PROGRAMS = {"sshfs": ["sshfs"], "fuse-sshfs": ["sshfs"], "gromgit/fuse/sshfs-mac": ["sshfs"],
+                  "fuse3": ["fusermount3"], "macfuse": []}
+MANAGERS = [("apt", True), ("dnf", True), ("dnf", False), ("brew", False)]
+
+
+@pytest.mark.parametrize("manager, as_root", MANAGERS, ids=[f"{m}-{'root' if r else 'user'}" for m, r in MANAGERS])
+def test_yes_on_a_bare_machine_installs_with_its_manager_and_goes_on_in_the_same_run(
+        fast, b2dkit_home, capfd, monkeypatch, stop_before_boot, tmp_path, manager, as_root):
+    from fakepkg import bare_machine
+
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("sshfs needs /dev/fuse here")
+    pkg = bare_machine(monkeypatch, tmp_path / "pkg", SSHFS_PROGRAMS, manager=manager, as_root=as_root,
+                       real=("ssh",), extra_path=[fast["fake"].bin])  # VBoxManage and ssh: only sshfs lacks
+    code, out, err = onboard_task(capfd, fast["profile"], "--yes")
+    assert code == 130 and stop_before_boot == [FAST_VM], err  # steps 1-4 ran for real, then the boot
+    installs = [call for call in pkg.calls() if call[0] != "sudo"]
+    if manager == "brew":  # casks first, then formulae, never through sudo
+        assert installs == [["brew", "install", *SSHFS["brew"]], ["brew", "install", "gromgit/fuse/sshfs-mac"]]
+    else:
+        assert installs == [[{"apt": "apt-get"}.get(manager, manager), "install", "-y", *SSHFS[manager]]]
+    through_sudo = [call[1:] for call in pkg.calls() if call[0] == "sudo"]
+    assert through_sudo == ([] if as_root or manager == "brew" else installs)
+    assert "re-checked after installing:" in out and "[ok ] sshfs" in out
+    assert "[2/7] iso" in out and f"done: created VM {FAST_VM} on virtualbox" in out
+
+
+def test_a_failing_package_manager_stops_onboarding_at_step_1_in_one_line(
+        fast, b2dkit_home, capfd, monkeypatch, tmp_path):
+    from fakepkg import bare_machine
+
+    pkg = bare_machine(monkeypatch, tmp_path / "pkg", SSHFS_PROGRAMS, manager="dnf", as_root=False,
+                       real=("ssh",), extra_path=[fast["fake"].bin])
+    monkeypatch.setenv("FAKEPKG_FAIL", "1")
+    code, out, err = onboard_task(capfd, fast["profile"], "--yes")
+    assert code == 3
+    said = [line for line in err.splitlines() if line.startswith("b2dkit:")]  # (the rest is dnf's own stderr)
+    assert len(said) == 1 and said[0].startswith(
+        "b2dkit: error: step 1 (doctor) failed: `sudo dnf install -y fuse-sshfs fuse3` failed (exit status 100) "
+        "(read its output above, fix it, and re-run")
+    assert "re-checked" not in out and "[2/7]" not in out and pkg.installed() == []
+    assert fast["mirror"].requests == [] and tree(b2dkit_home) == {}
 
 
 def test_failing_download_stops_at_step_2_with_one_line(fast, b2dkit_home, capfd, tmp_path):
@@ -309,9 +356,17 @@ class World:
         self.ssh_port = free_port()
         self.profile = write_profile(
             root / f"{name}.yaml", extends="demo", name=name, provider="qemu", disk=2048,
-            iso_lines=["iso:", f"  urls: [{self.mirror.iso_url}]", f"  sha256: {self.sha256}"],
+            iso_lines=["iso:", f"  urls: [{self.mirror.iso_url}]", "  sha256: UNVERIFIED"],
             ssh_port=self.ssh_port, app_port=free_port(),
         )
+        # The team lead pins it with iso.pin on their own machine (its own cache): the new hire's
+        # runs below onboard from the pinned profile and download and check the ISO themselves.
+        lead = dict(os.environ, PYTHONPATH=str(REPO), B2DKIT_HOME=str(root / "lead-home"), HOME=str(root))
+        pinned = subprocess.run([sys.executable, "-m", "b2dkit", "iso.pin", f"--profile={self.profile}"],
+                                env=lead, capture_output=True, text=True, timeout=300)
+        assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+        assert f"  sha256: {self.sha256}\n" in self.profile.read_text()
+        self.mirror.requests.clear()
         self.mp = pytest.MonkeyPatch()
         self.mp.setenv("B2DKIT_HOME", str(self.b2dkit_home))
         self.mp.setenv("HOME", str(self.home))

@@ -170,6 +170,13 @@ def test_bare_machine_without_yes_and_without_a_terminal_installs_nothing(checko
     assert all(name in errors[0] for name in _guest_packages()) and "sshfs" in errors[0]
     assert fake.calls() == [] and fake.installed() == []
     assert "[2/7]" not in proc.stdout
+    # Root on a machine without sudo: every hint says what works here, and the table's footer
+    # names the very packages of the one-liner (which only adds -y).
+    assert "sudo apt-get" not in proc.stdout + proc.stderr and "apt-get install " in proc.stdout
+    table = proc.stdout[proc.stdout.index("to install what is missing:"):].splitlines()
+    footer = next(line.strip() for line in table if line.strip().startswith("Debian/Ubuntu: "))
+    one_liner = errors[0].split("run `", 1)[1].split("`", 1)[0]
+    assert one_liner.split(" && ")[-1] == footer[len("Debian/Ubuntu: "):].replace(" install ", " install -y ", 1)
 
 
 def test_bare_machine_with_yes_installs_what_demo_needs_and_goes_on(checkout, laptop, bare_machine):
@@ -229,6 +236,12 @@ def test_bare_machine_with_yes_ends_with_a_working_vm_in_the_same_run(checkout, 
                               timeout=120)
         assert date.returncode == 0 and date.stdout.strip() == "CST", date.stderr
         assert os.path.ismount(Path(env["HOME"]) / "workspace" / "dev")
+        # demo's guest runs Docker: the `docker` the install put on PATH reaches it, as the summary says.
+        assert "sudo apt-get" not in proc.stdout  # root without sudo: the hints said what worked here
+        shell = subprocess.run(["bash", "-c", f'eval "$({b2dkit[0]} vm.env)" && docker info --format '
+                                "'{{.ServerVersion}} {{.OperatingSystem}}'"], env=env, capture_output=True,
+                               text=True, timeout=180)
+        assert shell.returncode == 0 and shell.stdout.strip(), shell.stderr
     finally:
         if Path(b2dkit[0]).exists():
             subprocess.run([*b2dkit, "vm.destroy", "--name=b2dkit-demo", "--purge", "--yes"], env=env,

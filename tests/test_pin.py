@@ -20,6 +20,7 @@ from fakevbox import install
 
 REPO = Path(__file__).resolve().parents[1]
 UPSTREAM = "https://github.com/boot2docker/boot2docker/releases/download/v19.03.12/boot2docker.iso"
+SHIPPED = "33d2db9b78f8e90d0998a1ab34d957c7cb1f8ad2893aad480f13d063f019d95b"  # its release notes' sha256
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +49,13 @@ def mirror(isos):
 
 @pytest.fixture
 def team(tmp_path, monkeypatch):
-    """A team's profiles directory: a copy of the shipped default.yaml shadows the built-in one."""
+    """A team's profiles directory: a copy of the shipped default.yaml shadows the built-in one,
+    not pinned yet (the placeholder in place of the published digest)."""
     folder = tmp_path / "team"
     folder.mkdir()
-    shutil.copy(REPO / "profiles" / "default.yaml", folder / "default.yaml")
+    shipped = (REPO / "profiles" / "default.yaml").read_text()
+    assert shipped.count(f"  sha256: {SHIPPED}\n") == 1
+    (folder / "default.yaml").write_text(shipped.replace(SHIPPED, profiles.SHA256_PLACEHOLDER))
     (folder / "cst.yaml").write_text((REPO / "profiles" / "cst.yaml").read_text())
     monkeypatch.setenv("B2DKIT_PROFILES", str(folder))
     return folder
@@ -301,7 +305,14 @@ def test_profiles_fetched_into_the_cache_are_not_edited(tmp_path, b2dkit_home):
 # -- the new hire: a VM from the pinned profile ---------------------------------------------
 
 
-def test_a_new_hire_creates_the_vm_from_the_pinned_profile_and_the_iso_is_verified(
+def _boot_without_a_guest(machine, **kwargs):
+    """Step 5 on the fake VirtualBox: it starts the VM there, but no guest answers SSH (the QEMU
+    half of test_onboard.py boots a real one from a pinned profile)."""
+    lifecycle.provider_for(machine).start()
+    return lifecycle.Outcome(done=[f"started VM {machine.name} (fake VirtualBox: no guest to reach)"])
+
+
+def test_a_new_hire_onboards_from_the_pinned_profile_and_the_iso_is_verified(
         team, mirror, isos, capfd, tmp_path, monkeypatch):
     url = mirror.url("/good.iso")
     assert b2dkit(capfd, "iso.pin", f"--url={url}")[0] == 0
@@ -310,20 +321,44 @@ def test_a_new_hire_creates_the_vm_from_the_pinned_profile_and_the_iso_is_verifi
     monkeypatch.setenv("B2DKIT_HOME", str(tmp_path / "laptop2"))
     monkeypatch.setenv("HOME", str(tmp_path / "home2"))
     os.makedirs(tmp_path / "home2")
-    install(tmp_path / "fv", monkeypatch)
-    (team / "small.yaml").write_text("extends: cst\nname: pinned-vm\ndisk: 1024\n")
+    fake = install(tmp_path / "fv", monkeypatch)
+    monkeypatch.setattr(lifecycle, "start", _boot_without_a_guest)
+    (team / "small.yaml").write_text("extends: cst\nname: pinned-vm\ndisk: 1024\n"
+                                     "mounts: [{guest: /mnt/sda1/dev, remove: true}]\n")  # sshfs needs a guest
     code, out, err = b2dkit(capfd, "onboard", "--profile=small", "--provider=virtualbox", "--dry-run")
     assert code == 0, err
     assert f"would: download {url} and verify sha256 {digest[:12]}" in out
     requests = len(mirror.requests)
-    code, out, err = b2dkit(capfd, "vm.create", "--profile=small", "--provider=virtualbox", "--no-start")
+    code, out, err = b2dkit(capfd, "onboard", "--profile=small", "--provider=virtualbox", "--yes")
     assert code == 0, err
-    assert len(mirror.requests) == requests + 1  # downloaded once more, on this laptop
+    assert len(mirror.requests) == requests + 1  # downloaded once more, on this laptop, and checked
     assert sha256(isocache.source_path(digest)) == digest
-    assert "pinned-vm created (not started)" in out
+    assert f"done: download {url} and verify sha256 {digest[:12]}" in out
+    assert "done: remaster the ISO with tz=CST-8" in out and "done: created VM pinned-vm on virtualbox" in out
+    assert "Your dev VM pinned-vm is ready (virtualbox)." in out
+    assert fake.state()["machines"]["pinned-vm"]["state"] == "running"
+    # The VM boots the remaster of exactly the pinned bytes.
+    assert isocache.lookup(isocache.source_path(digest), ["tz=CST-8"]) is not None
     # A mirror that now serves other bytes is caught by the pin.
     mirror.routes["/good.iso"] = Route(payload=isos["other"].read_bytes())
     monkeypatch.setenv("B2DKIT_HOME", str(tmp_path / "laptop3"))
-    code, _, err = b2dkit(capfd, "vm.create", "--profile=small", "--provider=virtualbox", "--no-start",
-                          "--name=third")
+    code, out, err = b2dkit(capfd, "onboard", "--profile=small", "--provider=virtualbox", "--yes",
+                            "--name=third")
     assert code == 3 and "checksum mismatch" in err and f"expected sha256 {digest}" in err
+    assert "[3/7]" not in out and "third" not in fake.state()["machines"]
+
+
+def test_an_unpinned_profile_refuses_the_download_in_one_line_naming_the_pin_command(
+        team, isos, capfd, tmp_path, monkeypatch):
+    install(tmp_path / "fv", monkeypatch)
+    code, out, err = b2dkit(capfd, "onboard", "--profile=cst", "--provider=virtualbox", "--dry-run")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "step 2 (iso) failed: iso.sha256 is 'UNVERIFIED', not a verified digest" in err
+    assert "`b2dkit iso.pin --profile=cst`" in err and "`b2dkit iso.pin --profile=cst --from PATH`" in err
+    assert cache_files() == []
+    # The command it names, as named (with the copy this laptop has), fixes it.
+    code, _, err = b2dkit(capfd, "iso.pin", "--profile=cst", f"--from={isos['good']}")
+    assert code == 0, err
+    code, out, err = b2dkit(capfd, "onboard", "--profile=cst", "--provider=virtualbox", "--dry-run")
+    assert code == 0, err
+    assert f"already: ISO {sha256(isos['good'])}.iso is in the cache" in out

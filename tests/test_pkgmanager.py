@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from fakepkg import FakePackages, bare_path
 
-from b2dkit import pkgmanager
+from b2dkit import install, pkgmanager
 from b2dkit.errors import MachineError, ToolMissing
 from b2dkit.pkgmanager import InstallPlan
 
@@ -28,21 +28,21 @@ def lists(tmp_path, monkeypatch):
     (False, [["sudo", "apt-get", "install", "-y", "sshfs", "fuse3"]]),
 ])
 def test_apt_runs_directly_as_root_and_through_sudo_otherwise(monkeypatch, lists, root, expected):
-    monkeypatch.setattr(pkgmanager, "_as_root", lambda: root)
+    monkeypatch.setattr(install, "as_root", lambda: root)
     plan = InstallPlan("apt", ["sshfs", "fuse3"])
     assert plan.argvs() == expected
     assert plan.command() == " && ".join(" ".join(a) for a in expected)
 
 
 def test_an_empty_apt_list_is_updated_first(monkeypatch, lists):
-    monkeypatch.setattr(pkgmanager, "_as_root", lambda: True)
+    monkeypatch.setattr(install, "as_root", lambda: True)
     for path in lists.iterdir():
         path.unlink()
     assert InstallPlan("apt", ["sudo"]).argvs() == [["apt-get", "update"], ["apt-get", "install", "-y", "sudo"]]
 
 
 def test_dnf_and_brew(monkeypatch):
-    monkeypatch.setattr(pkgmanager, "_as_root", lambda: False)
+    monkeypatch.setattr(install, "as_root", lambda: False)
     assert InstallPlan("dnf", ["fuse-sshfs"]).argvs() == [["sudo", "dnf", "install", "-y", "fuse-sshfs"]]
     brew = InstallPlan("brew", ["--cask macfuse", "gromgit/fuse/sshfs-mac"])
     assert brew.argvs() == [["brew", "install", "--cask", "macfuse"], ["brew", "install", "gromgit/fuse/sshfs-mac"]]
@@ -61,7 +61,7 @@ def test_detect_on_a_machine_without_one(tmp_path, monkeypatch):
 
 
 def test_run_as_root_calls_the_manager_with_the_argument_list(tmp_path, monkeypatch, lists):
-    monkeypatch.setattr(pkgmanager, "_as_root", lambda: True)
+    monkeypatch.setattr(install, "as_root", lambda: True)
     fake = FakePackages(tmp_path, provides={"sshfs": ["sshfs"]})
     bare_path(monkeypatch, fake)
     pkgmanager.run(InstallPlan("apt", ["sshfs"]))
@@ -70,7 +70,7 @@ def test_run_as_root_calls_the_manager_with_the_argument_list(tmp_path, monkeypa
 
 
 def test_run_not_as_root_goes_through_sudo_with_no_password_argument(tmp_path, monkeypatch, lists):
-    monkeypatch.setattr(pkgmanager, "_as_root", lambda: False)
+    monkeypatch.setattr(install, "as_root", lambda: False)
     fake = FakePackages(tmp_path, provides={"sudo": ["sudo-was-here"]})
     fake.add_sudo()
     bare_path(monkeypatch, fake)
@@ -80,7 +80,7 @@ def test_run_not_as_root_goes_through_sudo_with_no_password_argument(tmp_path, m
 
 
 def test_not_root_without_sudo_is_one_line_naming_the_command(tmp_path, monkeypatch, lists):
-    monkeypatch.setattr(pkgmanager, "_as_root", lambda: False)
+    monkeypatch.setattr(install, "as_root", lambda: False)
     fake = FakePackages(tmp_path)
     bare_path(monkeypatch, fake)
     with pytest.raises(ToolMissing, match=r"sudo is not installed: run as root `apt-get install -y sudo`"):
@@ -89,7 +89,7 @@ def test_not_root_without_sudo_is_one_line_naming_the_command(tmp_path, monkeypa
 
 
 def test_a_failing_manager_is_a_machine_error_with_its_status(tmp_path, monkeypatch, lists):
-    monkeypatch.setattr(pkgmanager, "_as_root", lambda: True)
+    monkeypatch.setattr(install, "as_root", lambda: True)
     fake = FakePackages(tmp_path)
     bare_path(monkeypatch, fake)
     monkeypatch.setenv("FAKEPKG_FAIL", "1")

@@ -81,14 +81,31 @@ def test_cst_reproduces_the_seed_setup():
         default.name, default.memory, default.cpus, default.disk, default.iso)
 
 
-def test_shipped_sha256_placeholder_loads_but_refuses_downloads():
+# Stated by the v19.03.12 release notes (`sha256sum boot2docker.iso`),
+# https://github.com/boot2docker/boot2docker/releases/tag/v19.03.12
+V19_03_12_SHA256 = "33d2db9b78f8e90d0998a1ab34d957c7cb1f8ad2893aad480f13d063f019d95b"
+V19_03_12_URL = "https://github.com/boot2docker/boot2docker/releases/download/v19.03.12/boot2docker.iso"
+
+
+def test_the_shipped_default_pins_the_published_v19_03_12_digest():
     iso = profile.load("default").iso
-    if iso.pinned:
-        assert len(iso.require_sha256()) == 64
-        return
-    assert iso.sha256 == profile.SHA256_PLACEHOLDER
-    with pytest.raises(ProfileError, match="not a verified digest"):
-        iso.require_sha256()
+    assert iso.urls[-1] == V19_03_12_URL and iso.require_sha256() == V19_03_12_SHA256
+
+
+def test_the_placeholder_loads_but_refuses_downloads_naming_the_command_that_pins_it(tmp_path, monkeypatch):
+    write(tmp_path / "team", "team.yaml", BASE.replace(SHA, profile.SHA256_PLACEHOLDER))
+    monkeypatch.setenv(profile.ENV_PATH, str(tmp_path / "team"))
+    prof = profile.load("team")
+    assert prof.iso.sha256 == profile.SHA256_PLACEHOLDER and not prof.iso.pinned
+    with pytest.raises(ProfileError) as caught:
+        prof.iso.require_sha256(prof.ref)
+    message = str(caught.value)
+    assert "\n" not in message and "not a verified digest" in message
+    assert "`b2dkit iso.pin --profile=team`" in message and "`b2dkit iso.pin --profile=team --from PATH`" in message
+    # A file outside the search path is named by its path, so the advice works when pasted.
+    assert profile.load(str(tmp_path / "team" / "team.yaml")).ref == "team"  # the same file: its name
+    other = write(tmp_path / "elsewhere", "team.yaml", BASE)
+    assert profile.load(str(other)).ref == profile.display_path(other)
 
 
 def test_pinned_sha256_is_normalised_to_lower_case(tmp_path):

@@ -38,7 +38,8 @@ def install_consent(yes: bool) -> Callable[[str], bool]:
         "iso": "use this local boot2docker.iso instead of downloading the profile's",
         "dry_run": "print what would be done and what is already in place; change nothing",
         "yes": "do not ask before creating the VM or installing the packages the profile needs",
-        "bundle": "write OUT.tar with the profile chain and its ISO for an offline onboarding; no VM is made",
+        "bundle": "write OUT.tar with the profile chain, its ISO and its image tarballs for an offline onboarding;"
+                  " no VM is made",
         "from_bundle": "onboard from IN.tar (made with --bundle): checked by digest, no network needed",
     },
     auto_shortflags=False,
