@@ -109,12 +109,12 @@ def sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, local_dir, us
         # in whole seconds and keeps them while now <= stamp + timeout: 0 means "until the end
         # of this second" (<= 1 s), its default 20 means up to 21 s. So the kernel must not keep
         # attributes on top (attr_timeout=0: every stat, open and fstat asks sshfs, which answers
-        # from that cache, no round trip): 0.5 failed the worst-moment test. The kernel may keep
+        # from that cache, no round trip): 1 fails tests/sshfsrule.py's worst moment. The kernel keeps
         # names for a second (entry_timeout=1): high-level FUSE is path-based, so a cached name
         # still gets fresh attributes, contents and ENOENT from sshfs; it only spares the lookup
         # of every path component on each stat (a stat walk: 4 requests to sshfs per file -> 1-2).
         # Without sshfs's cache (dir_cache=no) every name costs a round trip: du and stat walks
-        # 10-20x slower (benchmarks/day.py, docs/architecture.md).
+        # about 10x slower under TCG (benchmarks/day.py, docs/architecture.md).
         "dcache_timeout=0",
         "entry_timeout=1",
         "attr_timeout=0",
