@@ -12,12 +12,13 @@ import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import List
+from typing import Callable, Iterator, List, Optional
 
 from .errors import InputError, cannot_write
+from .paths import StrPath
 
 
-def check_output(target) -> Path:
+def check_output(target: StrPath) -> Path:
     """The path to write: ``target`` itself, or the file a symlink points to; never a non-file.
 
     The rename would otherwise put a regular file in place of a device, FIFO or socket: run as
@@ -42,7 +43,7 @@ def check_output(target) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(target, mode=0o644):
+def atomic_path(target: StrPath, mode: int = 0o644) -> Iterator[Path]:
     """Yield a temp path next to ``target``; rename it over ``target`` if the block succeeds.
 
     On any exception (including KeyboardInterrupt) the temp file is removed and
@@ -82,7 +83,7 @@ def is_temp(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".part")
 
 
-def remove_stale_temps(folder, older_than: float = STALE_AFTER) -> List[str]:
+def remove_stale_temps(folder: StrPath, older_than: float = STALE_AFTER) -> List[str]:
     """Delete temp files a killed run left in ``folder`` (every write does this in its own folder).
 
     Only those older than ``older_than`` seconds, as another process may be writing one now;
@@ -102,13 +103,13 @@ def remove_stale_temps(folder, older_than: float = STALE_AFTER) -> List[str]:
     return gone
 
 
-def write_bytes(target, data: bytes, mode=0o644):
+def write_bytes(target: StrPath, data: bytes, mode: int = 0o644) -> None:
     with atomic_path(target, mode=mode) as tmp:
         tmp.write_bytes(data)
 
 
 @contextlib.contextmanager
-def locked_dir(folder, on_wait=None):
+def locked_dir(folder: StrPath, on_wait: Optional[Callable[[], object]] = None) -> Iterator[None]:
     """One b2dkit process at a time writes in ``folder``.
 
     So a temp file found there while holding the lock was left by a killed run and can go.

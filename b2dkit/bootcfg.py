@@ -13,7 +13,7 @@ an ``append`` before the first ``label`` is the global default for labels withou
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .errors import InputError
 
@@ -193,7 +193,7 @@ def _newline(lines: List[_Line]) -> str:
     return next((ln.ending for ln in lines if ln.ending), "\n")
 
 
-def _blocks(lines: List[_Line]):
+def _blocks(lines: List[_Line]) -> Iterator[Tuple[Optional[str], List[_Line]]]:
     """Yield (label name or None for the global part, its lines)."""
     current: Optional[str] = None
     block: List[_Line] = []
@@ -316,7 +316,7 @@ def _join(tokens: List[List[str]]) -> str:
     return "".join(sep + tok for sep, tok in tokens) if tokens else "-"
 
 
-def _rewrite_append(line: _Line, set_codes, remove) -> None:
+def _rewrite_append(line: _Line, set_codes: List[str], remove: List[str]) -> None:
     before = _tokens(line.rest)
     after = _edit_tokens(before, set_codes, remove)
     if after == before or (not before and not after):

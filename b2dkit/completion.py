@@ -13,9 +13,10 @@ invoke's own ``--complete`` flag; :func:`candidates` answers with profile names 
 """
 
 import shlex
-from typing import Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional
 
-from invoke import Exit, Program
+from invoke import Collection, Exit, Program
+from invoke.parser import ParserContext
 
 BASH = r"""# b2dkit shell completion: task names, flags and their values (profiles, VMs, forwards).
 # bash: eval "$(b2dkit --print-completion-script bash)"
@@ -51,7 +52,7 @@ class CompletingProgram(Program):
         super().parse_cleanup()
 
 
-def candidates_for_line(line: str, collection, core_context) -> List[str]:
+def candidates_for_line(line: str, collection: Collection, core_context: ParserContext) -> List[str]:
     """The completer behind ``--complete``: ``line`` is the shell-quoted words, the last one
     being the word under the cursor (possibly empty)."""
     try:
@@ -65,12 +66,13 @@ def candidates_for_line(line: str, collection, core_context) -> List[str]:
     return candidates(words[1:-1], words[-1], collection, core_context)
 
 
-def candidates(before: List[str], current: str, collection, core_context) -> List[str]:
+def candidates(before: List[str], current: str, collection: Collection, core_context: ParserContext) -> List[str]:
     """What may stand at ``current``, given the words ``before`` it (program name excluded)."""
-    contexts = {}
+    contexts: Dict[str, ParserContext] = {}
     for ctx in collection.to_contexts():
         for name in (ctx.name, *ctx.aliases):
-            contexts[name] = ctx
+            if name:  # a task's context always has one; invoke types it Optional
+                contexts[name] = ctx
     # Walk the words: which task we are in, which flag wants a value, how many positionals.
     task, ctx, wanting, positionals = None, core_context, None, 0
     for word in before:
@@ -108,7 +110,7 @@ def candidates(before: List[str], current: str, collection, core_context) -> Lis
     return sorted(name for name in contexts if name.startswith(current))
 
 
-def _values(task: Optional[str], arg: str, partial: str, before: List[str]) -> Iterable[str]:
+def _values(task: Optional[str], arg: Optional[str], partial: str, before: List[str]) -> Iterable[str]:
     """Values of argument ``arg`` of ``task`` that start with ``partial``."""
     found: List[str] = []
     try:
@@ -118,7 +120,7 @@ def _values(task: Optional[str], arg: str, partial: str, before: List[str]) -> I
     return sorted({value for value in found if value.startswith(partial)})
 
 
-def _lookup(task, arg, partial, before):
+def _lookup(task: Optional[str], arg: Optional[str], partial: str, before: List[str]) -> Iterable[str]:
     if arg == "profile":
         if partial.startswith((".", "/", "~")) or "/" in partial:
             return []  # a path: the shell completes file names

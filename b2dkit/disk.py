@@ -11,9 +11,11 @@ import io
 import os
 import tarfile
 from pathlib import Path
+from typing import IO
 
 from . import atomic
 from .errors import InputError
+from .paths import StrPath
 
 MAGIC = "boot2docker, please format-me"
 HEADER_LIMIT = 4096  # boot2docker keeps only this much: dd ... bs=4096 count=1
@@ -42,7 +44,7 @@ def header_tar(public_key: str, mtime: int = 0) -> bytes:
     return buf.getvalue()[:HEADER_LIMIT]
 
 
-def _add(tar, name, data, mode, mtime):
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int, mtime: int) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), mode, mtime
     tar.addfile(info, io.BytesIO(data))
@@ -54,7 +56,7 @@ def size_bytes(disk_mb: int) -> int:
     return disk_mb << 20
 
 
-def write_stream(out, header: bytes, total: int) -> int:
+def write_stream(out: IO[bytes], header: bytes, total: int) -> int:
     """Write header then zeros until exactly ``total`` bytes (what convertfromraw stdin demands).
 
     Constant memory: one shared 1 MiB zero buffer, whatever the disk size.
@@ -72,7 +74,7 @@ def write_stream(out, header: bytes, total: int) -> int:
     return total
 
 
-def create_raw(path, header: bytes, total: int) -> Path:
+def create_raw(path: StrPath, header: bytes, total: int) -> Path:
     """A sparse raw disk image (QEMU): header at offset 0, holes for the rest. Never overwrites."""
     path = Path(path)
     if path.exists():
@@ -86,7 +88,7 @@ def create_raw(path, header: bytes, total: int) -> Path:
     return path
 
 
-def read_header(path, limit: int = HEADER_LIMIT) -> bytes:
+def read_header(path: StrPath, limit: int = HEADER_LIMIT) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(limit)
 

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Set
 
 import requests
 import urllib3
@@ -72,8 +72,8 @@ class Downloader:
         backoff: float = 1.0,
         max_backoff: float = 30.0,
         chunk_size: int = 256 * 1024,
-        notify=None,
-    ):
+        notify: Optional[Callable[[str], object]] = None,
+    ) -> None:
         self.session = session or requests.Session()
         self.timeout = (connect_timeout, read_timeout)
         self.retries = retries
@@ -82,7 +82,7 @@ class Downloader:
         self.chunk_size = chunk_size
         self.notify = notify or _to_stderr
 
-    def fetch(self, urls: Sequence[str], sha256: str, progress=None) -> FetchResult:
+    def fetch(self, urls: Sequence[str], sha256: str, progress: Optional[bool] = None) -> FetchResult:
         """Return the cached ISO, downloading it from the first mirror that works.
 
         ``progress``: None shows a bar only when stderr is a terminal; True/False force it.
@@ -122,7 +122,12 @@ class Downloader:
             hint="check the network or the profile's iso.urls, or pass --iso PATH to a copy you already have",
         )
 
-    def fetch_unpinned(self, urls: Sequence[str], progress=None, accept=None) -> FetchResult:
+    def fetch_unpinned(
+        self,
+        urls: Sequence[str],
+        progress: Optional[bool] = None,
+        accept: Optional[Callable[[Path, str], object]] = None,
+    ) -> FetchResult:
         """Download a file whose sha256 is not known yet (``iso.pin``) and cache it under its digest.
 
         ``accept(path, url)`` checks the finished download before it enters the cache; when
@@ -208,7 +213,7 @@ class Downloader:
 
     # -- one mirror --------------------------------------------------------------------------
 
-    def _from_mirror(self, url, part: Path, sha256: Optional[str], result: FetchResult, show: bool) -> str:
+    def _from_mirror(self, url: str, part: Path, sha256: Optional[str], result: FetchResult, show: bool) -> str:
         """Complete ``part`` from ``url`` and return its sha256, which must equal ``sha256`` when
         given; _MirrorFailed if this mirror cannot."""
         state = _Partial(part)
@@ -231,7 +236,7 @@ class Downloader:
         state.sync()
         return got
 
-    def _attempt(self, url, state: "_Partial", result: FetchResult, show: bool):
+    def _attempt(self, url: str, state: "_Partial", result: FetchResult, show: bool) -> None:
         """One HTTP request that returns with the body complete, or raises _Retry/_MirrorFailed."""
         offset = state.size
         headers = {"Accept-Encoding": "identity"}  # byte ranges are over the file as stored
@@ -283,7 +288,7 @@ class Downloader:
         if total is not None and state.size < total:
             raise _Retry(f"connection closed after {state.size} of {total} bytes", progress=got_bytes)
 
-    def _accept(self, response, state: "_Partial", offset: int) -> Optional[int]:
+    def _accept(self, response: requests.Response, state: "_Partial", offset: int) -> Optional[int]:
         """Check the status and range of a response; return the full file size if known."""
         status = response.status_code
         if status == 206:
@@ -326,7 +331,7 @@ def _same_on_disk(part: Path, sha256: str) -> bool:
 class _Partial:
     """The ``.part`` file and a sha256 kept in step with it, so the check needs no second read."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path) -> None:
         self.path = path
         self.hasher = hashlib.sha256()
         self.size = 0
@@ -336,22 +341,22 @@ class _Partial:
                     self.hasher.update(block)
                     self.size += len(block)
 
-    def update(self, chunk: bytes):
+    def update(self, chunk: bytes) -> None:
         self.hasher.update(chunk)
         self.size += len(chunk)
 
-    def discard(self):
+    def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self.hasher = hashlib.sha256()
         self.size = 0
 
-    def sync(self):
+    def sync(self) -> None:
         with open(self.path, "rb+") as f:
             os.fsync(f.fileno())
 
 
-def _body(response, size: int):
+def _body(response: requests.Response, size: int) -> Iterator[bytes]:
     """The body as it arrives: ``read1`` hands over every received byte before a drop is
     reported, so a resume re-fetches nothing (``iter_content`` would lose the unfinished chunk)."""
     read1 = getattr(response.raw, "read1", None)
@@ -388,12 +393,12 @@ def _classify(exc: Exception) -> Exception:
     return _Retry(f"{type(exc).__name__}: {_innermost(exc)}")
 
 
-def _to_stderr(line: str):
+def _to_stderr(line: str) -> None:
     print(f"b2dkit: {line}", file=sys.stderr, flush=True)
 
 
-def _chain(exc: Optional[BaseException]):
-    seen = set()
+def _chain(exc: Optional[BaseException]) -> Iterator[BaseException]:
+    seen: Set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         yield exc
@@ -407,6 +412,6 @@ def _innermost(exc: BaseException) -> str:
 
 
 
-def fetch(urls: Sequence[str], sha256: str, progress=None, **options) -> Path:
-    """The cached ISO's path, fetched first if needed; ``options`` go to :class:`Downloader`."""
+def fetch(urls: Sequence[str], sha256: str, progress: Optional[bool] = None, **options: Any) -> Path:
+    """The cached ISO's path, fetched first if needed; ``options`` go to :class:`Downloader` (it checks them)."""
     return Downloader(**options).fetch(urls, sha256, progress=progress).path

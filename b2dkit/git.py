@@ -12,15 +12,16 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from .errors import DownloadError, InputError, ToolMissing
+from .paths import StrPath
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 TIMEOUT = 120.0
 
 
-def _run(args: List[str], cwd=None, timeout: float = TIMEOUT) -> bytes:
+def _run(args: List[str], cwd: Optional[StrPath] = None, timeout: float = TIMEOUT) -> bytes:
     exe = shutil.which("git")
     if exe is None:
         raise ToolMissing("git is not installed, and this profile is a git reference",

@@ -22,13 +22,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import paramiko
 
 from . import atomic, install
 from .boot2docker import DEFAULT_USER, PERSISTENT_ROOT
 from .errors import GuestError, InputError, ToolMissing
+from .paths import StrPath
 
 # paramiko logs every failed banner read with a traceback from its transport thread; while we
 # poll a booting guest those are expected. Our own errors say what went wrong in one line.
@@ -71,14 +72,14 @@ def host_label(host: str, port: int) -> str:
     return host if int(port) == 22 else f"[{host}]:{int(port)}"
 
 
-def pinned_keys(known_hosts_path, host: str, port: int) -> List[str]:
+def pinned_keys(known_hosts_path: StrPath, host: str, port: int) -> List[str]:
     """``"<type> <base64>"`` of each key recorded for host:port (normally one)."""
     label = host_label(host, port)
     rows = _known_host_lines(known_hosts_path)
     return [f"{parts[1]} {parts[2]}" for parts in rows if label in parts[0].split(",")]
 
 
-def forget_host_key(known_hosts_path, host: str, port: int) -> bool:
+def forget_host_key(known_hosts_path: StrPath, host: str, port: int) -> bool:
     """Drop the pinned key for host:port (after the VM was recreated); True if one was there."""
     path = Path(known_hosts_path)
     if not path.exists():
@@ -92,7 +93,7 @@ def forget_host_key(known_hosts_path, host: str, port: int) -> bool:
     return True
 
 
-def _known_host_lines(known_hosts_path):
+def _known_host_lines(known_hosts_path: StrPath) -> List[List[str]]:
     path = Path(known_hosts_path)
     if not path.exists():
         return []
@@ -104,7 +105,7 @@ def _known_host_lines(known_hosts_path):
     return rows
 
 
-def _record_host_key(known_hosts_path, host, port, key: paramiko.PKey):
+def _record_host_key(known_hosts_path: StrPath, host: str, port: int, key: paramiko.PKey) -> None:
     path = Path(known_hosts_path)
     old = path.read_text() if path.exists() else ""
     if old and not old.endswith("\n"):
@@ -113,7 +114,7 @@ def _record_host_key(known_hosts_path, host, port, key: paramiko.PKey):
     atomic.write_bytes(path, (old + line).encode(), mode=0o600)
 
 
-def _changed(known_hosts_path, host, port) -> GuestError:
+def _changed(known_hosts_path: StrPath, host: str, port: int) -> GuestError:
     vm = Path(known_hosts_path).parent.name
     return GuestError(
         f"the SSH host key of VM {vm!r} at {host_label(host, port)} changed since it was pinned in "
@@ -125,10 +126,10 @@ def _changed(known_hosts_path, host, port) -> GuestError:
 class _PinOnFirstContact(paramiko.MissingHostKeyPolicy):
     """Record the first key we see; paramiko calls this only when no pinned key matched."""
 
-    def __init__(self, known_hosts_path, host, port):
+    def __init__(self, known_hosts_path: StrPath, host: str, port: int) -> None:
         self.known_hosts_path, self.host, self.port = known_hosts_path, host, port
 
-    def missing_host_key(self, client, hostname, key):
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         if pinned_keys(self.known_hosts_path, self.host, self.port):
             raise _changed(self.known_hosts_path, self.host, self.port)  # a key of another type
         _record_host_key(self.known_hosts_path, self.host, self.port, key)
@@ -140,16 +141,16 @@ class _PinOnFirstContact(paramiko.MissingHostKeyPolicy):
 class GuestSession:
     """An authenticated SSH connection to the guest; ``run`` commands over it."""
 
-    def __init__(self, client: paramiko.SSHClient, host: str, port: int, user: str):
+    def __init__(self, client: paramiko.SSHClient, host: str, port: int, user: str) -> None:
         self.client, self.host, self.port, self.user = client, host, port, user
 
-    def __enter__(self):
+    def __enter__(self) -> "GuestSession":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         self.client.close()
 
     def run(self, cmd: Command, check: bool = True, timeout: float = 60.0) -> Result:
@@ -202,8 +203,8 @@ class GuestSession:
 def connect(
     host: str,
     port: int,
-    key_path,
-    known_hosts_path,
+    key_path: StrPath,
+    known_hosts_path: StrPath,
     user: str = DEFAULT_USER,
     timeout: float = 10.0,
     banner_timeout: float = 10.0,
@@ -222,7 +223,16 @@ def connect(
         ) from None
 
 
-def _open(host, port, key_path, known_hosts_path, user, timeout, banner_timeout, sock=None) -> GuestSession:
+def _open(
+    host: str,
+    port: int,
+    key_path: StrPath,
+    known_hosts_path: StrPath,
+    user: str,
+    timeout: float,
+    banner_timeout: float,
+    sock: Optional[socket.socket] = None,
+) -> GuestSession:
     key_path = Path(key_path)
     if not key_path.is_file():
         raise GuestError(f"the VM's SSH key {key_path} is missing; recreate the VM to make a new one")
@@ -263,9 +273,11 @@ PROBE_PATIENCE = 4.0  # how long one try may wait for the banner before it is dr
 HANDSHAKE_TIMEOUT = 10.0  # key exchange + auth once the banner is there: seconds under TCG
 
 
-def _await_banner(host: str, port: int, deadline: float, check=None):
+def _await_banner(
+    host: str, port: int, deadline: float, check: Optional[Callable[[], object]] = None
+) -> Tuple[Optional[socket.socket], str]:
     """(socket whose server has sent ``SSH-``, peeked so paramiko still reads it, or None; last problem)."""
-    pending = {}  # socket -> when to give up on it
+    pending: Dict[socket.socket, float] = {}  # socket -> when to give up on it
     last = "no answer yet"
     next_try = time.monotonic()
     try:
@@ -316,13 +328,13 @@ def _await_banner(host: str, port: int, deadline: float, check=None):
 def wait_for_session(
     host: str,
     port: int,
-    key_path,
-    known_hosts_path,
+    key_path: StrPath,
+    known_hosts_path: StrPath,
     timeout: float = 180.0,
-    log_path=None,
+    log_path: Optional[StrPath] = None,
     poll: float = 0.5,
     user: str = DEFAULT_USER,
-    check=None,
+    check: Optional[Callable[[], object]] = None,
 ) -> GuestSession:
     """The first session the booting guest accepts, or GuestError pointing at the log.
 
@@ -400,7 +412,7 @@ def setup(
     dirs = list(dict.fromkeys(persistent_path(d, root) for d in persistent_dirs))
     owner = f"{session.user}:{session.user}"
     if dirs:
-        seen = {}
+        seen: Dict[str, str] = {}
         listing = session.run(["stat", "-c", "%U:%G %F|%n", *dirs], check=False)
         for line in listing.stdout.splitlines():
             info, _, name = line.partition("|")
@@ -424,10 +436,10 @@ def setup(
     return report
 
 
-def root_file_digests(session: GuestSession, paths: Sequence[str]) -> dict:
+def root_file_digests(session: GuestSession, paths: Sequence[str]) -> Dict[str, str]:
     """{path: sha256 hex} of those of ``paths`` that exist in the guest (read as root; one command)."""
     result = session.run(["sudo", "sha256sum", "--", *paths], check=False)
-    found = {}
+    found: Dict[str, str] = {}
     for line in result.stdout.splitlines():
         digest, _, name = line.partition("  ")
         if len(digest) == 64 and name in paths:
@@ -435,7 +447,7 @@ def root_file_digests(session: GuestSession, paths: Sequence[str]) -> dict:
     return found
 
 
-def install_root_files(session: GuestSession, files: dict) -> None:
+def install_root_files(session: GuestSession, files: Mapping[str, Tuple[Union[bytes, Path], int]]) -> None:
     """Write ``{guest path: (bytes or a host Path, mode)}`` as root-owned files: SFTP into a private temp dir,
     then, per file, copy next to the target and rename over it, so a reader (dockerd at boot)
     never sees half a key; the temp dir is removed even when a step fails."""
@@ -530,8 +542,8 @@ def clock_drift(session: GuestSession) -> float:
 def ssh_argv(
     host: str,
     port: int,
-    key_path,
-    known_hosts_path,
+    key_path: StrPath,
+    known_hosts_path: StrPath,
     command: Optional[Command] = None,
     user: str = DEFAULT_USER,
 ) -> List[str]:
@@ -545,7 +557,7 @@ def ssh_argv(
     return argv
 
 
-def ssh_options(known_hosts_path, quote=None) -> List[str]:
+def ssh_options(known_hosts_path: StrPath, quote: Optional[Callable[[StrPath], str]] = None) -> List[str]:
     """The OpenSSH options of every client b2dkit starts (``vm.ssh`` and sshfs's ssh): the VM's
     pinned host key only, no agent keys, never a password prompt. (``-F /dev/null`` goes with
     them: the user's ~/.ssh/config must not redirect or re-key this VM.)"""
@@ -558,7 +570,7 @@ def ssh_options(known_hosts_path, quote=None) -> List[str]:
     ]
 
 
-def ssh_quote(path) -> str:
+def ssh_quote(path: StrPath) -> str:
     """ssh splits option values on spaces (macOS's "Application Support"); quote them."""
     text = str(path)
     if '"' in text:
@@ -566,7 +578,7 @@ def ssh_quote(path) -> str:
     return f'"{text}"' if any(c.isspace() for c in text) else text
 
 
-def interactive_shell(host: str, port: int, key_path, known_hosts_path,
+def interactive_shell(host: str, port: int, key_path: StrPath, known_hosts_path: StrPath,
                       command: Optional[Command] = None, user: str = DEFAULT_USER) -> int:
     """Run ``ssh`` in the foreground (a real TTY) and return its exit code.
 

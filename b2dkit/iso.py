@@ -18,15 +18,18 @@ import shutil
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Tuple, TypedDict, Union
 
 import pycdlib
 from pycdlib import eltorito
+from pycdlib.dr import DirectoryRecord
+from pycdlib.udf import UDFFileEntry
 from pycdlib.pycdlibexception import PyCdlibException
 
 from . import bootcfg, isoprobe
 from .atomic import atomic_path, check_output
 from .errors import InputError, InternalError, IsoError
+from .paths import StrPath
 
 # boot2docker >= v18.09 (files/make-b2d-iso.sh), then <= v18.06 (rootfs/make_iso.sh).
 CFG_PATHS = ("/isolinux/isolinux.cfg", "/boot/isolinux/isolinux.cfg")
@@ -58,7 +61,7 @@ class _Cfg:
 # --- opening ---------------------------------------------------------------------
 
 
-def _check_source(src) -> Path:
+def _check_source(src: StrPath) -> Path:
     src = Path(src)
     if not src.exists():
         raise InputError(f"ISO {src} does not exist")
@@ -69,7 +72,7 @@ def _check_source(src) -> Path:
     return src
 
 
-def check_bootable(src) -> Path:
+def check_bootable(src: StrPath) -> Path:
     """Refuse, in one line, a source ISO that cannot boot as boot2docker does: ISO 9660, an El
     Torito boot entry and an isolinux config.  Byte-level (isoprobe), a few sectors: every
     source is checked, also when no remaster reads it (a junk or empty file once became a
@@ -94,7 +97,7 @@ def check_bootable(src) -> Path:
 
 
 @contextlib.contextmanager
-def _opened(src: Path):
+def _opened(src: Path) -> Iterator[pycdlib.PyCdlib]:
     """pycdlib on ``src``, read-only; pycdlib's complaints become one IsoError line."""
     iso = pycdlib.PyCdlib()
     with open(src, "rb") as fp:
@@ -113,11 +116,11 @@ def _opened(src: Path):
                 iso.close()
 
 
-def _one_line(exc) -> str:
+def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _find_cfg(iso, src) -> _Cfg:
+def _find_cfg(iso: pycdlib.PyCdlib, src: StrPath) -> _Cfg:
     rock_ridge, joliet = iso.has_rock_ridge(), iso.has_joliet()
     for path in CFG_PATHS:
         record = None
@@ -148,7 +151,7 @@ def _find_cfg(iso, src) -> _Cfg:
     )
 
 
-def _find_iso9660(iso, path):
+def _find_iso9660(iso: pycdlib.PyCdlib, path: str) -> Optional[DirectoryRecord]:
     """ISO 9660 names may be upper or lower case (xorriso writes lower); match either."""
     current = "/"
     record = None
@@ -167,7 +170,7 @@ def _find_iso9660(iso, path):
     return record
 
 
-def _boot_entries(iso, src):
+def _boot_entries(iso: pycdlib.PyCdlib, src: StrPath) -> List[eltorito.EltoritoEntry]:
     catalog = iso.eltorito_boot_catalog
     if catalog is None:
         raise IsoError(f"{src} has no El Torito boot entry, so it cannot boot from CD")
@@ -181,8 +184,8 @@ def _boot_entries(iso, src):
 
 
 def remaster(
-    src,
-    out,
+    src: StrPath,
+    out: StrPath,
     set_codes: Iterable[str],
     remove: Iterable[str] = (),
     label: Optional[str] = None,
@@ -260,7 +263,7 @@ class _Spot:
     record_offsets: List[int]  # its directory record in the ISO 9660 tree, and in Joliet
 
 
-def _locate_cfg(fp) -> Optional[_Spot]:
+def _locate_cfg(fp: BinaryIO) -> Optional[_Spot]:
     for path in CFG_PATHS:
         primary = isoprobe.locate(fp, path)
         if primary is None:
@@ -280,7 +283,7 @@ def _sectors(size: int) -> int:
     return max(1, -(-size // SECTOR))
 
 
-def fast_copy(src, dst) -> None:
+def fast_copy(src: StrPath, dst: StrPath) -> None:
     """Copy with the cheapest mechanism the OS offers: reflink, then in-kernel copy_file_range.
 
     ``dst`` is opened without O_TRUNC: ext4 (auto_da_alloc) starts writeback of a file
@@ -294,7 +297,7 @@ def fast_copy(src, dst) -> None:
     shutil.copyfile(src, dst)
 
 
-def _open_for_writing(path):
+def _open_for_writing(path: StrPath) -> BinaryIO:
     """An empty file for writing, without O_TRUNC (see fast_copy)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     if os.fstat(fd).st_size:
@@ -342,7 +345,15 @@ def _patch_in_place(path: Path, spot: _Spot, new_cfg: bytes) -> None:
             fp.write(size)
 
 
-def _rewrite(iso, src: Path, tmp: Path, cfg: _Cfg, new_cfg: bytes, entries, before) -> None:
+def _rewrite(
+    iso: pycdlib.PyCdlib,
+    src: Path,
+    tmp: Path,
+    cfg: _Cfg,
+    new_cfg: bytes,
+    entries: List[eltorito.EltoritoEntry],
+    before: "_BootFacts",
+) -> None:
     """pycdlib re-lays the whole image out; patch the two things it would get wrong first."""
     if before["isohybrid"] is None and any(before["system_area"][:512]):
         # Pitfall 6: pycdlib writes zeros over any system area it does not understand.
@@ -358,13 +369,13 @@ def _rewrite(iso, src: Path, tmp: Path, cfg: _Cfg, new_cfg: bytes, entries, befo
     _fix_isohybrid_geometry(iso, before["isohybrid"])
     _register_boot_info_tables(iso, entries, before)
     try:
-        with _open_for_writing(tmp) as fp:  # not iso.write(): it would O_TRUNC (see fast_copy)
-            iso.write_fp(fp)
+        with _open_for_writing(tmp) as out:  # not iso.write(): it would O_TRUNC (see fast_copy)
+            iso.write_fp(out)
     except PyCdlibException as exc:
         raise IsoError(f"could not rebuild {src}: {_one_line(exc)}") from None
 
 
-def _replace_file(iso, cfg: _Cfg, fp, length: int) -> None:
+def _replace_file(iso: pycdlib.PyCdlib, cfg: _Cfg, fp: BinaryIO, length: int) -> None:
     """rm + add for pycdlib without update_file_contents_fp."""
     mode = iso.file_mode(iso_path=cfg.iso_path)
     iso.rm_file(iso_path=cfg.iso_path)
@@ -380,7 +391,7 @@ def _replace_file(iso, cfg: _Cfg, fp, length: int) -> None:
     )
 
 
-def _fix_isohybrid_geometry(iso, mbr: Optional[isoprobe.IsoHybridMbr]) -> None:
+def _fix_isohybrid_geometry(iso: pycdlib.PyCdlib, mbr: Optional[isoprobe.IsoHybridMbr]) -> None:
     """Pitfall 5: pycdlib derives sectors/head from the size and gets 63 beyond 256 cylinders."""
     hybrid = iso.isohybrid_mbr
     if hybrid is not None and mbr is not None and mbr.sectors:
@@ -388,7 +399,9 @@ def _fix_isohybrid_geometry(iso, mbr: Optional[isoprobe.IsoHybridMbr]) -> None:
         hybrid.geometry_heads = mbr.heads
 
 
-def _register_boot_info_tables(iso, entries, before) -> None:
+def _register_boot_info_tables(
+    iso: pycdlib.PyCdlib, entries: List[eltorito.EltoritoEntry], before: "_BootFacts"
+) -> None:
     """Pitfall 4: a table pycdlib did not recognise (e.g. stale after ``xorriso -dev``) would
     be left pointing at the old location and ISOLINUX stops with 'Image checksum error'."""
     for entry in entries:
@@ -406,7 +419,18 @@ def _register_boot_info_tables(iso, entries, before) -> None:
 # --- verification (independent of pycdlib) -----------------------------------------------
 
 
-def _boot_facts(fp, src=None) -> dict:
+class _BootFacts(TypedDict):
+    """What must survive a remaster, read byte-level (isoprobe) before and after."""
+
+    volume_id: str
+    entries: List[isoprobe.BootEntry]
+    tables: Dict[int, Optional[isoprobe.BootInfoTable]]  # by boot image LBA
+    isohybrid: Optional[isoprobe.IsoHybridMbr]
+    system_area: bytes
+    joliet: bool
+
+
+def _boot_facts(fp: BinaryIO, src: Optional[StrPath] = None) -> _BootFacts:
     try:
         isoprobe.volume_descriptors(fp)
     except isoprobe.NotAnIso:
@@ -424,7 +448,7 @@ def _boot_facts(fp, src=None) -> dict:
     }
 
 
-def _verify(path: Path, before: dict, cfg_path: str, new_cfg: bytes, moved: bool) -> None:
+def _verify(path: Path, before: _BootFacts, cfg_path: str, new_cfg: bytes, moved: bool) -> None:
     with open(path, "rb") as fp:
         problems = _problems(fp, before, cfg_path, new_cfg, moved)
     if problems:
@@ -434,7 +458,7 @@ def _verify(path: Path, before: dict, cfg_path: str, new_cfg: bytes, moved: bool
         )
 
 
-def _cfg_via_pycdlib(fp) -> Optional[bytes]:
+def _cfg_via_pycdlib(fp: BinaryIO) -> Optional[bytes]:
     """For images whose cfg only Rock Ridge can name (never seen in boot2docker releases)."""
     iso = pycdlib.PyCdlib()
     try:
@@ -447,7 +471,7 @@ def _cfg_via_pycdlib(fp) -> Optional[bytes]:
             iso.close()
 
 
-def _problems(fp, before: dict, cfg_path: str, new_cfg: bytes, moved: bool) -> List[str]:
+def _problems(fp: BinaryIO, before: _BootFacts, cfg_path: str, new_cfg: bytes, moved: bool) -> List[str]:
     try:
         after = _boot_facts(fp)
     except isoprobe.NotAnIso:
@@ -500,18 +524,20 @@ def _problems(fp, before: dict, cfg_path: str, new_cfg: bytes, moved: bool) -> L
 # --- show --------------------------------------------------------------------------
 
 
-def show(path) -> dict:
+def show(path: StrPath) -> Dict[str, Any]:
     """What matters for booting and remastering ``path``, as plain data (for --json)."""
     path = _check_source(path)
     with _opened(path) as iso:
         with open(path, "rb") as fp:
             facts = _boot_facts(fp)
         entries = _boot_entries(iso, path) if iso.eltorito_boot_catalog is not None else []
-        paths = {}
+        paths: Dict[int, str] = {}
         for entry in entries:
             with contextlib.suppress(PyCdlibException, AttributeError):
                 for rec, _pvd in entry.inode.linked_records:
-                    paths[entry.load_rba] = _display_path(iso, rec)
+                    if isinstance(rec, DirectoryRecord):  # the boot entry itself is linked too; it has no name
+                        paths[entry.load_rba] = _display_path(iso, rec)
+                        break
         catalog_path = None
         if iso.eltorito_boot_catalog is not None:
             with contextlib.suppress(PyCdlibException, AttributeError):
@@ -524,7 +550,7 @@ def show(path) -> dict:
         joliet = iso.has_joliet()
     hybrid = facts["isohybrid"]
     first_lba = facts["entries"][0].lba if facts["entries"] else None
-    result = {
+    result: Dict[str, Any] = {  # the iso.show document: nested plain data
         "path": str(path),
         "size": path.stat().st_size,
         "volume_id": facts["volume_id"],
@@ -537,7 +563,7 @@ def show(path) -> dict:
                     **entry.as_dict(),
                     "path": paths.get(entry.lba),
                     "boot_info_table": (
-                        facts["tables"][entry.lba].as_dict() if facts["tables"].get(entry.lba) else None
+                        table.as_dict() if (table := facts["tables"].get(entry.lba)) else None
                     ),
                 }
                 for entry in facts["entries"]
@@ -566,14 +592,14 @@ def _catalog_lba(path: Path) -> Optional[int]:
         return isoprobe.boot_catalog_lba(fp)
 
 
-def _display_path(iso, record) -> str:
+def _display_path(iso: pycdlib.PyCdlib, record: Union[DirectoryRecord, UDFFileEntry]) -> str:
     try:
         return iso.full_path_from_dirrecord(record, rockridge=bool(iso.rock_ridge))
     except PyCdlibException:
         return iso.full_path_from_dirrecord(record)
 
 
-def check_boot2docker(path, name=None) -> dict:
+def check_boot2docker(path: StrPath, name: Optional[str] = None) -> Dict[str, Any]:
     """``show(path)``, refusing an image that would not boot the way boot2docker does.
 
     ``iso.pin`` runs it before a digest goes into a team's profile: a mirror's HTML error

@@ -14,17 +14,18 @@ ever garbage, never mistaken for an ISO.
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import bootcfg, iso
 from .atomic import is_temp, locked_dir, remove_stale_temps, write_bytes
 from .digests import check_sha256, file_sha256, is_sha256
 from .errors import InputError
-from .paths import cache_dir, ensure_dir
+from .paths import StrPath, cache_dir, ensure_dir
 
 # Bump when remaster output for the same inputs would differ, so old entries are not reused.
 RECIPE = 1
@@ -53,7 +54,7 @@ def _memo_path() -> Path:
     return cache_dir() / "digests.json"
 
 
-def _load_memo() -> dict:
+def _load_memo() -> Dict[str, Any]:  # parsed JSON, checked entry by entry
     try:
         data = json.loads(_memo_path().read_text())
     except (OSError, ValueError):
@@ -61,7 +62,7 @@ def _load_memo() -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def source_digest(path) -> str:
+def source_digest(path: StrPath) -> str:
     """sha256 of ``path``, re-read only when its size or mtime changed since last time."""
     path = Path(path).resolve()
     st = path.stat()
@@ -89,14 +90,16 @@ def remaster_key(
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _target(src: Path, set_codes, remove, label):
+def _target(src: Path, set_codes: Iterable[str], remove: Iterable[str], label: Optional[str]) -> Tuple[str, Path]:
     if not src.is_file():
         raise InputError(f"ISO {src} " + ("is not a regular file" if src.exists() else "does not exist"))
     digest = source_digest(src)
     return digest, remastered_dir() / f"{remaster_key(digest, set_codes, remove, label)}.iso"
 
 
-def lookup(src, set_codes: Iterable[str], remove: Iterable[str] = (), label: Optional[str] = None) -> Optional[Path]:
+def lookup(
+    src: StrPath, set_codes: Iterable[str], remove: Iterable[str] = (), label: Optional[str] = None
+) -> Optional[Path]:
     """The cached remaster for (src, codes) if there is one; never builds (onboarding's dry run)."""
     set_codes, remove = bootcfg.normalize_codes(set_codes, remove)
     _, target = _target(Path(src), set_codes, remove, label)
@@ -104,7 +107,7 @@ def lookup(src, set_codes: Iterable[str], remove: Iterable[str] = (), label: Opt
 
 
 def cached_remaster(
-    src, set_codes: Iterable[str], remove: Iterable[str] = (), label: Optional[str] = None
+    src: StrPath, set_codes: Iterable[str], remove: Iterable[str] = (), label: Optional[str] = None
 ) -> Path:
     """The remastered ISO for (src, codes), built once; a hit only stat()s the source."""
     src = Path(src)
@@ -125,7 +128,9 @@ def remove_leftovers(folder: Path) -> List[str]:
     return remove_stale_temps(folder, older_than=0)
 
 
-def _remaster_locked(src: Path, target: Path, digest: str, set_codes, remove, label) -> Path:
+def _remaster_locked(
+    src: Path, target: Path, digest: str, set_codes: Sequence[str], remove: Sequence[str], label: Optional[str]
+) -> Path:
     result = iso.remaster(src, target, set_codes, remove, label)
     meta = {
         "source": str(src.resolve()),
@@ -174,7 +179,7 @@ def list_cache() -> List[dict]:
     return rows
 
 
-def clear_cache(on_wait=None) -> int:
+def clear_cache(on_wait: Optional[Callable[[Path], object]] = None) -> int:
     """Delete cached ISOs, their metadata, leftovers of killed writes and the digest memo.
 
     Waits for a download or remaster that is writing there now (their lock); ``on_wait(folder)``
@@ -184,7 +189,7 @@ def clear_cache(on_wait=None) -> int:
     for folder in (sources_dir(), remastered_dir()):
         if not folder.is_dir():
             continue
-        with locked_dir(folder, on_wait=lambda f=folder: on_wait and on_wait(f)):
+        with locked_dir(folder, on_wait=functools.partial(on_wait, folder) if on_wait else None):
             for path in folder.iterdir():
                 if path.is_file() and (path.suffix in (".iso", ".json") or path.name.endswith(".part")):
                     removed += path.suffix == ".iso"

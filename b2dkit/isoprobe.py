@@ -12,7 +12,7 @@ import array
 import struct
 import sys
 from dataclasses import asdict, dataclass
-from typing import BinaryIO, List, Optional, Tuple
+from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple
 
 from .errors import IsoError
 
@@ -40,7 +40,7 @@ class BootEntry:
     sector_count: int  # in 512-byte units, as the catalog stores it
     lba: int
 
-    def as_dict(self):
+    def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
 
@@ -60,7 +60,7 @@ class BootInfoTable:
         """ISOLINUX re-reads itself from ``file_lba``; anything stale fails with 'Image checksum error'."""
         return self.checksum_ok and self.pvd_lba == PVD_LBA and self.file_lba == self.at_lba
 
-    def as_dict(self):
+    def as_dict(self) -> Dict[str, Any]:
         return {**asdict(self), "valid": self.valid}
 
 
@@ -75,7 +75,7 @@ class IsoHybridMbr:
     partition_sectors: int
     code: bytes  # the first 432 bytes, which the boot code lives in
 
-    def as_dict(self):
+    def as_dict(self) -> Dict[str, Any]:
         data = asdict(self)
         del data["code"]
         return data
@@ -199,7 +199,8 @@ def system_area(fp: BinaryIO) -> bytes:
 # --- finding a file ----------------------------------------------------------------
 
 
-def _records(fp: BinaryIO, lba: int, size: int, joliet: bool):
+def _records(fp: BinaryIO, lba: int, size: int, joliet: bool) -> Iterator[Tuple[str, int, int, bool, int]]:
+    """Yield (name, extent LBA, data length, is a directory, byte offset of the record) per entry."""
     data = _read(fp, lba * SECTOR, size)
     pos = 0
     while pos < len(data):

@@ -10,7 +10,15 @@ the schemas.
 import dataclasses
 import json
 from pathlib import Path
-from typing import Iterable, List
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Sequence
+
+if TYPE_CHECKING:  # for the checker only: these modules print through this one
+    from .doctor import Check
+    from .forwards import Forward
+    from .profile import Profile
+
+# A document as json.dumps takes it: nested plain data, whose shape the schemas (not Python) fix.
+Document = Dict[str, Any]
 
 SCHEMA_VERSION = 1
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas" / f"v{SCHEMA_VERSION}"
@@ -21,36 +29,36 @@ def schema_path(kind: str) -> Path:
     return SCHEMA_DIR / f"{kind}.schema.json"
 
 
-def load_schema(kind: str) -> dict:
+def load_schema(kind: str) -> Dict[str, Any]:
     return json.loads(schema_path(kind).read_text(encoding="utf-8"))
 
 
-def document(**fields) -> dict:
+def document(**fields: Any) -> Document:
     return {"schema_version": SCHEMA_VERSION, **fields}
 
 
-def vm_status(info: dict) -> dict:
+def vm_status(info: Dict[str, Any]) -> Document:
     return document(**info)
 
 
-def vm_list(rows: List[dict]) -> dict:
+def vm_list(rows: List[Dict[str, Any]]) -> Document:
     return document(vms=rows)
 
 
-def vm_forwards(name: str, rules: Iterable) -> dict:
+def vm_forwards(name: str, rules: Iterable["Forward"]) -> Document:
     return document(name=name, forwards=[rule.to_dict() for rule in sorted(rules)])
 
 
-def vm_mounts(name: str, rows: List[dict]) -> dict:
+def vm_mounts(name: str, rows: List[Dict[str, Any]]) -> Document:
     return document(name=name, mounts=rows)
 
 
-def doctor(profile, checks) -> dict:
+def doctor(profile: "Profile", checks: Sequence["Check"]) -> Document:
     return document(profile=profile.profile_name, provider=profile.provider, ok=all(c.ok for c in checks),
                     checks=[dataclasses.asdict(check) for check in checks])
 
 
-def profile_show(profile) -> dict:
+def profile_show(profile: "Profile") -> Document:
     from .profile import display_path
 
     return document(profile=profile.profile_name, chain=[display_path(path) for path in profile.chain],

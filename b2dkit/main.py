@@ -1,6 +1,7 @@
 """The ``b2dkit`` console command: an ``invoke.Program`` bound to our task namespace."""
 
 import sys
+from typing import List, Optional
 
 from invoke import Config, Exit
 
@@ -18,7 +19,7 @@ class B2dProgram(CompletingProgram):
     """invoke's Program, completing task names and values (``CompletingProgram``), with the
     last word on any exception the task wrapper did not see."""
 
-    def run(self, argv=None, exit=True):
+    def run(self, argv: Optional[List[str]] = None, exit: bool = True) -> None:
         try:
             return super().run(argv, exit=exit)
         except (SystemExit, Exit, KeyboardInterrupt):
@@ -31,7 +32,7 @@ class B2dProgram(CompletingProgram):
             sys.exit(failure.code)
 
 
-def make_program():
+def make_program() -> B2dProgram:
     return B2dProgram(
         name="b2dkit",
         binary="b2dkit",

@@ -13,6 +13,9 @@ import platformdirs
 
 from .errors import InputError
 
+# What a function that opens or names a file accepts: a str or any path object (Path, DirEntry...).
+StrPath = Union[str, "os.PathLike[str]"]
+
 _APP = "b2dkit"
 _VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 

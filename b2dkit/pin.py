@@ -26,6 +26,7 @@ from . import atomic, digests, download, isocache, paths, profileedit
 from . import iso as isolib
 from . import profile as profiles
 from .errors import InputError, ProfileError
+from .paths import StrPath
 
 Log = Callable[[str], None]
 
@@ -72,8 +73,13 @@ class Pin:
         return out
 
 
-def plan(profile_ref=profiles.DEFAULT_PROFILE, url: Optional[str] = None, from_path=None,
-         downloader: Optional[download.Downloader] = None, log: Log = print) -> Pin:
+def plan(
+    profile_ref: StrPath = profiles.DEFAULT_PROFILE,
+    url: Optional[str] = None,
+    from_path: Optional[StrPath] = None,
+    downloader: Optional[download.Downloader] = None,
+    log: Log = print,
+) -> Pin:
     """Fetch or hash the image and decide the profile edit; nothing in the profile changes yet."""
     prof = profiles.load(profile_ref)
     target = profileedit.defining_file(prof, "iso")
@@ -102,7 +108,7 @@ def plan(profile_ref=profiles.DEFAULT_PROFILE, url: Optional[str] = None, from_p
     return Pin(candidate, edit)
 
 
-def _plan_local(prof, target: Path, path: Path, url: Optional[str]) -> Pin:
+def _plan_local(prof: profiles.Profile, target: Path, path: Path, url: Optional[str]) -> Pin:
     if not path.is_file():
         raise InputError(f"--from: {path} is not a file")
     info = isolib.check_boot2docker(path)

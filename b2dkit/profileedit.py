@@ -13,7 +13,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -22,6 +22,7 @@ from ruamel.yaml.error import YAMLError
 from . import atomic
 from . import profile as profiles
 from .errors import ProfileError
+from .paths import StrPath
 
 _KEY_LINE = re.compile(r"^( *)[^\s#-][^#]*?:\s*(#.*)?$")  # `key:` opening a nested block
 _ITEM_LINE = re.compile(r"^( *)- ")
@@ -56,7 +57,7 @@ class Edit:
             tmp.write_text(self.new_text, encoding="utf-8")
 
 
-def defining_file(profile, key: str) -> Path:
+def defining_file(profile: profiles.Profile, key: str) -> Path:
     """The nearest file of ``profile``'s extends chain that sets ``key`` itself.
 
     ``cst`` takes its ISO from ``default``, so pinning cst's ISO edits ``default.yaml``:
@@ -68,7 +69,7 @@ def defining_file(profile, key: str) -> Path:
     raise ProfileError(f"no file of profile {profile.profile_name!r} sets {key!r}")
 
 
-def iso_edit(path, urls: Optional[Sequence[str]] = None, sha256: Optional[str] = None,
+def iso_edit(path: StrPath, urls: Optional[Sequence[str]] = None, sha256: Optional[str] = None,
              local_path: Optional[str] = None) -> Edit:
     """Decide the edit that makes ``path``'s ``iso`` say: these ``urls`` (or ``local_path``) and ``sha256``.
 
@@ -106,7 +107,7 @@ def iso_edit(path, urls: Optional[Sequence[str]] = None, sha256: Optional[str] =
     return Edit(path=path, old_text=text, new_text=new_text, changes=changes)
 
 
-def set_top_level(path, text: str, key: str, value: str) -> str:
+def set_top_level(path: StrPath, text: str, key: str, value: str) -> str:
     """``text`` (the content of ``path``) with the top-level ``key`` set to ``value``, layout kept."""
     yaml, data = _load(Path(path), text)
     if not isinstance(data, CommentedMap):
@@ -120,7 +121,7 @@ def set_top_level(path, text: str, key: str, value: str) -> str:
     return _dump(yaml, data)
 
 
-def _replace_keys(iso: CommentedMap, drop: Tuple[str, ...], key: str, value, changes: List[str]) -> None:
+def _replace_keys(iso: CommentedMap, drop: Tuple[str, ...], key: str, value: object, changes: List[str]) -> None:
     """Set ``key`` where the first dropped key was, moving that key's trailing comment to it."""
     position, comment = None, None
     for old in drop:
@@ -153,20 +154,20 @@ def _replace_items(seq: CommentedSeq, items: Sequence[str]) -> None:
         seq.ca.items[len(items) - 1] = tail
 
 
-def _show(value) -> str:
+def _show(value: object) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(str(v) for v in value) + "]"
     return str(value)
 
 
-def read(path) -> CommentedMap:
+def read(path: StrPath) -> CommentedMap:
     """One file's top-level settings as it writes them (no extends merged in)."""
     path = Path(path)
     data = _load(path, path.read_text(encoding="utf-8"))[1]
     return data if isinstance(data, CommentedMap) else CommentedMap()
 
 
-def _load(path: Path, text: str):
+def _load(path: Path, text: str) -> Tuple[YAML, Any]:  # Any: whatever YAML the file holds
     yaml = YAML()  # round-trip mode
     yaml.preserve_quotes = True
     yaml.width = 4096  # never re-wrap a long URL or comment
@@ -178,7 +179,7 @@ def _load(path: Path, text: str):
         raise ProfileError(f"{profiles.display_path(path)}: invalid YAML: {' '.join(str(exc).split())}") from None
 
 
-def _dump(yaml, data) -> str:
+def _dump(yaml: YAML, data: object) -> str:
     out = io.StringIO()
     yaml.dump(data, out)
     return out.getvalue()

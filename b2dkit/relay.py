@@ -66,7 +66,7 @@ class Relay:
         self._thread = threading.Thread(target=self._accept, name=f"relay [::1]:{port}", daemon=True)
         self._thread.start()
 
-    def _accept(self):
+    def _accept(self) -> None:
         while not self._closed.is_set():
             try:
                 client, _ = self._listener.accept()
@@ -74,7 +74,7 @@ class Relay:
                 return  # closed
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
-    def _serve(self, client: socket.socket):
+    def _serve(self, client: socket.socket) -> None:
         try:
             upstream = socket.create_connection(self.target, timeout=10)
         except OSError:
@@ -93,7 +93,7 @@ class Relay:
                 self._conns.discard(sock)
             sock.close()
 
-    def close(self):
+    def close(self) -> None:
         self._closed.set()
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
@@ -105,7 +105,7 @@ class Relay:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-def _pump(src: socket.socket, dst: socket.socket, done: threading.Event):
+def _pump(src: socket.socket, dst: socket.socket, done: threading.Event) -> None:
     """Copy until EOF, then pass the half-close on (HTTP/1.0 clients rely on it)."""
     try:
         while True:
@@ -141,7 +141,7 @@ class UdpRelay:
         self._thread = threading.Thread(target=self._run, name=f"udp relay [::1]:{port}", daemon=True)
         self._thread.start()
 
-    def _run(self):
+    def _run(self) -> None:
         while not self._closed.is_set():
             backs = {sock: addr for addr, (sock, _) in self._clients.items()}
             try:
@@ -170,7 +170,7 @@ class UdpRelay:
                     sock.close()
                     del self._clients[addr]
 
-    def close(self):
+    def close(self) -> None:
         """Stop the thread first: a socket closed while select() holds it stays bound until then."""
         self._closed.set()
         with contextlib.suppress(OSError):
@@ -210,7 +210,7 @@ class Relays:
             self.failed.pop(key, None)
             self.log(f"relay [::1]:{port}/{proto} -> 127.0.0.1:{port} started")
 
-    def close(self):
+    def close(self) -> None:
         for relay in self.active.values():
             relay.close()
         self.active.clear()

@@ -25,11 +25,15 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Union
 from urllib.parse import urljoin, urlparse
 
 from . import atomic, paths
 from .errors import DownloadError, InputError, ProfileError
+from .paths import StrPath
+
+if TYPE_CHECKING:  # imported where used: only a remote profile needs the network modules
+    from .download import Downloader
 
 PIN = "sha256="
 HTTP_SCHEMES = ("https", "http")
@@ -119,7 +123,7 @@ def _entry(ref: Ref) -> Path:
     return root() / key
 
 
-def fetch(reference, notify: Notify = _to_stderr, downloader=None) -> Path:
+def fetch(reference: Union[str, Ref], notify: Notify = _to_stderr, downloader: Optional["Downloader"] = None) -> Path:
     """The cached local copy of a remote profile, fetched (and checked) as its pin requires."""
     ref = reference if isinstance(reference, Ref) else parse(reference)
     entry = _entry(ref)
@@ -161,7 +165,7 @@ def _cached_ok(target: Path, ref: Ref) -> bool:
     return meta.get("commit") == ref.ref  # a commit id: the copy fetched at that very commit
 
 
-def _download(ref: Ref, downloader):
+def _download(ref: Ref, downloader: Optional["Downloader"]) -> Tuple[bytes, Optional[str]]:
     """(bytes, commit id or None)."""
     if ref.kind == "http":
         from . import download
@@ -190,7 +194,7 @@ def _is_commit(ref: Optional[str]) -> bool:
 # -- where a cached file came from -----------------------------------------------------------
 
 
-def _origin_data(path) -> Optional[dict]:
+def _origin_data(path: StrPath) -> Optional[Dict[str, Any]]:  # the origin record: parsed JSON
     path = Path(path)
     try:
         path.resolve().relative_to(root().resolve())
@@ -199,7 +203,7 @@ def _origin_data(path) -> Optional[dict]:
         return None
 
 
-def origin(path) -> Optional[Ref]:
+def origin(path: StrPath) -> Optional[Ref]:
     """The remote reference a cached profile file was fetched from (None for local files).
 
     For git it names the commit that was fetched, so files it extends come from the same tree.
@@ -213,7 +217,7 @@ def origin(path) -> Optional[Ref]:
     return ref
 
 
-def display(path) -> Optional[str]:
+def display(path: StrPath) -> Optional[str]:
     """What messages call a cached profile: its reference, not its cache path."""
     data = _origin_data(path)
     return data.get("ref") if data else None

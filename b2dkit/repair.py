@@ -21,11 +21,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 from . import atomic, guest, paths
 from .boot2docker import DEFAULT_USER
 from .errors import B2dkitError
+from .machines import Machine
 
 LAST = "last_repair.json"
 LOG = "repairs.log"
@@ -68,7 +69,7 @@ def _now_iso() -> str:
 
 
 @contextlib.contextmanager
-def _locked(vm_dir: Path, timeout: float = LOCK_TIMEOUT):
+def _locked(vm_dir: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """One repair of a VM at a time; a killed holder's lock dies with it (flock)."""
     paths.ensure_dir(vm_dir)
     fd = os.open(vm_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
@@ -88,7 +89,7 @@ def _locked(vm_dir: Path, timeout: float = LOCK_TIMEOUT):
 
 
 def repair(
-    machine,
+    machine: Machine,
     session: "guest.GuestSession",
     endpoint: Tuple[str, int],
     by: str,
@@ -122,7 +123,7 @@ def repair(
     return result
 
 
-def _repair_clock(session, result: Repair) -> None:
+def _repair_clock(session: guest.GuestSession, result: Repair) -> None:
     t0 = time.monotonic()
     try:
         result.drift_before = round(guest.clock_drift(session), 3)
@@ -137,7 +138,7 @@ def _repair_clock(session, result: Repair) -> None:
         result.steps.append(Step(f"clock not checked: {exc}", time.monotonic() - t0, ok=False))
 
 
-def _repair_mounts(machine, endpoint, steps: List[Step]) -> None:
+def _repair_mounts(machine: Machine, endpoint: Tuple[str, int], steps: List[Step]) -> None:
     """Remount each profile mount that is mounted but does not answer (list.append is thread-safe)."""
     from . import lifecycle, sshfs
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import List
 
 from .guest import DEFAULT_USER, host_label, pinned_keys, ssh_quote
+from .paths import StrPath
 
 ALIAS_PREFIX = "b2dkit-"  # ssh b2dkit-dev, as Lima has lima-<name>
 
@@ -18,7 +19,9 @@ def host_alias(name: str) -> str:
     return f"{ALIAS_PREFIX}{name}"
 
 
-def host_block(name: str, host: str, port: int, key_path, known_hosts_path, user: str = DEFAULT_USER) -> List[str]:
+def host_block(
+    name: str, host: str, port: int, key_path: StrPath, known_hosts_path: StrPath, user: str = DEFAULT_USER
+) -> List[str]:
     """The lines of one ``Host`` block; a comment says when the host key is not pinned yet."""
     lines = []
     if not pinned_keys(known_hosts_path, host, port):

@@ -4,11 +4,11 @@ Everything is read live (hypervisor, guest clock, mount table); nothing here is 
 """
 
 import shlex
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Union
 
 from . import lifecycle, machines, paths
 from .errors import B2dkitError, InputError
-from .forwards import connect_address, docker_forward, ssh_forward
+from .forwards import Forward, connect_address, docker_forward, ssh_forward
 from .machines import Machine
 from .hypervisors.base import VMState
 
@@ -68,7 +68,8 @@ def render_watcher(w: dict) -> List[str]:
     return lines
 
 
-def _drift(machine, rules):
+def _drift(machine: Machine, rules: Sequence[Forward]) -> Union[float, str]:
+    """Guest minus host clock in seconds, or why it is unknown."""
     from . import guest
 
     ssh = ssh_forward(rules)

@@ -17,7 +17,7 @@ import datetime
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, Union
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import atomic
-from .errors import InputError
+from .errors import InputError, MachineError
+from .paths import StrPath
 
 CA_CERT, CA_KEY = "ca.pem", "ca-key.pem"
 CLIENT_CERT, CLIENT_KEY = "cert.pem", "key.pem"
@@ -44,6 +45,11 @@ RENEW_BEFORE = datetime.timedelta(days=7)  # renew a little early so a cert neve
 # a fresh cert "not yet valid" for the daemon.
 BACKDATE = datetime.timedelta(hours=1)
 
+# What an IPAddress SAN holds: b2dkit names addresses only, a foreign cert may name a network.
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network, ipaddress.IPv6Network]
+Sans = Tuple[FrozenSet[IPAddress], FrozenSet[str]]  # (IP addresses, DNS names) a server cert names
+Key = ec.EllipticCurvePrivateKey  # every key b2dkit issues or accepts (P-256)
+
 
 @dataclass(frozen=True)
 class Change:
@@ -52,7 +58,7 @@ class Change:
     name: str
     reason: str
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.name}: {self.reason}"
 
 
@@ -61,15 +67,15 @@ def _now(now: Optional[datetime.datetime]) -> datetime.datetime:
     return now if now.tzinfo else now.replace(tzinfo=datetime.timezone.utc)
 
 
-def wanted_sans(extra_ips: Iterable[str] = (), extra_names: Iterable[str] = ()) -> Tuple[frozenset, frozenset]:
+def wanted_sans(extra_ips: Iterable[str] = (), extra_names: Iterable[str] = ()) -> Sans:
     """(IP addresses, DNS names) the server cert must name; bad input is one clear error."""
-    ips = set()
+    ips: Set[IPAddress] = set()
     for text in (*DEFAULT_IPS, *extra_ips):
         try:
             ips.add(ipaddress.ip_address(str(text).strip()))
         except ValueError:
             raise InputError(f"{text!r} is not an IP address for the Docker server certificate") from None
-    names = set()
+    names: Set[str] = set()
     for text in (*DEFAULT_NAMES, *extra_names):
         name = str(text).strip().lower()
         if not name or any(ch.isspace() or ch in "/:@" for ch in name):
@@ -88,7 +94,7 @@ def _load_cert(path: Path) -> Optional[x509.Certificate]:
         return None
 
 
-def _load_key(path: Path):
+def _load_key(path: Path) -> Optional[Key]:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError):
@@ -101,7 +107,7 @@ def _not_after(cert: x509.Certificate) -> datetime.datetime:
     return value if value is not None else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
 
 
-def _same_key(cert: x509.Certificate, key) -> bool:
+def _same_key(cert: x509.Certificate, key: Key) -> bool:
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return cert.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt)
 
@@ -119,7 +125,7 @@ def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
-def cert_sans(cert: x509.Certificate) -> Tuple[frozenset, frozenset]:
+def cert_sans(cert: x509.Certificate) -> Sans:
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -128,14 +134,22 @@ def cert_sans(cert: x509.Certificate) -> Tuple[frozenset, frozenset]:
             frozenset(name.lower() for name in ext.get_values_for_type(x509.DNSName)))
 
 
-def _usage(cert: x509.Certificate) -> frozenset:
+def _usage(cert: x509.Certificate) -> FrozenSet[x509.ObjectIdentifier]:
     try:
         return frozenset(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
     except x509.ExtensionNotFound:
         return frozenset()
 
 
-def _problem(directory: Path, cert_name: str, key_name: str, now, ca=None, usage=None, sans=None) -> Optional[str]:
+def _problem(
+    directory: Path,
+    cert_name: str,
+    key_name: str,
+    now: datetime.datetime,
+    ca: Optional[x509.Certificate] = None,
+    usage: Optional[x509.ObjectIdentifier] = None,
+    sans: Optional[Sans] = None,
+) -> Optional[str]:
     """Why this cert/key pair must be re-issued, or None when it is good."""
     cert_path, key_path = directory / cert_name, directory / key_name
     if not cert_path.exists() or not key_path.exists():
@@ -156,7 +170,7 @@ def _problem(directory: Path, cert_name: str, key_name: str, now, ca=None, usage
     return None
 
 
-def plan(directory, extra_ips: Iterable[str] = (), extra_names: Iterable[str] = (),
+def plan(directory: StrPath, extra_ips: Iterable[str] = (), extra_names: Iterable[str] = (),
          now: Optional[datetime.datetime] = None) -> List[Change]:
     """The files ``ensure`` would write now, each with its reason; empty when all are good."""
     directory = Path(directory)
@@ -181,16 +195,18 @@ def plan(directory, extra_ips: Iterable[str] = (), extra_names: Iterable[str] = 
 # -- issuing -----------------------------------------------------------------------------------
 
 
-def _new_key():
+def _new_key() -> Key:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key) -> bytes:
+def _key_pem(key: Key) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, public_key, now, days: int) -> x509.CertificateBuilder:
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, now: datetime.datetime, days: int
+) -> x509.CertificateBuilder:
     return (x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(issuer)
@@ -207,7 +223,7 @@ def _leaf_usage() -> x509.KeyUsage:
                          encipher_only=False, decipher_only=False)
 
 
-def _issue_ca(vm_name: str, now):
+def _issue_ca(vm_name: str, now: datetime.datetime) -> Tuple[x509.Certificate, Key]:
     key = _new_key()
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "b2dkit"),
                       x509.NameAttribute(NameOID.COMMON_NAME, f"b2dkit CA for VM {vm_name}")])
@@ -220,7 +236,14 @@ def _issue_ca(vm_name: str, now):
     return cert, key
 
 
-def _issue_leaf(ca_cert, ca_key, common_name: str, usage, now, sans=None):
+def _issue_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: Key,
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+    now: datetime.datetime,
+    sans: Optional[Sans] = None,
+) -> Tuple[x509.Certificate, Key]:
     key = _new_key()
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "b2dkit"),
                          x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -237,14 +260,14 @@ def _issue_leaf(ca_cert, ca_key, common_name: str, usage, now, sans=None):
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
-def _write_pair(directory: Path, cert_name: str, key_name: str, cert, key):
+def _write_pair(directory: Path, cert_name: str, key_name: str, cert: x509.Certificate, key: Key) -> None:
     # The key first: a run killed in between leaves a cert that no longer matches it, which the
     # next run re-issues (never a cert paired with a key nobody has).
     atomic.write_bytes(directory / key_name, _key_pem(key), mode=0o600)
     atomic.write_bytes(directory / cert_name, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
-def ensure(directory, vm_name: str, extra_ips: Iterable[str] = (), extra_names: Iterable[str] = (),
+def ensure(directory: StrPath, vm_name: str, extra_ips: Iterable[str] = (), extra_names: Iterable[str] = (),
            now: Optional[datetime.datetime] = None) -> List[Change]:
     """Make the VM's CA, client and server certs good; returns what was (re)issued and why."""
     directory = Path(directory)
@@ -259,7 +282,11 @@ def ensure(directory, vm_name: str, extra_ips: Iterable[str] = (), extra_names: 
         ca_cert, ca_key = _issue_ca(vm_name, now)
         _write_pair(directory, CA_CERT, CA_KEY, ca_cert, ca_key)
     else:
-        ca_cert, ca_key = _load_cert(directory / CA_CERT), _load_key(directory / CA_KEY)
+        loaded_cert, loaded_key = _load_cert(directory / CA_CERT), _load_key(directory / CA_KEY)
+        if loaded_cert is None or loaded_key is None:  # plan() read them fine: something changed them since
+            gone = CA_CERT if loaded_cert is None else CA_KEY
+            raise MachineError(f"{directory / gone} changed while b2dkit was using it; run the command again")
+        ca_cert, ca_key = loaded_cert, loaded_key
     if CLIENT_CERT in todo:
         cert, key = _issue_leaf(ca_cert, ca_key, f"b2dkit client for VM {vm_name}",
                                 ExtendedKeyUsageOID.CLIENT_AUTH, now)
@@ -272,7 +299,7 @@ def ensure(directory, vm_name: str, extra_ips: Iterable[str] = (), extra_names: 
     return changes
 
 
-def server_files(directory) -> Dict[str, bytes]:
+def server_files(directory: StrPath) -> Dict[str, bytes]:
     """What goes into the guest's /var/lib/boot2docker: {file name: content} (the key is secret)."""
     directory = Path(directory)
     return {name: (directory / name).read_bytes() for name in SERVER_FILES}

@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 
 from b2dkit import tlscerts
-from b2dkit.errors import InputError
+from b2dkit.errors import InputError, MachineError
 
 NOW = datetime.datetime(2026, 1, 10, 12, 0, tzinfo=datetime.timezone.utc)
 
@@ -198,3 +198,19 @@ def test_umask_does_not_loosen_the_keys(tmp_path):
         os.umask(old)
     for name in ("ca-key.pem", "key.pem", "server-key.pem"):
         assert stat.S_IMODE((tmp_path / "c" / name).stat().st_mode) == 0o600
+
+
+def test_a_ca_key_removed_after_the_plan_is_a_clear_error(certs, monkeypatch):
+    """Another process deleting the CA key between plan() and the re-issue: one line, exit 3, no crash."""
+    (certs / "server.pem").unlink()
+    planned = tlscerts.plan
+
+    def plan_then_lose_the_key(*args, **kwargs):
+        changes = planned(*args, **kwargs)
+        (certs / "ca-key.pem").unlink()
+        return changes
+
+    monkeypatch.setattr(tlscerts, "plan", plan_then_lose_the_key)
+    with pytest.raises(MachineError, match="ca-key.pem changed while b2dkit was using it"):
+        tlscerts.ensure(certs, "dev", now=NOW)
+    assert not (certs / "server.pem").exists()

@@ -8,6 +8,7 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 from invoke import Exit
 from invoke import task as _invoke_task
@@ -34,7 +35,7 @@ def bug_exit(exc: BaseException) -> Exit:
     )
 
 
-def _write_log(name: str, text: str):
+def _write_log(name: str, text: str) -> Optional[Path]:
     """Write a crash log under the data dir (or the temp dir if that fails); None if neither works."""
     for folder in (paths.data_dir() / "logs", Path(tempfile.gettempdir())):
         try:
@@ -49,15 +50,18 @@ def _write_log(name: str, text: str):
     return None
 
 
-def task(*args, **kwargs):
+def task(*args: Any, **kwargs: Any) -> Any:
     """``invoke.task`` that prints B2dkitError as one line (``b2dkit: error: ...``) and exits.
+
+    Used bare (``@task``) or with options (``@task(help=...)``), as invoke's is: so the result
+    is a Task or a decorator, typed Any as invoke types its own.
 
     Any other exception is a bug: one line naming the log with the traceback (exit 70).
     """
 
-    def decorate(func):
+    def decorate(func: Callable[..., Any]) -> Any:
         @functools.wraps(func)
-        def wrapper(*a, **kw):
+        def wrapper(*a: Any, **kw: Any) -> Any:
             try:
                 return func(*a, **kw)
             except B2dkitError as exc:
@@ -86,10 +90,10 @@ def task(*args, **kwargs):
     return decorate
 
 
-def say(text=""):
+def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def print_json(data):
+def print_json(data: object) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")

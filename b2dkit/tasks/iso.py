@@ -1,6 +1,8 @@
 """ISO tasks: remaster boot2docker.iso with boot codes, inspect an ISO, manage the ISO cache."""
 
-from invoke import Exit
+from typing import List, Optional
+
+from invoke import Context, Exit
 
 from .. import bootcfg, isocache
 from .. import iso as isolib
@@ -20,7 +22,15 @@ from ._base import print_json, say, task
         "rewrite": "rebuild the whole image even if the config fits in place (slower; for debugging)",
     },
 )
-def remaster(c, src=None, out=None, boot_code=None, remove_code=None, label=None, rewrite=False):
+def remaster(
+    c: Context,
+    src: Optional[str] = None,
+    out: Optional[str] = None,
+    boot_code: Optional[List[str]] = None,
+    remove_code: Optional[List[str]] = None,
+    label: Optional[str] = None,
+    rewrite: bool = False,
+) -> None:
     """Write a copy of a boot2docker ISO with kernel boot codes set (tz=CST-8 ...)."""
     if not src:
         raise Exit("b2dkit: error: give the ISO to read with --src PATH", code=2)
@@ -42,7 +52,7 @@ def remaster(c, src=None, out=None, boot_code=None, remove_code=None, label=None
 
 
 @task(help={"iso": "the ISO image to inspect", "json": "print machine-readable JSON"})
-def show(c, iso, json=False):
+def show(c: Context, iso: str, json: bool = False) -> None:
     """Show an ISO's volume id, boot entries, boot info table, isohybrid MBR and boot labels."""
     info = isolib.show(iso)
     if json:
@@ -85,7 +95,7 @@ def show(c, iso, json=False):
 
 
 @task(name="cache", help={"list": "list cached ISOs (the default)", "clear": "delete every cached ISO"})
-def cache(c, list=False, clear=False):
+def cache(c: Context, list: bool = False, clear: bool = False) -> None:
     """List or clear cached source and remastered ISOs."""
     if clear:
         waiting = lambda folder: say(f"waiting for the download or remaster writing in {folder} to finish…")  # noqa: E731
@@ -115,7 +125,9 @@ def cache(c, list=False, clear=False):
         "dry_run": "fetch and check, show the change, but do not write the profile",
     },
 )
-def pin(c, url=None, profile="default", from_=None, dry_run=False):
+def pin(
+    c: Context, url: Optional[str] = None, profile: str = "default", from_: Optional[str] = None, dry_run: bool = False
+) -> None:
     """Download (or hash) a boot2docker ISO, check it, and write its sha256 into the profile."""
     from .. import pin as pinlib  # requests, pycdlib, ruamel: imported by this task only
 

@@ -1,18 +1,22 @@
 """``onboard`` and ``doctor``: the new hire's first-day command and its pre-flight check."""
 
 import sys
+from typing import Callable, Optional
+
+from invoke import Context
 
 from .. import doctor as checks
 from .. import jsonout
 from .. import onboard as flow
 from .. import profile as profiles
 from ..errors import ChecksFailed, InputError
+from ..paths import StrPath
 from ._base import print_json, say, task
 
 PROFILE_HELP = "profile name in profiles/ or a path to a YAML file"
 
 
-def install_consent(yes: bool):
+def install_consent(yes: bool) -> Callable[[str], bool]:
     """The answer to "install the missing packages with COMMAND?": --yes, else ask on a terminal, else no."""
 
     def confirm(command: str) -> bool:
@@ -39,8 +43,17 @@ def install_consent(yes: bool):
     },
     auto_shortflags=False,
 )
-def onboard(c, profile="default", provider=None, name=None, iso=None, dry_run=False, yes=False, bundle=None,
-            from_bundle=None):
+def onboard(
+    c: Context,
+    profile: str = "default",
+    provider: Optional[str] = None,
+    name: Optional[str] = None,
+    iso: Optional[StrPath] = None,  # a str from the command line; a bundle's ISO is a Path
+    dry_run: bool = False,
+    yes: bool = False,
+    bundle: Optional[str] = None,
+    from_bundle: Optional[str] = None,
+) -> None:
     """Set up everything for a profile: checks, ISO, remaster, VM, SSH, folders. Safe to re-run."""
     if bundle and from_bundle:
         raise InputError("give --bundle (to write one) or --from-bundle (to use one), not both")
@@ -71,7 +84,15 @@ def onboard(c, profile="default", provider=None, name=None, iso=None, dry_run=Fa
           "yes": "with --fix: install without asking"},
     auto_shortflags=False,
 )
-def doctor(c, profile="default", provider=None, name=None, json=False, fix=False, yes=False):
+def doctor(
+    c: Context,
+    profile: str = "default",
+    provider: Optional[str] = None,
+    name: Optional[str] = None,
+    json: bool = False,
+    fix: bool = False,
+    yes: bool = False,
+) -> None:
     """Check this machine for what the profile needs, with the install command for each missing piece."""
     if json and fix:
         raise InputError("--json and --fix do not go together: --fix talks to you")

@@ -1,6 +1,9 @@
 """``profile.*``: see which VM a profile gives you, and check a profile file before sharing it."""
 
+from typing import Dict, List, Optional
+
 import yaml
+from invoke import Context
 
 from .. import bootcfg, jsonout
 from .. import profile as profiles
@@ -15,7 +18,13 @@ PROFILE_HELP = {
 
 
 @task(help={**PROFILE_HELP, "json": "print JSON instead of YAML"})
-def show(c, profile=profiles.DEFAULT_PROFILE, provider=None, name=None, json=False):
+def show(
+    c: Context,
+    profile: str = profiles.DEFAULT_PROFILE,
+    provider: Optional[str] = None,
+    name: Optional[str] = None,
+    json: bool = False,
+) -> None:
     """Print a profile as b2dkit resolves it (extends merged, defaults filled in)."""
     resolved = profiles.load(profile, provider=provider, name=name)
     if json:
@@ -30,7 +39,7 @@ def show(c, profile=profiles.DEFAULT_PROFILE, provider=None, name=None, json=Fal
 
 
 @task(help={"path": "the profile file to validate (its extends chain is checked too)"})
-def check(c, path):
+def check(c: Context, path: str) -> None:
     """Validate a profile file; print ok or the first problem, with file and key."""
     resolved = profiles.check_file(path)
     parents = [profiles.display_path(path) for path in resolved.chain[1:]]
@@ -39,9 +48,9 @@ def check(c, path):
 
 
 @task(name="list", help={"json": "print JSON: name, path and description of each profile"})
-def list_(c, json=False):
+def list_(c: Context, json: bool = False) -> None:
     """List the profiles --profile can name, and where each comes from."""
-    rows = []
+    rows: List[Dict[str, str]] = []
     for name, path in profiles.available():
         try:
             description = profiles.load(path).description

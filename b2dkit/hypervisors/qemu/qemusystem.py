@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from ... import atomic, install, paths
 from ...errors import HypervisorError, InputError, PortInUse, ToolMissing
 from ...forwards import Forward
+from ...paths import StrPath
 from ..base import VMState
 
 QEMU = "qemu-system-x86_64"
@@ -73,7 +74,7 @@ def find_qemu() -> str:
 
 
 # -- command line ---------------------------------------------------------------------------
-def escape(value) -> str:
+def escape(value: object) -> str:
     """QEMU option syntax: a comma inside a value is written twice (``file=a,,b``)."""
     return str(value).replace(",", ",,")
 
@@ -90,11 +91,11 @@ def build_argv(
     accel: str,
     memory_mb: int,
     cpus: int,
-    iso,
-    disk,
-    pidfile,
-    serial_log,
-    qmp_socket,
+    iso: StrPath,
+    disk: StrPath,
+    pidfile: StrPath,
+    serial_log: StrPath,
+    qmp_socket: StrPath,
     forwards: Iterable[Forward] = (),
 ) -> List[str]:
     """The full command line; pure, so tests can read it without starting anything.
@@ -135,7 +136,7 @@ def build_argv(
     return argv
 
 
-def launch(argv: List[str], log_path=None, timeout: float = 60.0) -> None:
+def launch(argv: List[str], log_path: Optional[StrPath] = None, timeout: float = 60.0) -> None:
     """Run a ``-daemonize`` command line; return once QEMU's parent reports the VM is set up.
 
     stderr goes to a temp file, not a pipe: the daemon could keep a pipe open after its
@@ -218,7 +219,7 @@ def _kvm_pvm_loaded() -> bool:
     return False
 
 
-def probe_kernel(boot=Path("/boot")) -> Optional[Path]:
+def probe_kernel(boot: StrPath = Path("/boot")) -> Optional[Path]:
     """A bootable kernel to probe with: the running one's image if readable, else any in /boot."""
     boot = Path(boot)
     candidates = [boot / f"vmlinuz-{os.uname().release}"] + sorted(boot.glob("vmlinuz-*"))
@@ -250,7 +251,7 @@ def _cached_probe(qemu: str) -> Tuple[str, str]:
     return verdict
 
 
-def probe_boots(qemu: str, accel: str, kernel, timeout: float = 10.0) -> bool:
+def probe_boots(qemu: str, accel: str, kernel: StrPath, timeout: float = 10.0) -> bool:
     """Boot ``kernel`` directly under ``accel``; True once it prints its banner on serial.
 
     A working accelerator prints ``Linux version`` in well under a second (TCG in about one);
@@ -298,7 +299,7 @@ def probe_boots(qemu: str, accel: str, kernel, timeout: float = 10.0) -> bool:
 
 
 # -- the process ----------------------------------------------------------------------------
-def read_pid(pidfile) -> Optional[int]:
+def read_pid(pidfile: StrPath) -> Optional[int]:
     with contextlib.suppress(OSError, ValueError):
         pid = int(Path(pidfile).read_text().strip())
         return pid if pid > 0 else None
@@ -376,7 +377,7 @@ def wait_exit(pid: int, timeout: float, marker: Optional[str] = None) -> bool:
     return True
 
 
-def kill(pid: int, sig=signal.SIGKILL) -> None:
+def kill(pid: int, sig: int = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
 
@@ -408,7 +409,7 @@ class QMP:
     QEMU serves one QMP client per socket at a time, so open it, ask, and close it.
     """
 
-    def __init__(self, path, timeout: float = 5.0):
+    def __init__(self, path: StrPath, timeout: float = 5.0) -> None:
         self.path = str(path)
         self.timeout = timeout
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -427,26 +428,26 @@ class QMP:
             self.close()
             raise
 
-    def __enter__(self):
+    def __enter__(self) -> "QMP":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         with contextlib.suppress(Exception):
             self._file.close()
         with contextlib.suppress(Exception):
             self._sock.close()
 
-    def _read(self) -> dict:
+    def _read(self) -> Dict[str, Any]:  # one QMP message: parsed JSON
         line = self._file.readline()
         if not line:
             raise ConnectionResetError("QEMU closed the monitor connection")
         return json.loads(line)
 
-    def execute(self, command: str, arguments: Optional[dict] = None):
-        """Send one command; return its ``return`` value, raise QMPError on ``error``."""
+    def execute(self, command: str, arguments: Optional[Dict[str, Any]] = None) -> Any:
+        """Send one command; return its ``return`` value (parsed JSON: Any), raise QMPError on ``error``."""
         message: Dict[str, Any] = {"execute": command}
         if arguments:
             message["arguments"] = arguments

@@ -17,12 +17,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ... import install
 from ...errors import HypervisorError, InputError, PortInUse, ToolMissing, VMNotFound
 from ...forwards import Forward
+from ...paths import StrPath
 from ..base import VMState
+
+# Streams a command's input into its stdin (convertfromraw); called again on a retry.
+StdinWriter = Callable[[IO[bytes]], object]
 
 # --------------------------------------------------------------------------------------------
 # Finding the program
@@ -84,7 +88,14 @@ def _windows_install_dir() -> Optional[str]:
 class VBoxError(HypervisorError):
     """VBoxManage failed; carries the command, its exit status and stderr for debugging."""
 
-    def __init__(self, message, hint=None, argv=(), returncode=None, stderr=""):
+    def __init__(
+        self,
+        message: str,
+        hint: Optional[str] = None,
+        argv: Sequence[str] = (),
+        returncode: Optional[int] = None,
+        stderr: str = "",
+    ) -> None:
         super().__init__(message, hint)
         self.argv = list(argv)
         self.returncode = returncode
@@ -307,7 +318,7 @@ class VBoxManage:
         max_delay: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
         timeout: Optional[float] = 300.0,
-    ):
+    ) -> None:
         self._path = path
         self.tries = tries
         self.delay = delay
@@ -322,7 +333,7 @@ class VBoxManage:
             self._path = find_vboxmanage()
         return self._path
 
-    def _env(self):
+    def _env(self) -> Dict[str, str]:
         env = dict(os.environ)
         # VirtualBox >= 7.0 translates what VBoxManage prints, and b2dkit matches English text
         # (Vagrant sets LANG=C.UTF-8 for the same reason). LC_ALL too: it overrides LANG.
@@ -338,7 +349,7 @@ class VBoxManage:
     def run(
         self,
         args: Sequence[str],
-        stdin_writer: Optional[Callable] = None,
+        stdin_writer: Optional[StdinWriter] = None,
         retry: bool = True,
         timeout: Optional[float] = None,
     ) -> str:
@@ -363,7 +374,9 @@ class VBoxManage:
             delay = min(delay * 2, self.max_delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _once(self, argv, stdin_writer, timeout):
+    def _once(
+        self, argv: List[str], stdin_writer: Optional[StdinWriter], timeout: Optional[float]
+    ) -> Tuple[int, str, str]:
         self.calls += 1
         try:
             if stdin_writer is None:
@@ -385,7 +398,7 @@ class VBoxManage:
                 argv,
             ) from None
 
-    def _streamed(self, argv, stdin_writer, timeout):
+    def _streamed(self, argv: List[str], stdin_writer: StdinWriter, timeout: Optional[float]) -> Tuple[int, str, str]:
         # stdout/stderr go to temp files, not pipes: a child that prints while we are still
         # writing gigabytes to its stdin must never block on a full pipe (deadlock).
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -416,7 +429,7 @@ class VBoxManage:
     def version(self) -> Tuple[int, int, int]:
         return parse_version(self.run(["--version"]))
 
-    def showvminfo(self, vm: str, settings_file=None) -> "VMInfo":
+    def showvminfo(self, vm: str, settings_file: Optional[StrPath] = None) -> "VMInfo":
         """The VM as VirtualBox has it now; VMNotRegistered if it does not exist.
 
         VirtualBox 7.0.0 prints no ``Forwarding(N)`` lines once a NIC has more than one rule,
@@ -442,14 +455,14 @@ class VBoxManage:
     def list_vms(self, running: bool = False) -> List[Tuple[str, str]]:
         return parse_list_vms(self.run(["list", "runningvms" if running else "vms"]))
 
-    def createvm(self, name: str, basefolder=None, ostype: str = "Linux26_64") -> Tuple[str, str]:
+    def createvm(self, name: str, basefolder: Optional[StrPath] = None, ostype: str = "Linux26_64") -> Tuple[str, str]:
         """Create and register; returns (uuid, settings file path)."""
         argv = ["createvm", "--name", name, "--ostype", ostype, "--register"]
         if basefolder is not None:
             argv += ["--basefolder", str(basefolder)]
         return parse_createvm(self.run(argv))
 
-    def medium_uuid(self, path, kind: str = "disk") -> Optional[str]:
+    def medium_uuid(self, path: StrPath, kind: str = "disk") -> Optional[str]:
         """The UUID VirtualBox gives the image at ``path`` (``kind`` disk | dvd); None when it
         cannot open it. Unlike a path read back from showvminfo, it survives any code set."""
         try:
@@ -459,10 +472,10 @@ class VBoxManage:
         m = _MEDIUM_UUID.search(out)
         return m.group(1).lower() if m else None
 
-    def registervm(self, settings_file) -> None:
+    def registervm(self, settings_file: StrPath) -> None:
         self.run(["registervm", str(settings_file)])
 
-    def convertfromraw_stdin(self, out_path, total: int, writer: Callable) -> None:
+    def convertfromraw_stdin(self, out_path: StrPath, total: int, writer: StdinWriter) -> None:
         """Stream exactly ``total`` bytes from ``writer(fileobj)`` into a new VMDK."""
         self.run(
             ["convertfromraw", "stdin", str(out_path), str(total), "--format", "VMDK"],
@@ -518,7 +531,7 @@ def natpf_delete_argv(vm: str, name: str, running: bool, nic: int = 1) -> List[s
 
 
 def storageattach_argv(
-    vm: str, controller: str, port: int, kind: Optional[str], medium, device: int = 0
+    vm: str, controller: str, port: int, kind: Optional[str], medium: StrPath, device: int = 0
 ) -> List[str]:
     """Attach ``medium`` (a path, or ``none`` to detach) at controller/port/device."""
     argv = ["storageattach", vm, "--storagectl", controller, "--port", str(port), "--device", str(device)]
@@ -561,6 +574,7 @@ def parse_pairs(text: str) -> List[Tuple[str, str]]:
                 tail_end = text.find("\n", close + 1)
                 tail_end = end if tail_end < 0 else tail_end
                 if text[close + 1 : tail_end].strip() == "":
+                    assert value is not None  # _read_quoted found the closing quote, so a value
                     pairs.append((key, value))
                     pos = tail_end + 1
                     continue
@@ -574,7 +588,7 @@ def parse_pairs(text: str) -> List[Tuple[str, str]]:
     return pairs
 
 
-def _read_key(line: str):
+def _read_key(line: str) -> Tuple[Optional[str], int]:
     """(key, offset of the value) or (None, 0)."""
     if line.startswith('"'):
         key, close = _read_quoted(line, 1, multiline=False)
@@ -586,7 +600,7 @@ def _read_key(line: str):
     return line[:eq], eq + 1
 
 
-def _read_quoted(text: str, i: int, multiline: bool):
+def _read_quoted(text: str, i: int, multiline: bool) -> Tuple[Optional[str], Optional[int]]:
     """Read up to the closing unescaped quote; returns (value, index of quote) or (None, None)."""
     out = []
     end = len(text)
@@ -608,7 +622,7 @@ def _read_quoted(text: str, i: int, multiline: bool):
 _VBOX_NS = "{http://www.virtualbox.org/}"
 
 
-def forwards_from_settings(cfg_file) -> Dict[int, List[Forward]]:
+def forwards_from_settings(cfg_file: StrPath) -> Dict[int, List[Forward]]:
     """NAT rules by NIC number from a ``.vbox`` settings file; {} when it cannot be read.
 
     ``Machine/Hardware/Network/Adapter`` (``slot`` counts from 0) ``/NAT/Forwarding`` with
@@ -643,7 +657,7 @@ def forwards_from_settings(cfg_file) -> Dict[int, List[Forward]]:
     return out
 
 
-def localhost_reachable_from_settings(cfg_file) -> bool:
+def localhost_reachable_from_settings(cfg_file: StrPath) -> bool:
     """Whether NIC 1's NAT lets the guest reach the host's loopback (7.x), from the ``.vbox``
     file: ``Adapter slot="0"/NAT`` attribute ``localhost-reachable``; absent means off (7.x's
     default). False when the file cannot be read: setting it again is harmless."""
@@ -806,7 +820,9 @@ class VMInfo:
         return list(self.forwards.get(nic, []))
 
 
-def _int(value):
+def _int(value: Optional[str]) -> Optional[int]:
+    if value is None:
+        return None
     try:
         return int(value)
     except (TypeError, ValueError):
