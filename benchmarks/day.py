@@ -306,7 +306,9 @@ def bench_mount(env: Env, args) -> None:
     results = {m.label: {} for m in variants}
 
     def record(m, what, seconds):
+        """Keep a figure, and print it: a run cut short by the 10-minute lock still says what it saw."""
         results[m.label].setdefault(what, []).append(seconds)
+        print(f"  {m.label:<8} {what:<22} {seconds:.3f}", flush=True)
 
     order = []
     for r in range(args.rounds):
