@@ -107,14 +107,16 @@ def sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, local_dir, us
         # A change made in the guest shows on the host within a second (tests/test_sshfs.py).
         # sshfs's cache (names, and attributes filled by each directory listing) stamps entries
         # in whole seconds and keeps them while now <= stamp + timeout: 0 means "until the end
-        # of this second" (<= 1 s), its default 20 means up to 21 s. The kernel asks sshfs
-        # every time (answered from that cache, no round trip), so the two never add up:
-        # any kernel timeout T > 0 adds to sshfs's second (worst case 1 + T: entry/attr 0.5
-        # failed the worst-moment test). Without sshfs's cache (dir_cache=no) the kernel's
-        # 0.9 s alone keeps the rule, but every name then costs a round trip: du and stat
-        # walks 2-10x slower than these options (benchmarks/day.py, docs/architecture.md).
+        # of this second" (<= 1 s), its default 20 means up to 21 s. So the kernel must not keep
+        # attributes on top (attr_timeout=0: every stat, open and fstat asks sshfs, which answers
+        # from that cache, no round trip): 1 fails tests/sshfsrule.py's worst moment. The kernel keeps
+        # names for a second (entry_timeout=1): high-level FUSE is path-based, so a cached name
+        # still gets fresh attributes, contents and ENOENT from sshfs; it only spares the lookup
+        # of every path component on each stat (a stat walk: 4 requests to sshfs per file -> 1-2).
+        # Without sshfs's cache (dir_cache=no) every name costs a round trip: du and stat walks
+        # about 10x slower under TCG (benchmarks/day.py, docs/architecture.md).
         "dcache_timeout=0",
-        "entry_timeout=0",
+        "entry_timeout=1",
         "attr_timeout=0",
     ]
     return [

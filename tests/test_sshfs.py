@@ -1,7 +1,6 @@
 """sshfs.py: real sshfs mounts against dropbear + OpenSSH's sftp-server on 127.0.0.1."""
 # ruff: noqa: F811  (pytest fixtures imported from sshserver are re-bound as test parameters)
 
-import contextlib
 import os
 import shutil
 import signal
@@ -10,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import sshfsrule
 from sshserver import ssh_keys, ssh_user, sshd, vm  # noqa: F401
 
 from b2dkit import guest, sshfs
@@ -202,65 +202,17 @@ def test_missing_guest_dir_is_explained(live):
         _mount(live)
 
 
-def _seen_within(check, limit, since):
-    """Seconds from ``since`` until ``check()`` is true, polled; fails when a check begun after
-    ``limit`` (the caches' promise) still sees the old state."""
-    while True:
-        began = time.monotonic() - since
-        if check():
-            return began
-        if began > limit:
-            raise AssertionError(f"not seen within {limit:g} s")
-        time.sleep(0.02)
-
-
-def _change_at_the_worst_moment(warm, change):
-    """Monotonic time of ``change()``, made when the caches hold the old state longest.
-
-    sshfs stamps its own cache in whole wall-clock seconds (an entry lives to the end of the
-    second it was filled in, or longer), and the kernel keeps what sshfs hands it for
-    entry/attr_timeout more: so fill both just as a second starts, change, then let the
-    kernel ask again just before that second ends. Any kernel timeout on top of sshfs's
-    cache then shows here as a change seen after more than 1 s.
-    """
-    start = int(time.time())
-    while int(time.time()) == start:
-        time.sleep(0.002)
-    warm()
-    changed = time.monotonic()
-    change()
-    while time.time() < start + 1.9:
-        time.sleep(0.002)
-    with contextlib.suppress(OSError, AssertionError):
-        warm()
-    return changed
-
-
 def test_a_change_on_either_side_is_seen_on_the_other_within_a_second(live):
     """The caching options may speed up stat walks only as far as this stays true."""
     local, remote = live["local_dir"], Path(live["remote_dir"])
     _mount(live)
-    (remote / "old.txt").write_text("v1\n")
 
-    def warm():  # every cache, as an editor or `git status` would have it
-        assert "old.txt" in os.listdir(local)
-        os.stat(local / "old.txt")
-        (local / "old.txt").read_text()
-        with contextlib.suppress(FileNotFoundError):
-            os.stat(local / "new.txt")
+    def write(name, text):
+        (remote / name).write_text(text)
+        return int((remote / name).stat().st_mtime)
 
-    # the guest creates a file ...
-    since = _change_at_the_worst_moment(warm, lambda: (remote / "new.txt").write_text("from the guest\n"))
-    _seen_within(lambda: "new.txt" in os.listdir(local), 1.0, since)
-    assert (local / "new.txt").read_text() == "from the guest\n"
-    # ... and changes one the host has read
-    since = _change_at_the_worst_moment(warm, lambda: (remote / "old.txt").write_text("v2, longer\n"))
-    _seen_within(lambda: (local / "old.txt").read_text() == "v2, longer\n", 1.0, since)
-    # ... and deletes one
-    since = _change_at_the_worst_moment(warm, lambda: (remote / "new.txt").unlink())
-    _seen_within(lambda: not (local / "new.txt").exists(), 1.0, since)
-    (local / "host.txt").write_text("from the host\n")  # the host's writes are there at close
-    assert (remote / "host.txt").read_text() == "from the host\n"
+    sshfsrule.check_one_second_rule(local, write, lambda name: (remote / name).unlink(),
+                                    lambda name: (remote / name).read_text())
 
 
 def test_a_host_dir_on_a_read_only_disk_is_a_mount_error_not_a_traceback(small_fs, tmp_path):
