@@ -9,11 +9,16 @@ import pytest
 
 import fakevbox
 from conftest import fixture as fixture_path, fixture_text, triple
+from sshserver import free_port
 
 from b2dkit import disk
 from b2dkit.hypervisors.virtualbox import vboxmanage as vbox
 from b2dkit.hypervisors.base import VMState
 
+
+# The fake binds a started VM's NAT host ports as VirtualBox does (7.1+ fails the start on a busy
+# one), so the fixture VM's SSH rule takes a free port, not 2022 that a real VM may hold.
+SSH_HOST_PORT = free_port()
 
 @pytest.fixture
 def fake(tmp_path, vbox_version):
@@ -71,7 +76,7 @@ def vm(run, fake, tmp_path):
         == 0
     )
     assert (
-        run("modifyvm", "b2d", "--memory", "1024", "--cpus", "2", "--natpf1", "ssh,tcp,127.0.0.1,2022,,22")[0]
+        run("modifyvm", "b2d", "--memory", "1024", "--cpus", "2", "--natpf1", f"ssh,tcp,127.0.0.1,{SSH_HOST_PORT},,22")[0]
         == 0
     )
     assert run("storagectl", "b2d", "--name", "SATA", "--add", "sata", "--portcount", "4")[0] == 0
@@ -384,7 +389,8 @@ def test_vbox_file_is_real_settings_xml_with_the_rules(run, vm, vbox_version):
     adapters = root.findall("v:Machine/v:Hardware/v:Network/v:Adapter", NS)
     assert [a.get("slot") for a in adapters] == ["0"]
     rules = {f.get("name"): f.attrib for f in adapters[0].findall("v:NAT/v:Forwarding", NS)}
-    assert rules["ssh"] == {"name": "ssh", "proto": "1", "hostip": "127.0.0.1", "hostport": "2022", "guestport": "22"}
+    assert rules["ssh"] == {"name": "ssh", "proto": "1", "hostip": "127.0.0.1", "hostport": str(SSH_HOST_PORT),
+                            "guestport": "22"}
     assert rules["web"] == {"name": "web", "proto": "1", "hostport": "8080", "guestport": "80"}  # no empty IPs
     assert adapters[0].find("v:NAT/v:DNS", NS).get("use-proxy") == "true"
     disks = root.findall("v:Machine/v:MediaRegistry/v:HardDisks/v:HardDisk", NS)
