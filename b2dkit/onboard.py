@@ -1,10 +1,12 @@
 """First day: from a bare laptop to a working dev VM in one re-runnable command.
 
-Seven steps in order, then the summary.  Each step first decides (the lifecycle's
-``*_change``/``create_changes`` read what exists and say what is missing, in words), then
-acts only on what it decided, so ``--dry-run`` prints exactly the lines a real run prints
-as it applies them, a second run changes nothing, and a run that failed (or was
-interrupted) at step N picks up at step N.  Nothing a step finished is ever undone.
+Seven steps in order, then the summary.  Each step is the lifecycle's pair: its facts and
+pure ``*_changes`` give a ``changes.Decision`` (what is in place, each Change in words), which a
+dry run prints (``would: X``) and a real run applies with the function ``vm.*`` uses, printing
+``done: X`` (docs/architecture.md, "Decide, then act").  So ``--dry-run`` prints exactly the
+lines a real run prints as it applies them, for an existing VM too, a second run changes
+nothing, and a run that failed (or was interrupted) at step N picks up at step N.  Nothing a
+step finished is ever undone.
 """
 
 import shutil
