@@ -8,16 +8,23 @@ over the SSH session ``vm.start`` already holds. The daemon's API is spoken with
 over that forward, with the client cert: no docker CLI is needed on the host for any of it.
 """
 
+from __future__ import annotations
+
 import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple, Union
 
 from . import forwards as fw
 from . import paths, tlscerts, tzif
+from .changes import Change
 from .errors import GuestError, InputError
 from .forwards import Forward
+
+if TYPE_CHECKING:  # guest (paramiko) is imported where it is used: `vm.env` needs none of it
+    from .guest import GuestSession
+    import requests
 
 CERTS_DIR = "certs"  # <vm dir>/certs: DOCKER_CERT_PATH, and the server side + CA key
 GUEST_DIR = "/var/lib/boot2docker"
@@ -69,6 +76,11 @@ class Plan:
         return out
 
     @property
+    def changes(self) -> List[Change]:
+        """``lines`` as the changes ``apply`` makes (one Change per line)."""
+        return [Change(line, "docker") for line in self.lines]
+
+    @property
     def rule(self) -> Optional[Forward]:
         return self.forward or self.current
 
@@ -79,7 +91,7 @@ _PROBE = (f"test -x {INIT_SCRIPT} && {{ grep 'b2dkit-guest: docker: ' /var/log/b
           " | tail -n 1; true; }")
 
 
-def probe(session, required: Optional[bool]) -> Tuple[bool, str]:
+def probe(session: GuestSession, required: Optional[bool]) -> Tuple[bool, str]:
     """(does the guest run Docker, its last boot-log line about it); ``required`` True makes a
     guest without Docker an error."""
     if required is False:
@@ -94,9 +106,22 @@ def probe(session, required: Optional[bool]) -> Tuple[bool, str]:
     return found, result.stdout.strip()
 
 
-def plan(name: str, session, rules: List[Forward], taken: Callable[[], Iterable[int]] = tuple,
-         required: Optional[bool] = None, tz: Optional[str] = None) -> Plan:
-    """Decide only (reads the host's certs, the guest's copies and the VM's rules; writes nothing).
+@dataclass(frozen=True)
+class Facts:
+    """What the Docker step reads (host certs, the guest's copies, the VM's rules); nothing is written."""
+
+    has_docker: bool
+    last_line: str = ""  # the guest's last docker line in its boot log
+    certs: Tuple[tlscerts.Change, ...] = ()  # what tlscerts.plan would re-issue
+    wanted: Dict[str, str] = field(default_factory=dict)  # server file name -> sha256 of the host's copy
+    there: Dict[str, str] = field(default_factory=dict)  # guest path -> sha256 of the files that exist
+    current: Optional[Forward] = None  # the rule to the daemon already there
+    taken: FrozenSet[int] = frozenset()  # host ports this VM and the others forward
+
+
+def facts(name: str, session: GuestSession, rules: List[Forward], taken: Callable[[], Iterable[int]] = tuple,
+          required: Optional[bool] = None, tz: Optional[str] = None) -> Facts:
+    """Read only: does the guest run Docker, and the state of everything ``changes`` compares.
 
     ``taken``: the host ports other VMs forward (asked only when a rule must be picked), so
     two VMs never get the same DOCKER_HOST.
@@ -105,24 +130,44 @@ def plan(name: str, session, rules: List[Forward], taken: Callable[[], Iterable[
 
     found, last = probe(session, required)
     if not found:
-        return Plan(has_docker=False)
+        return Facts(has_docker=False)
     certs = cert_dir(name)
-    result = Plan(has_docker=True, certs=tlscerts.plan(certs), tz=tz, failed="docker: ERROR" in last)
-    reissued = {c.name for c in result.certs}
-    wanted = _server_digests(certs) if not result.certs else {}
+    reissued = tuple(tlscerts.plan(certs))
+    asked = [f"{GUEST_DIR}/{n}" for n in tlscerts.SERVER_FILES] + (list(LOCALTIME_FILES) if tz else [])
+    current = fw.docker_forward(rules)
+    return Facts(
+        has_docker=True, last_line=last, certs=reissued,
+        wanted=_server_digests(certs) if not reissued else {},
+        there=guest.root_file_digests(session, asked),  # one command for every file
+        current=current,
+        taken=frozenset({f.host_port for f in rules} | (set(taken()) if current is None else set())),
+    )
+
+
+def changes(current: Facts, tz: Optional[str] = None) -> Plan:
+    """The pure diff: what the Docker set-up must do, given ``current`` and the profile's ``tz``."""
+    if not current.has_docker:
+        return Plan(has_docker=False)
+    result = Plan(has_docker=True, certs=list(current.certs), tz=tz, failed="docker: ERROR" in current.last_line)
     zone = localtime(tz)
-    asked = [f"{GUEST_DIR}/{n}" for n in tlscerts.SERVER_FILES] + (list(LOCALTIME_FILES) if zone else [])
-    there = guest.root_file_digests(session, asked)  # one command for every file
     if zone:
-        result.localtime = [p for p in LOCALTIME_FILES if there.get(p) != hashlib.sha256(zone).hexdigest()]
+        digest = hashlib.sha256(zone).hexdigest()
+        result.localtime = [p for p in LOCALTIME_FILES if current.there.get(p) != digest]
     for file_name in tlscerts.SERVER_FILES:
         target = f"{GUEST_DIR}/{file_name}"
-        if reissued or there.get(target) != wanted.get(file_name):
+        if current.certs or current.there.get(target) != current.wanted.get(file_name):
             result.install.append(file_name)
-    result.current = fw.docker_forward(rules)
+    result.current = current.current
     if result.current is None:
-        result.forward = fw.new_docker_forward(taken={f.host_port for f in rules} | set(taken()))
+        result.forward = fw.new_docker_forward(taken=set(current.taken))
     return result
+
+
+def plan(name: str, session: GuestSession, rules: List[Forward], taken: Callable[[], Iterable[int]] = tuple,
+         required: Optional[bool] = None, tz: Optional[str] = None) -> Plan:
+    """Decide only: ``changes(facts(...))`` (reads the host's certs, the guest's copies and the
+    VM's rules; writes nothing)."""
+    return changes(facts(name, session, rules, taken, required, tz), tz)
 
 
 def localtime(tz: Optional[str]) -> Optional[bytes]:
@@ -134,7 +179,7 @@ def _server_digests(certs: Path) -> Dict[str, str]:
     return {n: hashlib.sha256(data).hexdigest() for n, data in tlscerts.server_files(certs).items()}
 
 
-def apply(name: str, session, decided: Plan, add_forward: Callable[[Forward], None]) -> List[str]:
+def apply(name: str, session: GuestSession, decided: Plan, add_forward: Callable[[Forward], None]) -> List[str]:
     """Act on ``decided``: certs, guest files + one daemon restart, the forward. Returns its lines."""
     from . import guest
 
@@ -175,7 +220,7 @@ def client_files(name: str) -> Tuple[str, str, str]:
     return tuple(str(certs / n) for n in tlscerts.CLIENT_FILES)  # type: ignore[return-value]
 
 
-def api(name: str, rule: Forward, path: str, timeout: float = 5.0):
+def api(name: str, rule: Forward, path: str, timeout: float = 5.0) -> Any:
     """GET ``path`` from the VM's daemon over its TLS forward; the decoded answer (JSON or text).
 
     Raises OSError-like ``requests`` errors to the caller, which decides what they mean.
@@ -190,7 +235,7 @@ def api(name: str, rule: Forward, path: str, timeout: float = 5.0):
     return response.json() if kind.startswith("application/json") else response.text
 
 
-def stream(name: str, rule: Forward, path: str, idle: float):
+def stream(name: str, rule: Forward, path: str, idle: float) -> "requests.Response":
     """GET ``path`` as a stream (``/events``): the open ``requests`` response, to read line by
     line and close; a read that waits ``idle`` seconds for the next line raises."""
     import requests
@@ -211,7 +256,7 @@ _READY_PROBE = (
 )
 
 
-def wait_ready(name: str, session, rule: Forward, timeout: float = READY_TIMEOUT) -> str:
+def wait_ready(name: str, session: GuestSession, rule: Forward, timeout: float = READY_TIMEOUT) -> str:
     """Wait until the guest wrote its ready file (the daemon answers on its socket and the images
     are loaded) and the daemon answers ``/_ping`` over TLS through the forward; returns the
     server version. A daemon that failed says so at once instead of after the timeout."""
@@ -241,7 +286,7 @@ def wait_ready(name: str, session, rule: Forward, timeout: float = READY_TIMEOUT
 # -- the profile's image tarballs -----------------------------------------------------------------
 
 
-def check_images(images) -> List[Path]:
+def check_images(images: Iterable[Union[str, Path]]) -> List[Path]:
     """Every profile image is a whole ``docker save`` tarball on this computer, read through here
     first: a missing, truncated or foreign one is one line naming it, before the VM is touched."""
     import tarfile
@@ -271,7 +316,7 @@ def check_images(images) -> List[Path]:
     return checked
 
 
-def images_to_copy(session, images: List[Path]) -> List[Path]:
+def images_to_copy(session: GuestSession, images: List[Path]) -> List[Path]:
     """Those of ``images`` whose copy in the guest's IMAGES_DIR differs (one command asks)."""
     from . import digests, guest
 
@@ -281,7 +326,7 @@ def images_to_copy(session, images: List[Path]) -> List[Path]:
     return [p for p in images if there.get(f"{IMAGES_DIR}/{p.name}") != digests.file_sha256(p)]
 
 
-def load_images(name: str, session, todo: List[Path]) -> List[str]:
+def load_images(name: str, session: GuestSession, todo: List[Path]) -> List[str]:
     """Copy ``todo`` into the guest and have its daemon load them (``/etc/init.d/docker images``);
     returns what it did. The guest names any tarball it could not load."""
     from . import guest

@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import paramiko
 
 from . import atomic, install
+from .changes import Change
 from .boot2docker import DEFAULT_USER, PERSISTENT_ROOT
 from .errors import GuestError, InputError, ToolMissing
 from .paths import StrPath
@@ -396,6 +397,62 @@ def persistent_path(path: str, root: str = PERSISTENT_ROOT) -> str:
     return full
 
 
+@dataclass(frozen=True)
+class SetupFacts:
+    """What the set-up step reads from a running guest (one ``stat``, one clock probe)."""
+
+    dirs: List[str]  # the persistent dirs, as absolute guest paths
+    seen: Dict[str, str]  # dir -> "user:group kind" of those that exist
+    owner: str  # user:group the login user needs
+    drift: float  # guest - host seconds
+
+
+def setup_facts(session: GuestSession, persistent_dirs: Sequence[str], root: str = PERSISTENT_ROOT) -> SetupFacts:
+    """Read only: which persistent dirs exist with which owner, and the guest clock's drift."""
+    dirs = list(dict.fromkeys(persistent_path(d, root) for d in persistent_dirs))
+    seen: Dict[str, str] = {}
+    if dirs:
+        listing = session.run(["stat", "-c", "%U:%G %F|%n", *dirs], check=False)
+        for line in listing.stdout.splitlines():
+            info, _, name = line.partition("|")
+            seen[name] = info
+    return SetupFacts(dirs, seen, f"{session.user}:{session.user}", clock_drift(session))
+
+
+def setup_changes(facts: SetupFacts, set_clock: bool = True) -> List[Change]:
+    """The set-up's pure diff: dirs to create, owners to fix, the clock when off by more than
+    CLOCK_TOLERANCE. A persistent dir that is a file is the user's to move (GuestError)."""
+    changes = []
+    for d in facts.dirs:
+        info = facts.seen.get(d)
+        if info is None:
+            changes.append(Change(f"create {d}", "mkdir", d, past=f"created {d}"))
+        elif not info.endswith(" directory"):
+            raise GuestError(f"{d} exists in the guest but is not a directory; move it away and retry")
+        elif info.split(" ", 1)[0] != facts.owner:
+            changes.append(Change(f"fix the owner of {d}", "chown", d, past=f"fixed owner of {d}"))
+    if set_clock and abs(facts.drift) > CLOCK_TOLERANCE:
+        changes.append(Change(f"set the guest clock from the host (it is off by {facts.drift:+.2f} s)", "clock"))
+    return changes
+
+
+def apply_setup(session: GuestSession, facts: SetupFacts, changes: Sequence[Change]) -> SetupReport:
+    """Make ``changes`` (from ``setup_changes``): one mkdir, one chown, the clock."""
+    missing = [c.value for c in changes if c.kind == "mkdir"]
+    wrong = [c.value for c in changes if c.kind == "chown"]
+    if missing:
+        session.run(["sudo", "mkdir", "-p", "--", *missing])
+    if missing or wrong:
+        session.run(["sudo", "chown", facts.owner, "--", *missing, *wrong])
+    report = SetupReport(created=missing, fixed=wrong, drift=facts.drift,
+                         present=[d for d in facts.dirs if d not in missing and d not in wrong])
+    if any(c.kind == "clock" for c in changes):
+        set_guest_clock(session)
+        report.clock_set = True
+        report.drift = clock_drift(session)
+    return report
+
+
 def setup(
     session: GuestSession,
     persistent_dirs: Sequence[str],
@@ -404,36 +461,10 @@ def setup(
 ) -> SetupReport:
     """Make the guest ready after a start: persistent dirs owned by the login user, clock right.
 
-    The clock is set only when it is off by more than CLOCK_TOLERANCE seconds.
-
-    Idempotent and cheap when nothing is to do (one ``stat`` over SSH).
+    Facts, then the pure diff, then only those changes; cheap when nothing is to do (one ``stat``).
     """
-    report = SetupReport()
-    dirs = list(dict.fromkeys(persistent_path(d, root) for d in persistent_dirs))
-    owner = f"{session.user}:{session.user}"
-    if dirs:
-        seen: Dict[str, str] = {}
-        listing = session.run(["stat", "-c", "%U:%G %F|%n", *dirs], check=False)
-        for line in listing.stdout.splitlines():
-            info, _, name = line.partition("|")
-            seen[name] = info
-        missing = [d for d in dirs if d not in seen]
-        for d in dirs:
-            if d in seen and not seen[d].endswith(" directory"):
-                raise GuestError(f"{d} exists in the guest but is not a directory; move it away and retry")
-        wrong = [d for d in dirs if d in seen and seen[d].split(" ", 1)[0] != owner]
-        if missing:
-            session.run(["sudo", "mkdir", "-p", "--", *missing])
-        if missing or wrong:
-            session.run(["sudo", "chown", owner, "--", *missing, *wrong])
-        report.created, report.fixed = missing, wrong
-        report.present = [d for d in dirs if d not in missing and d not in wrong]
-    report.drift = clock_drift(session)
-    if set_clock and abs(report.drift) > CLOCK_TOLERANCE:
-        set_guest_clock(session)
-        report.clock_set = True
-        report.drift = clock_drift(session)
-    return report
+    facts = setup_facts(session, persistent_dirs, root)
+    return apply_setup(session, facts, setup_changes(facts, set_clock))
 
 
 def root_file_digests(session: GuestSession, paths: Sequence[str]) -> Dict[str, str]:

@@ -6,23 +6,33 @@ run that failed half-way is finished by the next one.  Providers know their hype
 this module knows the order of things and what to tell the user.
 """
 
+from __future__ import annotations
+
 import math
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import forwards as fw
 from . import atomic, iso, machines, paths, sshkeys
+from .changes import Change, Decision
 from .boot2docker import DEFAULT_USER
-from .errors import (B2dkitError, DamagedRecord, HypervisorError, InputError, Interrupted, IsoError, MountError,
-                     PortInUse, ToolMissing)
+from .errors import (B2dkitError, DamagedRecord, HypervisorError, InputError, InternalError, Interrupted, IsoError,
+                     MountError, PortInUse, ToolMissing)
 from .forwards import Forward
 from .machines import Machine
 from .hypervisors import PROVIDERS, get_provider
 from .hypervisors.base import MachineSpec, Provider, VMState
+
+if TYPE_CHECKING:  # imported where used: paramiko and the profile loader cost start-up time
+    from . import dockerd
+    from .guest import GuestSession
+    from .profile import Profile
+
+PathLike = Union[str, Path]
 
 Log = Callable[[str], None]
 VM_ISO = "boot2docker.iso"
@@ -59,7 +69,7 @@ def known_hosts_path(name: str) -> Path:
     return paths.vm_dir(name) / KNOWN_HOSTS
 
 
-def machine_from_profile(profile) -> Machine:
+def machine_from_profile(profile: Profile) -> Machine:
     return Machine(
         name=profile.name,
         provider=profile.provider,
@@ -79,7 +89,7 @@ def machine_from_profile(profile) -> Machine:
 GUEST_BUILD = Path(__file__).resolve().parents[1] / "guest" / "build.py"
 
 
-def guest_builder():
+def guest_builder() -> Any:
     """b2dkit's test-guest builder (guest/build.py), loaded from the source checkout."""
     if not GUEST_BUILD.is_file():
         raise InputError(
@@ -118,7 +128,7 @@ def build_guest(log: Log = _quiet, flavour: str = "guest") -> Path:
         raise ToolMissing(f"building the guest ISO failed: {exc}") from None
 
 
-def source_iso_change(profile, iso_path=None) -> Tuple[Optional[Path], str]:
+def source_iso_change(profile: Profile, iso_path: Optional[PathLike] = None) -> Tuple[Optional[Path], str]:
     """Decide the ISO step: (the source ISO if it is here, and what it is) or (None, what getting it takes).
 
     Reads only: a local path, the guest build's cache or the download cache.
@@ -158,7 +168,7 @@ def source_iso_change(profile, iso_path=None) -> Tuple[Optional[Path], str]:
     return None, f"download {profile.iso.urls[0]} and verify sha256 {sha256[:12]}…"
 
 
-def source_iso(profile, iso_path=None, log: Log = _quiet) -> Path:
+def source_iso(profile: Profile, iso_path: Optional[PathLike] = None, log: Log = _quiet) -> Path:
     """The unmodified boot2docker.iso: ``--iso``, the profile's local path, a build, or a verified download."""
     found, change = source_iso_change(profile, iso_path)
     if found:
@@ -171,7 +181,7 @@ def source_iso(profile, iso_path=None, log: Log = _quiet) -> Path:
     return download.fetch(list(profile.iso.urls), profile.iso.require_sha256(profile.ref))
 
 
-def boot_iso_change(profile, source: Optional[Path]) -> Tuple[Optional[Path], str]:
+def boot_iso_change(profile: Profile, source: Optional[Path]) -> Tuple[Optional[Path], str]:
     """Decide the remaster step: (the boot ISO if it exists, and what it is) or (None, what making it takes)."""
     codes = " ".join(profile.boot_code_args())
     if not codes:
@@ -185,7 +195,12 @@ def boot_iso_change(profile, source: Optional[Path]) -> Tuple[Optional[Path], st
     return None, f"remaster the ISO with {codes}"
 
 
-def boot_iso(profile, source: Path, log: Log = _quiet) -> Path:
+def present_or_made(found: Optional[Path], text: str, kind: str) -> Decision:
+    """The ISO and remaster steps' pure diff: what is there is kept, what is not is one change."""
+    return Decision(kept=[text]) if found is not None else Decision(changes=[Change(text, kind)])
+
+
+def boot_iso(profile: Profile, source: Path, log: Log = _quiet) -> Path:
     """The ISO the VM boots: the source remastered with the profile's boot codes (cached)."""
     codes = profile.boot_code_args()
     hit, _ = boot_iso_change(profile, source)
@@ -218,22 +233,48 @@ def install_iso(boot: Path, name: str) -> Path:
 # -- lifecycle ----------------------------------------------------------------------------------
 
 
-def create_changes(profile) -> Optional[List[str]]:
-    """Decide the create step for a dry run: what ``create`` would change on the existing VM
-    (the same lines a real run reports), or None when there is no VM yet."""
+@dataclass(frozen=True)
+class VMFacts:
+    """What the create step reads: the VM's state and, for an existing VM, the provider's diff
+    against the profile (``changes`` None when there is nothing to diff against yet)."""
+
+    name: str
+    provider: str
+    state: VMState
+    changes: Optional[List[Change]] = None
+    pending: Tuple[str, ...] = ()  # recorded settings the running VM does not have yet
+
+
+def vm_facts(profile: Profile) -> VMFacts:
+    """Read only: the existing VM (if any) and what converging it to ``profile`` would change."""
     existing = _existing(profile.name)
-    if existing is None:
-        return None
-    _check_provider(existing, profile)
+    if existing is not None:
+        _check_provider(existing, profile)
     provider = provider_for(machine_from_profile(profile))
+    state = provider.state()
     vm_dir = paths.vm_dir(profile.name)
     public_key = sshkeys.public_line(vm_dir)
-    if provider.state() == VMState.ABSENT or public_key is None or not (vm_dir / VM_ISO).is_file():
-        return None
-    return provider.changes(MachineSpec.from_profile(profile, vm_dir / VM_ISO, public_key))
+    if existing is None or state == VMState.ABSENT or public_key is None or not (vm_dir / VM_ISO).is_file():
+        return VMFacts(profile.name, profile.provider, state)
+    spec = MachineSpec.from_profile(profile, vm_dir / VM_ISO, public_key)
+    return VMFacts(profile.name, profile.provider, state, provider.changes(spec, defer=True),
+                   tuple(provider.pending()))
 
 
-def _check_provider(existing: Machine, profile) -> None:
+def create_changes(facts: VMFacts, memory: int, cpus: int, disk: int) -> Decision:
+    """The create step's pure diff: a new VM is one change; an existing one, the provider's changes
+    (memory, CPUs and ISO of a running VM are recorded for its next start: ``OFFLINE_KINDS``)."""
+    if facts.changes is None:
+        size = f"{memory} MB, {cpus} CPU, {disk} MB persistent disk"
+        return Decision(changes=[Change(f"create VM {facts.name} on {facts.provider} ({size})", "create",
+                                        past=f"created VM {facts.name} on {facts.provider} ({size})")])
+    kept = [f"VM {facts.name} exists ({facts.state})", *facts.pending]
+    if not facts.changes:
+        kept.append(f"VM {facts.name} already matches the profile")
+    return Decision(changes=list(facts.changes), kept=kept)
+
+
+def _check_provider(existing: Machine, profile: Profile) -> None:
     if existing.provider != profile.provider:
         raise InputError(
             f"VM {profile.name!r} already exists on {existing.provider}, not {profile.provider}",
@@ -241,7 +282,8 @@ def _check_provider(existing: Machine, profile) -> None:
         )
 
 
-def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=True) -> Outcome:
+def create(profile: Profile, iso_path: Optional[PathLike] = None, start_vm: bool = True, log: Log = _quiet,
+           remaster: bool = True) -> Outcome:
     """``vm.create``: converge the VM to the profile, then (unless told not to) start and set it up.
 
     ``remaster=False`` means ``iso_path`` is already the boot ISO (onboarding remasters first).
@@ -269,7 +311,7 @@ def create(profile, iso_path=None, start_vm=True, log: Log = _quiet, remaster=Tr
     return out
 
 
-def _create_locked(profile, machine: Machine, provider: Provider, boot: Path, out: Outcome) -> None:
+def _create_locked(profile: Profile, machine: Machine, provider: Provider, boot: Path, out: Outcome) -> None:
     vm_iso = install_iso(boot, machine.name)
     _, public_key = sshkeys.ensure_keypair(paths.vm_dir(machine.name), comment=f"b2dkit@{machine.name}")
     spec = MachineSpec.from_profile(profile, vm_iso, public_key)
@@ -281,7 +323,7 @@ def _create_locked(profile, machine: Machine, provider: Provider, boot: Path, ou
     if previous != machine:
         machines.save(machine)
     try:
-        report = provider.create(spec)
+        report = provider.create(spec, defer=True)  # a running VM's memory: at its next start
     except BaseException:
         if previous is None and _absent(provider):  # nothing was made: the record would name a ghost
             machines.forget(machine.name)
@@ -290,9 +332,13 @@ def _create_locked(profile, machine: Machine, provider: Provider, boot: Path, ou
         machines.set_active(machine.name)
     out.running = report.running
     if report.created:
-        out.done.append(f"created VM {machine.name} on {machine.provider}")
+        (made,) = create_changes(VMFacts(machine.name, machine.provider, VMState.ABSENT),
+                                 spec.memory_mb, spec.cpus, spec.disk_mb).changes
+        out.done.append(made.done)
     elif report.changes:
         out.done.extend(report.changes)
+        if report.running:
+            _poke_watcher(machine)  # a forward added live gets its [::1] relay now
     else:
         out.kept.append(f"VM {machine.name} already matches the profile")
 
@@ -424,16 +470,14 @@ def _not_halted(machine: Machine, provider: Provider) -> None:
     if why:
         raise HypervisorError(f"VM {machine.name} is halted: {why}")
 
-def _docker(machine: Machine, provider: Provider, session, rules: List[Forward], images: List[Path],
+def _docker(machine: Machine, provider: Provider, session: GuestSession, rules: List[Forward], images: List[Path],
             out: Outcome, log: Log) -> bool:
     """Docker set-up on a guest that has it (decide, then act), then wait for the daemon.
 
     False when the guest has no Docker (or the profile says docker: false)."""
     from . import dockerd
 
-    tz = next((code.split("=", 1)[1] for code in machine.boot_codes if code.startswith("tz=")), None)
-    decided = dockerd.plan(machine.name, session, rules, taken=lambda: _other_vm_ports(machine.name),
-                           required=machine.docker, tz=tz)
+    decided = _docker_plan(machine, session, rules)
     if not decided.has_docker:
         return False
     for line in decided.lines:
@@ -453,6 +497,56 @@ def _docker(machine: Machine, provider: Provider, session, rules: List[Forward],
     return True
 
 
+def _docker_plan(machine: Machine, session: GuestSession, rules: List[Forward]) -> "dockerd.Plan":
+    """The Docker step's decision (``dockerd.plan``: facts, then the pure diff), for a start and a dry run."""
+    from . import dockerd
+
+    tz = next((code.split("=", 1)[1] for code in machine.boot_codes if code.startswith("tz=")), None)
+    return dockerd.plan(machine.name, session, rules, taken=lambda: _other_vm_ports(machine.name),
+                        required=machine.docker, tz=tz)
+
+
+def start_changes(machine: Machine) -> Decision:
+    """Decide the start step without changing anything: what ``start`` would do.
+
+    A VM that does not run is one change (its guest cannot be asked before it boots); a running
+    one is asked over SSH, with the same facts and diffs ``start`` uses: persistent dirs and clock
+    (``guest.setup_facts``/``setup_changes``), Docker (certs, the 2376 forward, localtime:
+    ``dockerd.plan``), profile images, and the watcher."""
+    from . import dockerd, guest, watcher
+
+    provider = provider_for(machine)
+    snap = provider.status()
+    if snap.state == VMState.ABSENT:
+        raise InputError(f"VM {machine.name!r} does not exist on {machine.provider}; run `b2dkit vm.create`")
+    if snap.state != VMState.RUNNING:
+        dirs = ", ".join(machine.persistent_dirs) or "no persistent dirs"
+        return Decision(changes=[Change(f"start VM {machine.name}, wait for SSH, create {dirs} and set the clock",
+                                        "start", past=f"started VM {machine.name}")])
+    out = Decision(kept=[f"VM {machine.name} is already running"])
+    images = dockerd.check_images(machine.images)
+    ssh = fw.ssh_forward(snap.forwards)
+    host, port = fw.connect_address(ssh) if ssh else provider.ssh_endpoint()
+    with guest.connect(host, port, key_path(machine.name), known_hosts_path(machine.name)) as session:
+        facts = guest.setup_facts(session, machine.persistent_dirs)
+        out.changes += guest.setup_changes(facts)
+        done = {c.value for c in out.changes}
+        out.kept += [f"{d} already there" for d in facts.dirs if d not in done]
+        decided = _docker_plan(machine, session, snap.forwards)
+        if decided.has_docker:
+            out.changes += decided.changes
+            if not decided.lines:
+                out.kept.append("Docker is set up (certs, TLS forward, localtime)")
+            out.changes += [Change(f"copy {p.name} into the guest's {dockerd.IMAGES_DIR} and load it", "image", p)
+                            for p in dockerd.images_to_copy(session, images)]
+    pid = watcher.running_pid(machine.name)
+    if pid:
+        out.kept.append(f"watcher already running (pid {pid})")
+    else:
+        out.changes.append(Change("start the watcher", "watcher"))
+    return out
+
+
 def _other_vm_ports(name: str) -> List[int]:
     ports = []
     for other in machines.all_machines():
@@ -467,7 +561,7 @@ def _other_vm_ports(name: str) -> List[int]:
 STOP_TIMEOUT = 30.0
 
 
-def stop_timeout(value) -> float:
+def stop_timeout(value: Union[None, str, float]) -> float:
     """``--timeout`` as seconds > 0: zero or less would skip the guest's own shutdown and lose writes."""
     if value is None:
         return STOP_TIMEOUT
@@ -520,7 +614,7 @@ def stop_target(name: Optional[str]) -> Machine:
         raise
 
 
-def stop(machine: Machine, log: Log = _quiet, timeout=STOP_TIMEOUT) -> Outcome:
+def stop(machine: Machine, log: Log = _quiet, timeout: Union[None, str, float] = STOP_TIMEOUT) -> Outcome:
     """``vm.stop``: unmount b2dkit's sshfs mounts first (a dead server wedges them), flush, then shut down."""
     seconds = stop_timeout(timeout)  # bad input fails before anything is touched
     out = Outcome()
@@ -596,7 +690,8 @@ def _ssh_port_or_none(machine: Machine) -> Optional[int]:
 # -- talking to a running VM ------------------------------------------------------------------
 
 
-def connect(machine: Machine, endpoint=None, by: str = "command", log: Log = _quiet):
+def connect(machine: Machine, endpoint: Optional[Tuple[str, int]] = None, by: str = "command",
+            log: Log = _quiet) -> GuestSession:
     """The one way b2dkit commands open a session to a running VM: it repairs as it connects.
 
     Whatever a sleep broke (clock off by more than a second, stale sshfs mounts) is fixed
@@ -613,7 +708,7 @@ def connect(machine: Machine, endpoint=None, by: str = "command", log: Log = _qu
     return session
 
 
-def shell(machine: Machine, command=None) -> int:
+def shell(machine: Machine, command: Optional[str] = None) -> int:
     """``vm.ssh``: repair what a sleep broke (``connect``), then OpenSSH in the foreground."""
     from . import guest
 
@@ -731,65 +826,122 @@ def mount_dir(host_dir: Path) -> str:
     return os.path.realpath(Path(host_dir).expanduser())
 
 
-def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False, endpoint=None,
+@dataclass(frozen=True)
+class MountFacts:
+    """What the mounts step reads: the host's live sshfs mounts, the ones b2dkit made for this VM,
+    and the guest's SSH endpoint (``port`` None when the VM does not exist yet)."""
+
+    live: Dict[str, Any]  # local dir -> sshfs.MountInfo
+    mine: Dict[str, machines.MadeMount]  # local dir -> what b2dkit made for this VM
+    owners: Dict[str, Optional[machines.MadeMount]]  # local dir -> the VM whose mount holds it
+    host: str
+    port: Optional[int]
+
+
+def mount_facts(machine: Machine, endpoint: Optional[Tuple[str, Optional[int]]] = None) -> MountFacts:
+    """Read only. ``endpoint``: the guest's (host, port) when the caller knows it (saves a hypervisor
+    query); (host, None) for a VM that does not exist yet."""
+    from . import sshfs
+
+    live = {str(m.local_dir): m for m in sshfs.list_mounts()}
+    mine = {r.local_dir: r for r in machines.made_mounts(machine.name)}
+    owners = {local: machines.mount_owner(local, m.source) for local, m in live.items() if local not in mine}
+    host, port = endpoint or provider_for(machine).ssh_endpoint()
+    return MountFacts(live, mine, owners, host, None if port is None else int(port))
+
+
+def mount_changes(mounts: List[Any], facts: MountFacts, remount: bool = False) -> Decision:
+    """The mounts step's pure diff: each profile mount mounted (or remounted when stale, moved or
+    asked), what b2dkit mounted that the profile dropped unmounted; a host dir that holds another
+    VM's (or a foreign) mount is a warning, never adopted."""
+    from . import sshfs
+
+    out = Decision()
+    wanted = {mount_dir(m.host) for m in mounts}
+    for local, made in facts.mine.items():
+        current = facts.live.get(local)
+        if current is not None and current.source == made.source and local not in wanted:
+            out.changes.append(Change(f"unmount {local} (no longer in the profile)", "unmount", local,
+                                      past=f"unmounted {local} (no longer in the profile)"))
+    for m in mounts:
+        local = mount_dir(m.host)
+        current = facts.live.get(local)
+        here = facts.mine.get(local)
+        ours = current is not None and here is not None and current.source == here.source
+        if current is not None and not ours:
+            owner = facts.owners.get(local)
+            who = f"VM {owner.vm!r}'s mount" if owner else f"a mount of {current.source} b2dkit did not make"
+            fix = f"`b2dkit vm.unmount --name={owner.vm}`" if owner else f"`fusermount -u {local}`"
+            out.warnings.append(f"{m.guest} not mounted on {local}: {local} already holds {who}; free it with "
+                                f"{fix} or change the profile's host dir")
+            continue
+        source = sshfs.source_of(facts.host, m.guest, GUEST_USER)
+        if ours and current is not None and here is not None and current.alive and not remount \
+                and facts.port in (None, here.port) and here.source == source:
+            out.kept.append(f"{m.guest} already mounted on {local}")
+        elif ours:
+            out.changes.append(Change(f"remount {m.guest} on {local}", "remount", m,
+                                      past=f"remounted {m.guest} on {local}"))
+        else:
+            out.changes.append(Change(f"mount {m.guest} on {local} with sshfs", "mount", m,
+                                      past=f"mounted {m.guest} on {local}"))
+    return out
+
+
+def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False,
+              endpoint: Optional[Tuple[str, int]] = None,
               strict: bool = False) -> Outcome:
     """Mount each profile mount with sshfs, and unmount what b2dkit mounted that the profile dropped.
 
-    Only this VM's own mounts (``machines.made_mounts``) count as mounted: another VM's mount of the
-    same host dir is reported, never adopted.  Problems become warnings so a running VM stays
-    usable; ``strict`` raises MountError once every mount was tried (``vm.start``, ``vm.mount``).
-    ``endpoint``: the guest's (host, port) when the caller already knows it (saves a hypervisor query).
+    ``mount_facts``, the pure ``mount_changes``, then ``apply_mounts``: only this VM's own mounts
+    (``machines.made_mounts``) count as mounted: another VM's mount of the same host dir is
+    reported, never adopted.  Problems become warnings so a running VM stays usable; ``strict``
+    raises MountError once every mount was tried (``vm.start``, ``vm.mount``).
     """
-    from . import sshfs
-
-    out = Outcome()
-    host, port = endpoint or provider_for(machine).ssh_endpoint()
-    live = {str(m.local_dir): m for m in sshfs.list_mounts()}
-    mine = {r.local_dir: r for r in machines.made_mounts(machine.name)}
-    wanted = {mount_dir(m.host) for m in machine.mounts}
-    for local, made in mine.items():
-        current = live.get(local)
-        if current is None or current.source != made.source:
-            machines.forget_mount(machine.name, local)  # gone: the mount table is the truth
-        elif local not in wanted:  # dropped from the profile: it would only go stale
-            try:
-                sshfs.unmount(local)
-                machines.forget_mount(machine.name, local)
-                out.done.append(f"unmounted {local} (no longer in the profile)")
-            except B2dkitError as exc:
-                out.warnings.append(f"{local} is no longer in the profile but could not be unmounted: {exc}")
-    for m in machine.mounts:
-        local = mount_dir(m.host)
-        current = live.get(local)
-        source = sshfs.source_of(host, m.guest, GUEST_USER)
-        here = mine.get(local)
-        ours = current is not None and here is not None and current.source == here.source
-        try:
-            if current is not None and not ours:
-                owner = machines.mount_owner(local, current.source)
-                who = f"VM {owner.vm!r}'s mount" if owner else f"a mount of {current.source} b2dkit did not make"
-                fix = f"`b2dkit vm.unmount --name={owner.vm}`" if owner else f"`fusermount -u {local}`"
-                raise MountError(f"{local} already holds {who}; free it with {fix} or change the profile's host dir")
-            if ours and current is not None and here is not None and current.alive and not remount \
-                    and here.port == port and here.source == source:
-                out.kept.append(f"{m.guest} already mounted on {local}")
-                continue
-            if ours:
-                sshfs.unmount(local, lazy=True)  # stale, moved port or asked to remount: mount afresh
-                machines.forget_mount(machine.name, local)
-                verb = "remounted"
-            else:
-                verb = "mounted"
-            sshfs.mount(host, port, key_path(machine.name), known_hosts_path(machine.name), m.guest, local,
-                        user=GUEST_USER)
-            machines.record_mount(machines.MadeMount(machine.name, source, int(port), local, m.guest))
-            out.done.append(f"{verb} {m.guest} on {local}")
-        except B2dkitError as exc:
-            out.warnings.append(f"{m.guest} not mounted on {local}: {exc}")
+    facts = mount_facts(machine, endpoint)
+    out = apply_mounts(machine, facts, mount_changes(machine.mounts, facts, remount))
     for line in out.done:
         log(line)
     if strict and out.warnings:
         raise MountError("; ".join(out.warnings))
+    return out
+
+
+def apply_mounts(machine: Machine, facts: MountFacts, decided: Decision) -> Outcome:
+    """Make ``decided`` (from ``mount_changes``); records of mounts that are gone are dropped first."""
+    from . import sshfs
+
+    out = Outcome(kept=list(decided.kept), warnings=list(decided.warnings))
+    for local, made in facts.mine.items():
+        current = facts.live.get(local)
+        if current is None or current.source != made.source:
+            machines.forget_mount(machine.name, local)  # gone: the mount table is the truth
+    if facts.port is None:
+        if decided.changes:
+            raise InternalError(f"VM {machine.name} has no SSH endpoint to mount from")
+        return out
+    for change in decided.changes:
+        try:
+            if change.kind == "unmount":
+                try:
+                    sshfs.unmount(change.value)
+                except B2dkitError as exc:
+                    out.warnings.append(f"{change.value} is no longer in the profile but could not be unmounted: {exc}")
+                    continue
+                machines.forget_mount(machine.name, change.value)
+            else:
+                m = change.value
+                local = mount_dir(m.host)
+                if change.kind == "remount":  # stale, moved port or asked to remount: mount afresh
+                    sshfs.unmount(local, lazy=True)
+                    machines.forget_mount(machine.name, local)
+                source = sshfs.source_of(facts.host, m.guest, GUEST_USER)
+                sshfs.mount(facts.host, facts.port, key_path(machine.name), known_hosts_path(machine.name),
+                            m.guest, local, user=GUEST_USER)
+                machines.record_mount(machines.MadeMount(machine.name, source, facts.port, local, m.guest))
+            out.done.append(change.done)
+        except B2dkitError as exc:
+            out.warnings.append(f"{change.value.guest} not mounted on {mount_dir(change.value.host)}: {exc}")
     return out
 
 

@@ -1,10 +1,12 @@
 """First day: from a bare laptop to a working dev VM in one re-runnable command.
 
-Seven steps in order, then the summary.  Each step first decides (the lifecycle's
-``*_change``/``create_changes`` read what exists and say what is missing, in words), then
-acts only on what it decided, so ``--dry-run`` prints exactly the lines a real run prints
-as it applies them, a second run changes nothing, and a run that failed (or was
-interrupted) at step N picks up at step N.  Nothing a step finished is ever undone.
+Seven steps in order, then the summary.  Each step is the lifecycle's pair: its facts and
+pure ``*_changes`` give a ``changes.Decision`` (what is in place, each Change in words), which a
+dry run prints (``would: X``) and a real run applies with the function ``vm.*`` uses, printing
+``done: X`` (docs/architecture.md, "Decide, then act").  So ``--dry-run`` prints exactly the
+lines a real run prints as it applies them, for an existing VM too, a second run changes
+nothing, and a run that failed (or was interrupted) at step N picks up at step N.  Nothing a
+step finished is ever undone.
 """
 
 import shutil
@@ -16,8 +18,8 @@ from typing import Callable, Optional
 
 from . import doctor, lifecycle, machines, status
 from . import forwards as fw
+from .changes import Decision
 from .errors import B2dkitError, ChecksFailed, GuestError, Interrupted
-from .hypervisors.base import VMState
 from .lifecycle import Outcome
 from .profile import Profile
 
@@ -28,7 +30,7 @@ STEPS = ("doctor", "iso", "remaster", "create", "start", "mounts", "summary")
 @dataclass
 class _Run:
     profile: Profile
-    iso_path: Optional[str]
+    iso_path: Optional[lifecycle.PathLike]
     dry_run: bool
     log: Log
     confirm: doctor.Confirm
@@ -36,11 +38,11 @@ class _Run:
     source: Optional[Path] = None
     boot: Optional[Path] = None
 
-    def did(self, text):
+    def did(self, text: str) -> None:
         self.plan.done.append(text)
         self.log(("would: " if self.dry_run else "done: ") + text)
 
-    def had(self, text):
+    def had(self, text: str) -> None:
         self.plan.kept.append(text)
         self.log("already: " + text)
 
@@ -49,7 +51,8 @@ def _no(command: str) -> bool:
     return False
 
 
-def onboard(profile, iso_path=None, dry_run=False, log: Log = print, confirm: doctor.Confirm = _no) -> Outcome:
+def onboard(profile: Profile, iso_path: Optional[lifecycle.PathLike] = None, dry_run: bool = False, log: Log = print,
+            confirm: doctor.Confirm = _no) -> Outcome:
     """``confirm(command)``: may the missing packages be installed with this command? (--yes, or asked)."""
     run = _Run(profile=profile, iso_path=iso_path, dry_run=dry_run, log=log, confirm=confirm)
     steps = [_doctor, _iso, _remaster, _create, _start, _mounts, _summary]
@@ -74,7 +77,7 @@ def onboard(profile, iso_path=None, dry_run=False, log: Log = print, confirm: do
 # -- the steps ----------------------------------------------------------------------------------
 
 
-def _doctor(run: _Run):
+def _doctor(run: _Run) -> None:
     checks = doctor.run(run.profile, iso_path=run.iso_path)
     for check in checks:
         run.log("  " + check.line().replace("\n", "\n  "))
@@ -90,24 +93,46 @@ def _doctor(run: _Run):
         )
 
 
-def _decided(run: _Run, found: Optional[Path], text: str, act: Callable[[], Path]) -> Optional[Path]:
-    """One decided step: what is there is kept; what is missing is made (unless a dry run), same line."""
-    if found is not None:
+def _show(run: _Run, decided: Decision) -> None:
+    """A dry run's account of one step: what is in place, then exactly what a real run would change."""
+    for text in decided.kept:
         run.had(text)
-        return found
-    made = None if run.dry_run else act()
-    run.did(text)
+    for change in decided.changes:
+        run.did(change.text)
+    for text in decided.warnings:
+        run.log(f"  warning: {text}")
+
+
+def _applied(run: _Run, out: Outcome) -> None:
+    """A real run's account: the lines the step's apply made, as it made them."""
+    for text in out.kept:
+        run.had(text)
+    for text in out.done:
+        run.did(text)
+
+
+def _made(run: _Run, decided: Decision, make: Callable[[], Path]) -> Optional[Path]:
+    """The ISO and remaster steps: one change (or none); made, then said with the same line."""
+    _show(run, Decision(kept=decided.kept))
+    if not decided.changes:
+        return None
+    made = None if run.dry_run else make()
+    for change in decided.changes:
+        run.did(change.done)
     return made
 
 
-def _iso(run: _Run):
+def _iso(run: _Run) -> None:
     found, text = lifecycle.source_iso_change(run.profile, run.iso_path)
-    run.source = _decided(run, found, text, lambda: lifecycle.source_iso(run.profile, run.iso_path))
+    made = _made(run, lifecycle.present_or_made(found, text, "iso"),
+                 lambda: lifecycle.source_iso(run.profile, run.iso_path))
+    run.source = found or made
 
 
-def _remaster(run: _Run):
+def _remaster(run: _Run) -> None:
     found, text = lifecycle.boot_iso_change(run.profile, run.source)
-    run.boot = _decided(run, found, text, lambda: _remastered(run))
+    made = _made(run, lifecycle.present_or_made(found, text, "remaster"), lambda: _remastered(run))
+    run.boot = found or made
 
 
 def _remastered(run: _Run) -> Path:
@@ -115,72 +140,52 @@ def _remastered(run: _Run) -> Path:
     return lifecycle.boot_iso(run.profile, run.source)
 
 
-def _create(run: _Run):
+def _create(run: _Run) -> None:
     prof = run.profile
-    machine = _machine_or_none(prof.name)
-    state = lifecycle.provider_for(machine).state() if machine else VMState.ABSENT
     if run.dry_run:
-        changes = lifecycle.create_changes(prof) if state != VMState.ABSENT else None
-        if changes is None:
-            run.did(f"create VM {prof.name} on {prof.provider} ({prof.memory} MB, {prof.cpus} CPU, "
-                    f"{prof.disk} MB persistent disk)")
-            return
-        run.had(f"VM {prof.name} exists ({state})")
-        for line in changes:
-            run.did(line)
+        _show(run, lifecycle.create_changes(lifecycle.vm_facts(prof), prof.memory, prof.cpus, prof.disk))
         return
-    out = lifecycle.create(prof, iso_path=run.boot, start_vm=False, log=lambda _m: None, remaster=False)
-    for line in out.done:
-        run.did(line)
-    for line in out.kept:
-        run.had(line)
+    _applied(run, lifecycle.create(prof, iso_path=run.boot, start_vm=False, log=_quiet, remaster=False))
 
 
-def _start(run: _Run):
+def _start(run: _Run) -> None:
     machine = _machine_or_none(run.profile.name)
     if run.dry_run:
-        running = machine and lifecycle.provider_for(machine).state() == VMState.RUNNING
-        if running:
-            run.had(f"VM {run.profile.name} is running; SSH, persistent dirs and clock would be checked")
-        else:
-            run.did(f"start VM {run.profile.name}, wait for SSH, create {', '.join(run.profile.persistent_dirs)}"
-                    " and set the clock")
+        if machine is None:  # the create step would make it: it cannot run yet
+            machine = lifecycle.machine_from_profile(run.profile)
+            dirs = ", ".join(machine.persistent_dirs) or "no persistent dirs"
+            run.did(f"start VM {machine.name}, wait for SSH, create {dirs} and set the clock")
+            return
+        _show(run, lifecycle.start_changes(machine))
         return
+    assert machine is not None  # the create step made it
     started = time.monotonic()
-    out = lifecycle.start(machine, log=lambda _m: None, mount=False)
-    for line in out.done:
-        run.did(line)
-    for line in out.kept:
-        run.had(line)
+    out = lifecycle.start(machine, log=_quiet, mount=False)
+    _applied(run, out)
     if out.done:
         run.log(f"  (up in {time.monotonic() - started:.1f} s)")
 
 
-def _mounts(run: _Run):
+def _mounts(run: _Run) -> None:
     if not run.profile.mounts:
         run.had("no mounts in this profile")
         return
     machine = _machine_or_none(run.profile.name)
     if run.dry_run:
-        from . import sshfs
-
-        for m in run.profile.mounts:
-            current = sshfs.find_mount(m.host)
-            if current and current.alive:
-                run.had(f"{m.guest} is mounted on {m.host}")
-            else:
-                run.did(f"mount {m.guest} on {m.host} with sshfs")
+        wanted = lifecycle.machine_from_profile(run.profile)  # the record the create step writes
+        ssh = fw.ssh_forward(run.profile.forwards)
+        endpoint = None if machine else ("127.0.0.1", None if ssh is None else ssh.host_port)
+        facts = lifecycle.mount_facts(machine or wanted, endpoint)
+        _show(run, lifecycle.mount_changes(wanted.mounts, facts))
         return
-    out = lifecycle.mount_all(machine, log=lambda _m: None)
-    for line in out.done:
-        run.did(line)
-    for line in out.kept:
-        run.had(line)
+    assert machine is not None
+    out = lifecycle.mount_all(machine, log=_quiet)
+    _applied(run, out)
     if out.warnings:
         raise GuestError("; ".join(out.warnings))
 
 
-def _summary(run: _Run):
+def _summary(run: _Run) -> None:
     if run.dry_run:
         run.log("dry run: nothing was changed")
         return
@@ -211,7 +216,11 @@ def _cli() -> str:
     return str(argv0)
 
 
-def _machine_or_none(name):
+def _quiet(_line: str) -> None:
+    pass
+
+
+def _machine_or_none(name: str) -> Optional[machines.Machine]:
     try:
         return machines.load(name)
     except B2dkitError:

@@ -147,3 +147,26 @@ def test_nothing_listening_is_unreachable_not_an_exception(tmp_path):
         port = s.getsockname()[1]
     found = dockerd.summary("dev", Forward(port, 2376))
     assert found["reachable"] is False and found["error"] == "ConnectionError"
+
+
+def test_changes_is_the_pure_diff_of_the_docker_facts(b2dkit_home):
+    """Certs to issue, server files to install, the 2376 forward and localtime, from facts alone."""
+    zone = dockerd.localtime("CST-8")
+    import hashlib
+
+    fresh = dockerd.Facts(has_docker=True, certs=(tlscerts.Change("ca.pem", "missing"),), taken=frozenset({2376}))
+    plan = dockerd.changes(fresh, tz="CST-8")
+    assert [c.text for c in plan.changes] == [
+        "issue ca.pem: missing",
+        f"install {', '.join(tlscerts.SERVER_FILES)} into the guest's /var/lib/boot2docker",
+        "restart the guest's Docker daemon (it reads them at start)",
+        "forward 127.0.0.1:2377 → 2376/tcp (the Docker daemon, TLS)",
+        f"write {', '.join(dockerd.LOCALTIME_FILES)} for TZ=CST-8 (containers mount it)",
+    ]
+    wanted = {n: f"{i:064x}" for i, n in enumerate(tlscerts.SERVER_FILES)}
+    there = {f"{dockerd.GUEST_DIR}/{n}": d for n, d in wanted.items()}
+    there.update({p: hashlib.sha256(zone).hexdigest() for p in dockerd.LOCALTIME_FILES})
+    done = dockerd.Facts(has_docker=True, wanted=wanted, there=there, current=Forward(2380, 2376))
+    assert dockerd.changes(done, tz="CST-8").lines == []
+    assert dockerd.changes(done, tz="CST-8").rule == Forward(2380, 2376)
+    assert dockerd.changes(dockerd.Facts(has_docker=False)).has_docker is False

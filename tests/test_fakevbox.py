@@ -76,7 +76,8 @@ def vm(run, fake, tmp_path):
         == 0
     )
     assert (
-        run("modifyvm", "b2d", "--memory", "1024", "--cpus", "2", "--natpf1", f"ssh,tcp,127.0.0.1,{SSH_HOST_PORT},,22")[0]
+        run("modifyvm", "b2d", "--memory", "1024", "--cpus", "2",
+            "--natpf1", f"ssh,tcp,127.0.0.1,{SSH_HOST_PORT},,22")[0]
         == 0
     )
     assert run("storagectl", "b2d", "--name", "SATA", "--add", "sata", "--portcount", "4")[0] == 0

@@ -401,3 +401,20 @@ def test_waiting_for_ssh_stops_at_once_when_the_check_says_the_guest_is_halted(t
         guest.wait_for_session("127.0.0.1", free_port(), ssh_keys["private"], tmp_path / "kh", timeout=60,
                                check=check)
     assert time.monotonic() - started < 20  # not the whole 60 s timeout
+
+
+def test_setup_changes_is_the_pure_diff_of_the_guests_facts():
+    facts = guest.SetupFacts(dirs=["/mnt/sda1/dev", "/mnt/sda1/new", "/mnt/sda1/root"],
+                             seen={"/mnt/sda1/dev": "docker:docker directory",
+                                   "/mnt/sda1/root": "root:root directory"},
+                             owner="docker:docker", drift=-3.25)
+    changes = guest.setup_changes(facts)
+    assert [c.text for c in changes] == ["create /mnt/sda1/new", "fix the owner of /mnt/sda1/root",
+                                         "set the guest clock from the host (it is off by -3.25 s)"]
+    assert [c.done for c in changes][:2] == ["created /mnt/sda1/new", "fixed owner of /mnt/sda1/root"]
+    assert guest.setup_changes(facts, set_clock=False)[-1].kind == "chown"
+    in_place = guest.SetupFacts(["/mnt/sda1/dev"], {"/mnt/sda1/dev": "docker:docker directory"}, "docker:docker", 0.4)
+    assert guest.setup_changes(in_place) == []
+    with pytest.raises(GuestError, match="not a directory"):
+        guest.setup_changes(guest.SetupFacts(["/mnt/sda1/f"], {"/mnt/sda1/f": "docker:docker regular file"},
+                                             "docker:docker", 0.0))

@@ -104,6 +104,57 @@ def test_a_missing_build_tool_for_the_demo_guest_is_tool_missing_not_a_traceback
     assert "install dpkg-query" not in str(excinfo.value)  # no such package: dpkg ships dpkg-query
 
 
+# -- the pure diffs of the create and mounts steps ---------------------------------------------
+
+
+def test_present_or_made_keeps_what_is_there_and_makes_what_is_not(tmp_path):
+    from pathlib import Path
+
+    assert lifecycle.present_or_made(Path("/iso"), "ISO x is in the cache", "iso").kept == ["ISO x is in the cache"]
+    made = lifecycle.present_or_made(None, "download u", "iso")
+    assert [c.text for c in made.changes] == ["download u"] and made.kept == []
+
+
+def test_create_changes_a_new_vm_is_one_change_an_existing_one_the_providers():
+    from b2dkit.changes import Change
+
+    new = lifecycle.create_changes(lifecycle.VMFacts("dev", "qemu", VMState.ABSENT), 512, 1, 1024)
+    (change,) = new.changes
+    assert change.text == "create VM dev on qemu (512 MB, 1 CPU, 1024 MB persistent disk)"
+    assert change.done == "created VM dev on qemu (512 MB, 1 CPU, 1024 MB persistent disk)"
+    memory = Change("memory 512 → 768 MB (VM dev is running: takes effect at its next start)", "memory")
+    running = lifecycle.VMFacts("dev", "qemu", VMState.RUNNING, [memory])
+    assert lifecycle.create_changes(running, 768, 1, 1024).changes == [memory]
+    assert lifecycle.create_changes(running, 768, 1, 1024).kept == ["VM dev exists (running)"]
+    recorded = lifecycle.VMFacts("dev", "qemu", VMState.RUNNING, [], ("memory 768 MB is recorded; …",))
+    assert lifecycle.create_changes(recorded, 768, 1, 1024).kept == [
+        "VM dev exists (running)", "memory 768 MB is recorded; …", "VM dev already matches the profile"]
+
+
+def test_mount_changes_mounts_remounts_unmounts_and_never_adopts(tmp_path):
+    from b2dkit import sshfs
+    from b2dkit.profile import Mount
+
+    dev, gone, other, foreign = (str(tmp_path / n) for n in ("dev", "gone", "other", "foreign"))
+    src = "docker@127.0.0.1:"
+    made = {dev: machines.MadeMount("a", src + "/mnt/sda1/dev", 2022, dev, "/mnt/sda1/dev"),
+            gone: machines.MadeMount("a", src + "/mnt/sda1/gone", 2022, gone, "/mnt/sda1/gone")}
+    live = {dev: sshfs.MountInfo(src + "/mnt/sda1/dev", tmp_path / "dev", "alive"),
+            gone: sshfs.MountInfo(src + "/mnt/sda1/gone", tmp_path / "gone", "alive"),
+            foreign: sshfs.MountInfo(src + "/x", tmp_path / "foreign", "alive")}
+    facts = lifecycle.MountFacts(live, made, {foreign: None}, "127.0.0.1", 2022)
+    mounts = [Mount(guest="/mnt/sda1/dev", host=tmp_path / "dev"), Mount(guest="/mnt/sda1/o", host=tmp_path / "other"),
+              Mount(guest="/mnt/sda1/f", host=tmp_path / "foreign")]
+    decided = lifecycle.mount_changes(mounts, facts)
+    assert [c.text for c in decided.changes] == [f"unmount {gone} (no longer in the profile)",
+                                                 f"mount /mnt/sda1/o on {other} with sshfs"]
+    assert decided.kept == [f"/mnt/sda1/dev already mounted on {dev}"]
+    assert len(decided.warnings) == 1 and "b2dkit did not make" in decided.warnings[0]
+    moved = lifecycle.MountFacts(live, made, {foreign: None}, "127.0.0.1", 2023)  # the SSH port moved
+    assert [c.text for c in lifecycle.mount_changes(mounts[:1], moved).changes] == [
+        f"unmount {gone} (no longer in the profile)", f"remount /mnt/sda1/dev on {dev}"]
+
+
 # -- mounts: real sshfs against the test SSH server, two VMs sharing one host dir ---------------
 
 from sshserver import ssh_keys, ssh_user, sshd  # noqa: E402,F401,F811  # ruff: F811 below is the fixture use

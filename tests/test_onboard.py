@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -678,3 +679,88 @@ def test_dry_run_on_an_existing_vm_shows_exactly_the_changes_a_run_then_applies(
     # Applied exactly: a third look finds nothing left to change.
     code, out, err = onboard_task(capfd, fast["profile"], "--dry-run")
     assert code == 0 and _step_lines(out, "create", "would: ") == [], err
+
+
+def _would(out: str):
+    """Every ``would:`` line of a dry run but the guest clock (an emulated guest's clock may fall
+    more than guest.CLOCK_TOLERANCE behind between two runs, and then it is set again)."""
+    return [line[len("would: "):] for line in out.splitlines()
+            if line.startswith("would: ") and not line.startswith("would: " + CLOCK)]
+
+
+def _done(out: str):
+    return [line[len("done: "):] for line in out.splitlines()
+            if line.startswith("done: ") and not line.startswith("done: " + CLOCK)]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_dry_run_on_a_running_vm_lists_exactly_what_a_run_then_applies(tmp_path, monkeypatch, capfd):
+    """Issue #9's Done-when, on a real guest with Docker: the dry run of a running VM reads its
+    facts (host certs, the guest's files, forwards, memory) without changing anything; the real run
+    applies exactly those lines; a second dry run has nothing left to do."""
+    if not os.path.exists("/usr/bin/docker"):
+        pytest.skip("Debian's docker CLI is not installed (apt-get install docker.io)")
+    name, home, b2dkit_home = "ob-running", tmp_path / "home", tmp_path / "b2dkit-home"
+    home.mkdir()
+    for key, value in (("HOME", home), ("B2DKIT_HOME", b2dkit_home),
+                       ("B2DKIT_QEMU_ACCEL", os.environ.get("B2DKIT_QEMU_ACCEL", "tcg"))):
+        monkeypatch.setenv(key, str(value))
+    prof = tmp_path / "running.yaml"
+    common = dict(extends="demo", name=name, provider="qemu", disk=2048, iso_lines=[], ssh_port=free_port(),
+                  app_port=free_port())
+    write_profile(prof, **common)
+    args = [f"--profile={prof}", "--yes"]
+    try:
+        code, out, err = onboard_task(capfd, *args)
+        assert code == 0 and f"Your dev VM {name} is ready" in out, out + err
+        # Docker's set-up undone behind b2dkit's back: the host's certs, the TLS forward, the localtime.
+        vm_dir = paths.vm_dir(name)
+        shutil.rmtree(vm_dir / "certs")
+        (rule,) = [f for f in json.loads((vm_dir / "machine.json").read_text())["forwards"] if f["guest_port"] == 2376]
+        assert cli.task(capfd, "vm.unforward", str(rule["host_port"]), f"--name={name}")[0] == 0
+        code, _ = cli.task(capfd, "vm.ssh", f"--name={name}", "-c",
+                           "sudo rm /var/lib/boot2docker/etc/localtime /etc/localtime")
+        assert code == 0
+        before = tree(b2dkit_home)
+        code, out, err = onboard_task(capfd, *args[:1], "--dry-run")
+        assert code == 0, out + err
+        docker = _would(out)
+        assert docker[0].startswith("issue ") and "restart the guest's Docker daemon (it reads them at start)" in docker
+        assert any(line.startswith("install ") for line in docker)
+        assert any(line.startswith("forward 127.0.0.1:") and line.endswith("→ 2376/tcp (the Docker daemon, TLS)")
+                   for line in docker)
+        assert docker[-1] == ("write /var/lib/boot2docker/etc/localtime, /etc/localtime for TZ=CST-8 "
+                              "(containers mount it)")
+        assert _step_lines(out, "create", "would: ") == [] and _step_lines(out, "mounts", "would: ") == []
+        assert {k: v for k, v in tree(b2dkit_home).items() if "serial.log" not in k and "disk.img" not in k} == {
+            k: v for k, v in before.items() if "serial.log" not in k and "disk.img" not in k}
+        code, out, err = onboard_task(capfd, *args)
+        assert code == 0, out + err
+        assert [line for line in _done(out) if line in docker] == docker
+        code, out, err = onboard_task(capfd, *args[:1], "--dry-run")
+        assert code == 0 and _would(out) == [], out + err
+
+        # The profile changes: more memory, one more forward.
+        web = free_port()
+        write_profile(prof, **common, extra=[f"  - {{host: {web}, guest: 80}}"])
+        prof.write_text(prof.read_text().replace("memory: 512", "memory: 768"))
+        expected = [f"memory 512 → 768 MB (VM {name} is running: takes effect at its next start)",
+                    f"forward tcp-{web}: 127.0.0.1:{web} → 80/tcp added"]
+        code, out, err = onboard_task(capfd, *args[:1], "--dry-run")
+        assert code == 0 and _would(out) == expected, out + err
+        assert out.count("already: ") >= 8
+        code, out, err = onboard_task(capfd, *args)
+        assert code == 0 and _step_lines(out, "create", "done: ") == expected, out + err
+        assert json.loads((vm_dir / "machine.json").read_text())["memory_mb"] == 768
+        code, listed = cli.task(capfd, "vm.forwards", f"--name={name}", "--json")
+        assert web in [f["host_port"] for f in json.loads(listed.out)["forwards"]]  # live, from QEMU itself
+        code, out, err = onboard_task(capfd, *args[:1], "--dry-run")
+        assert code == 0 and _would(out) == [], out + err
+        assert f"already: memory 768 MB is recorded; VM {name} runs with 512 MB until its next start" in out
+    finally:
+        make_program().run(["b2dkit", "vm.destroy", f"--name={name}", "--yes", "--purge"], exit=False)
+        qemuclean.kill_all(tmp_path)
+        mount = home / "workspace" / "dev"
+        if os.path.ismount(mount):
+            subprocess.run(["fusermount3", "-uz", str(mount)], check=False)

@@ -21,6 +21,7 @@ from b2dkit.errors import HypervisorError, InputError, PortInUse, VMNotFound
 from b2dkit.forwards import Forward, host_port_free, parse_spec, pick_free_port
 from b2dkit.hypervisors import get_provider
 from b2dkit.hypervisors.base import MachineSpec, VMState
+from b2dkit.hypervisors.qemu import provider as qemu_provider
 from b2dkit.hypervisors.qemu.provider import QemuProvider
 from b2dkit.sshkeys import KEY_NAME, ensure_keypair
 import qemuclean
@@ -420,3 +421,32 @@ def test_a_qemu_whose_vm_folder_is_gone_is_listed_blocks_ports_by_name_and_is_st
     run("vm.stop", "--name=dev", "--timeout=1")
     assert not qemu.process_alive(pid)
     assert "dev" not in {r["name"] for r in status.list_all()}
+
+
+def test_diff_is_pure_and_says_each_change_in_words():
+    old = {"memory_mb": 512, "cpus": 1, "iso": "/a.iso", "forwards": [Forward(2022, 22, name="ssh"),
+                                                                      parse_spec("8000")]}
+    new = dict(old, memory_mb=768, forwards=[Forward(2022, 22, name="ssh"), parse_spec("8080:80")])
+    changes = qemu_provider._diff(old, new)
+    assert [(c.kind, c.text) for c in changes] == [
+        ("memory", "memory 512 → 768 MB"),
+        ("forward", "forward tcp-8000: 127.0.0.1:8000 → 8000/tcp removed"),
+        ("forward", "forward tcp-8080: 127.0.0.1:8080 → 80/tcp added"),
+    ]
+    assert qemu_provider._diff(old, dict(old)) == []
+
+
+def test_a_running_vms_memory_is_recorded_in_machine_json_for_the_next_boot(tiny_iso, monkeypatch):
+    """What `defer` means on QEMU without a boot: machine.json is the next boot's definition."""
+    vm = QemuProvider("dev")
+    vm.create(_spec(tiny_iso, memory_mb=256, forwards=[parse_spec("2022:22")]))
+    monkeypatch.setattr(QemuProvider, "state", lambda self: VMState.RUNNING)
+    wanted = _spec(tiny_iso, memory_mb=512, forwards=[parse_spec("2022:22")])
+    with pytest.raises(HypervisorError, match="stop it first.*memory 256 → 512"):
+        vm.create(wanted)
+    assert [c.text for c in vm.changes(wanted, defer=True)] == [
+        "memory 256 → 512 MB (VM dev is running: takes effect at its next start)"]
+    assert vm.create(wanted, defer=True).changes == [
+        "memory 256 → 512 MB (VM dev is running: takes effect at its next start)"]
+    assert json.loads((vm.dir / "machine.json").read_text())["memory_mb"] == 512
+    assert vm.changes(wanted, defer=True) == []

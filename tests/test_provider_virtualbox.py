@@ -599,3 +599,32 @@ def test_done_when_every_version_creates_forwards_reports_and_recreates(vb, fake
         mark = len(fake.calls())
         vb.create(spec)
         assert len(calls_since(fake, mark)) <= 10 and vb.forwards() == spec.forwards
+
+
+def test_a_running_vms_memory_change_is_recorded_for_its_next_start(vb, fake, spec):
+    """defer=True (what vm.create and onboard use): forwards go live, memory waits for the next start."""
+    vb.create(spec)
+    vb.start()
+    extra = parse_spec(f"{free_port()}:7000")
+    wanted = dataclasses.replace(spec, memory_mb=2048, forwards=spec.forwards + [extra])
+    expected = [
+        "memory 1024 → 2048 MB (VM dev is running: takes effect at its next start)",
+        f"forward {extra.name}: 127.0.0.1:{extra.host_port} → 7000/tcp added",
+    ]
+    assert [c.text for c in vb.changes(wanted, defer=True)] == expected
+    with pytest.raises(HypervisorError, match="powered off: memory 1024 → 2048 MB"):
+        vb.create(wanted)  # without defer: refused, as before
+    mark = len(fake.calls())
+    assert vb.create(wanted, defer=True).changes == expected  # the decided lines, applied
+    assert "modifyvm" not in [c[0] for c in calls_since(fake, mark)]  # VirtualBox refuses it while running
+    assert fake.machine("dev")["memory"] == 1024 and extra in vb.forwards()
+    assert vb.changes(wanted, defer=True) == []  # recorded: nothing left to do
+    assert vb.pending() == ["memory 2048 MB is recorded; VM dev runs with 1024 MB until its next start"]
+    vb.stop(timeout=1)
+    assert vb.pending() == []  # only a running VM has settings pending
+    mark = len(fake.calls())
+    vb.start()
+    assert [c[0] for c in calls_since(fake, mark)][-2:] == ["modifyvm", "startvm"]
+    assert fake.machine("dev")["memory"] == 2048 and not (vb.dir / "pending.json").exists()
+    assert vb.changes(wanted, defer=True) == []
+

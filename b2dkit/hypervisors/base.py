@@ -14,6 +14,7 @@ from typing import Any, List, Optional, Tuple
 
 from .. import forwards as fw
 from .. import paths
+from ..changes import Change
 from ..errors import InputError
 from ..forwards import Forward
 
@@ -21,6 +22,9 @@ from ..forwards import Forward
 # runs from RAM and needs 256 MB; 64 vCPUs is what both hypervisors accept).
 MEMORY_MB = (256, 65536)
 CPUS = (1, 64)
+# Change kinds a running VM cannot take: ``create(spec, defer=True)`` records them for the next
+# start (as Lima and Vagrant users expect: an edited config applies at the next boot).
+OFFLINE_KINDS = frozenset({"memory", "cpus", "iso"})
 
 
 class VMState(str, enum.Enum):
@@ -114,16 +118,22 @@ class Provider(ABC):
         """Ask the hypervisor now."""
 
     @abstractmethod
-    def changes(self, spec: MachineSpec) -> List[str]:
-        """Decide only: what ``create(spec)`` would change on the existing VM, in the lines its
-        report will use (``memory 1024 → 2048 MB``); [] when it matches. Reads, never writes."""
+    def changes(self, spec: MachineSpec, defer: bool = False) -> List[Change]:
+        """Decide only: what ``create(spec, defer)`` would change on the existing VM, in the lines
+        its report will use (``memory 1024 → 2048 MB``); [] when it matches. Reads, never writes."""
 
     @abstractmethod
-    def create(self, spec: MachineSpec) -> ApplyReport:
-        """Create the VM, or converge an existing one to ``spec`` (only while stopped).
+    def create(self, spec: MachineSpec, defer: bool = False) -> ApplyReport:
+        """Create the VM, or converge an existing one to ``spec``: the changes ``changes`` decides.
 
+        A running VM takes forward changes live; memory, CPUs and the boot ISO need it stopped:
+        refused, or with ``defer`` recorded for its next start (``OFFLINE_KINDS``, ``pending``).
         Idempotent; re-attaches a kept persistent disk instead of making a blank one.
         """
+
+    def pending(self) -> List[str]:
+        """Settings recorded for the next start that the running VM does not have yet, in words."""
+        return []
 
     @abstractmethod
     def start(self) -> None:

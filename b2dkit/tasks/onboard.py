@@ -1,5 +1,6 @@
 """``onboard`` and ``doctor``: the new hire's first-day command and its pre-flight check."""
 
+import os
 import sys
 from typing import Callable, Optional
 
@@ -75,7 +76,8 @@ def onboard(
         ).strip().lower()
         if answer not in ("", "y", "yes"):
             raise InputError("onboarding cancelled; nothing was changed")
-    flow.onboard(prof, iso_path=iso, dry_run=dry_run, log=say, confirm=install_consent(yes))
+    flow.onboard(prof, iso_path=None if iso is None else os.fspath(iso), dry_run=dry_run, log=say,
+                 confirm=install_consent(yes))
 
 
 @task(

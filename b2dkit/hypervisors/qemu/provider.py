@@ -24,10 +24,11 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from ... import atomic, disk, paths, records
 from ... import forwards as fw
+from ...changes import Change, deferred, texts
 from ...errors import DamagedRecord, HypervisorError, InputError, VMNotFound
 from ...forwards import Forward
 from ...sshkeys import KEY_NAME
-from ..base import ApplyReport, MachineSpec, Provider, VMState
+from ..base import OFFLINE_KINDS, ApplyReport, MachineSpec, Provider, VMState
 from . import qemusystem as qemu
 
 MACHINE = "machine.json"
@@ -137,26 +138,43 @@ class QemuProvider(Provider):
         return qemu.map_state(status)
 
     # -- lifecycle --------------------------------------------------------------------------
-    def changes(self, spec: MachineSpec) -> List[str]:
-        """What ``create(spec)`` would change, in the words its report uses; reads, never writes."""
-        old, _wanted, changes = self._decide(spec)
+    def changes(self, spec: MachineSpec, defer: bool = False) -> List[Change]:
+        """What ``create(spec, defer)`` would change, in the words its report uses; reads, never writes."""
+        old, _wanted, changes = self._decide(spec, defer)
         return [] if old is None else changes
 
-    def create(self, spec: MachineSpec) -> ApplyReport:
-        """Decide (``_decide``: every input error before anything is written), then act."""
-        old, wanted, changes = self._decide(spec)
-        report = ApplyReport(created=old is None, changes=[] if old is None else changes,
-                             running=old is not None and self._pid() is not None)
+    def create(self, spec: MachineSpec, defer: bool = False) -> ApplyReport:
+        """Decide (``_decide``: every input error before anything is written), then act.
+
+        On a running VM (``defer``) forwards change live and memory, CPUs and ISO go into
+        machine.json, the definition of the next boot: they take effect at the next start."""
+        old, wanted, changes = self._decide(spec, defer)
+        running = old is not None and self._pid() is not None
+        report = ApplyReport(created=old is None, changes=[] if old is None else texts(changes), running=running)
         paths.ensure_dir(self.dir)
         disk_file = self.dir / DISK
         if not disk_file.exists():
             disk.create_raw(disk_file, disk.header_tar(spec.public_key), disk.size_bytes(spec.disk_mb))
+        if running and any(c.kind == "forward" for c in changes):
+            self._forwards_live(wanted["forwards"])
         if report.created or report.changes:
             self._save(wanted)
         return report
 
-    def _decide(self, spec: MachineSpec) -> Tuple[Optional[dict], dict, List[str]]:
-        """(old definition, wanted definition, change lines): machine.json against ``spec``."""
+    def _forwards_live(self, wanted: List[Forward]) -> None:
+        """Make the running QEMU's rules ``wanted`` (QMP): gone ones removed, new ones checked and added."""
+        live = self.forwards()
+        with self._qmp() as mon:
+            for fwd in live:
+                if fwd not in wanted:
+                    mon.hostfwd_remove(fwd)
+            for fwd in wanted:
+                if fwd not in live:
+                    self._require_free(fwd)
+                    mon.hostfwd_add(fwd)
+
+    def _decide(self, spec: MachineSpec, defer: bool = False) -> Tuple[Optional[dict], dict, List[Change]]:
+        """(old definition, wanted definition, changes): machine.json against ``spec``."""
         rules = spec.check(self.vm)
         disk.header_tar(spec.public_key)
         disk.size_bytes(spec.disk_mb)
@@ -177,17 +195,36 @@ class QemuProvider(Provider):
             "forwards": fw.with_ssh(rules, [] if old is None else old["forwards"]),
         }
         changes = [] if old is None else _diff(old, wanted)
-        if changes and self.state() != VMState.STOPPED:
-            raise HypervisorError(f"VM {self.vm!r} is {self.state()}; stop it first to change " + "; ".join(changes))
+        if changes:
+            state = self.state()
+            if state == VMState.RUNNING and defer:
+                changes = [deferred(c, self.vm) if c.kind in OFFLINE_KINDS else c for c in changes]
+            elif state != VMState.STOPPED:
+                raise HypervisorError(f"VM {self.vm!r} is {state}; stop it first to change "
+                                      + "; ".join(texts(changes)))
         disk_file = self.dir / DISK
         if not disk_file.exists():
-            changes.append(f"new persistent disk {disk_file}")
+            changes.append(Change(f"new persistent disk {disk_file}", "disk"))
         else:
             # A kept disk keeps its size (we never rewrite a persistent disk): record what it is.
             wanted["disk_mb"] = disk_file.stat().st_size >> 20
             if old is not None and old.get("disk_mb") != wanted["disk_mb"]:
-                changes.append(f"disk size recorded as {wanted['disk_mb']} MB")
+                changes.append(Change(f"disk size recorded as {wanted['disk_mb']} MB", "disk"))
         return old, wanted, changes
+
+    def pending(self) -> List[str]:
+        """machine.json's settings the running QEMU does not have yet (they take effect at its next start)."""
+        pid = self._pid()
+        data = self._load() if pid is not None else None
+        if pid is None or data is None:
+            return []
+        argv = _argv(pid)
+        lines = []
+        for key, option in (("memory_mb", "-m"), ("cpus", "-smp")):
+            now = _option(argv, option)
+            if now is not None and now != str(data[key]):
+                lines.append(_RECORDED[key].format(vm=self.vm, now=now, next=data[key]))
+        return lines
 
     def start(self) -> None:
         data = self._require()
@@ -405,32 +442,46 @@ def _named(live: Forward, persisted: List[Forward]) -> Forward:
     return live
 
 
-def _diff(old: dict, new: dict) -> List[str]:
+def _diff(old: dict, new: dict) -> List[Change]:
+    """The pure diff of two definitions (machine.json as it is, as the spec wants it)."""
     changes = []
     if old.get("memory_mb") != new["memory_mb"]:
-        changes.append(f"memory {old.get('memory_mb')} → {new['memory_mb']} MB")
+        changes.append(Change(f"memory {old.get('memory_mb')} → {new['memory_mb']} MB", "memory"))
     if old.get("cpus") != new["cpus"]:
-        changes.append(f"cpus {old.get('cpus')} → {new['cpus']}")
+        changes.append(Change(f"cpus {old.get('cpus')} → {new['cpus']}", "cpus"))
     if old.get("iso") != new["iso"]:
-        changes.append(f"boot ISO {old.get('iso')} → {new['iso']}")
+        changes.append(Change(f"boot ISO {old.get('iso')} → {new['iso']}", "iso"))
     before = {f.name: f for f in old["forwards"]}
     after = {f.name: f for f in new["forwards"]}
     for name in sorted(before.keys() - after.keys()):
-        changes.append(f"forward {name}: {fw.describe(before[name])} removed")
+        changes.append(Change(f"forward {name}: {fw.describe(before[name])} removed", "forward"))
     for name in sorted(after.keys() - before.keys()):
-        changes.append(f"forward {name}: {fw.describe(after[name])} added")
+        changes.append(Change(f"forward {name}: {fw.describe(after[name])} added", "forward"))
     for name in sorted(before.keys() & after.keys()):
         if before[name] != after[name]:
-            changes.append(f"forward {name}: {fw.describe(after[name])} (replaced)")
+            changes.append(Change(f"forward {name}: {fw.describe(after[name])} (replaced)", "forward"))
     return changes
 
 
-def _accel_from_argv(pid: int) -> Optional[str]:
+# What ``pending`` says about a setting machine.json holds for the next boot.
+_RECORDED = {
+    "memory_mb": "memory {next} MB is recorded; VM {vm} runs with {now} MB until its next start",
+    "cpus": "cpus {next} is recorded; VM {vm} runs with {now} until its next start",
+}
+
+
+def _argv(pid: int) -> List[str]:
     with contextlib.suppress(OSError):
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        if "-accel" in argv:
-            return argv[argv.index("-accel") + 1]
-    return None
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    return []
+
+
+def _option(argv: List[str], name: str) -> Optional[str]:
+    return argv[argv.index(name) + 1] if name in argv[:-1] else None
+
+
+def _accel_from_argv(pid: int) -> Optional[str]:
+    return _option(_argv(pid), "-accel")
 
 
 def running_qemus() -> Dict[str, Tuple[int, List[Forward]]]:

@@ -11,14 +11,16 @@ that change something, so a re-run is a one-call no-op (budgets in issue #3: cre
 calls, forward ≤ 2, status 1).
 """
 
+import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ... import atomic, disk, forwards as fw, paths
+from ...changes import Change, deferred, texts
 from ...errors import HypervisorError, InputError, PortInUse, VMNotFound
 from ...forwards import Forward
 from .vboxmanage import (
@@ -33,7 +35,7 @@ from .vboxmanage import (
     state_error,
     storageattach_argv,
 )
-from ..base import ApplyReport, MachineSpec, Provider, Status, VMState
+from ..base import OFFLINE_KINDS, ApplyReport, MachineSpec, Provider, Status, VMState
 
 CONTROLLER = "SATA"
 ISO_PORT = 0
@@ -42,8 +44,12 @@ OSTYPE = "Linux26_64"
 NIC_TYPE = "82540EM"  # docker-machine's choice; virtio needs guest drivers older ISOs lack
 DISK_NAME = "disk.vmdk"
 UUID_NAME = "vbox-uuid"  # the VM's UUID: how it is found once VirtualBox cannot read its name
+PENDING_NAME = "pending.json"  # memory/cpus/ISO recorded while the VM ran, made by the next start
 # States in which VirtualBox refuses changes; state_error says what to do about each.
 _UNUSABLE = (VMState.BUSY, VMState.CRASHED, VMState.INACCESSIBLE)
+
+# A storage change and what makes it: action(format-me header, disk size in bytes).
+_Storage = Tuple[Change, Callable[[bytes, int], object]]
 
 # Settings b2dkit owns on every VM, as (showvminfo key, wanted value, modifyvm option).
 _BASE_SETTINGS = (
@@ -173,16 +179,16 @@ class VirtualBoxProvider(Provider):
         return fw.ssh_endpoint(self._require().nat_forwards(), self.vm)
 
     # -- create / converge -----------------------------------------------------------------
-    def changes(self, spec: MachineSpec) -> List[str]:
-        """What ``create(spec)`` would change, in the words its report uses; reads, never writes."""
-        decision = self._decide(spec)
+    def changes(self, spec: MachineSpec, defer: bool = False) -> List[Change]:
+        """What ``create(spec, defer)`` would change, in the words its report uses; reads, never writes."""
+        decision = self._decide(spec, defer)
         if decision.fresh == "register":
-            return [f"re-register the VM left in {self.machine_dir}"]
-        return [text for text, _ in decision.storage] if decision.fresh else decision.texts()
+            return [Change(f"re-register the VM left in {self.machine_dir}", "register")]
+        return [change for change, _ in decision.storage] if decision.fresh else decision.changes()
 
-    def create(self, spec: MachineSpec) -> ApplyReport:
+    def create(self, spec: MachineSpec, defer: bool = False) -> ApplyReport:
         """Decide (``_decide``: every input error before the first VBoxManage call), then act."""
-        decision = self._decide(spec)
+        decision = self._decide(spec, defer)
         report = ApplyReport()
         if decision.fresh:
             paths.ensure_dir(self.dir)
@@ -191,7 +197,7 @@ class VirtualBoxProvider(Provider):
             # with "Machine settings file already exists", so take it back instead.
             self.vbox.registervm(self.machine_dir / f"{self.vm}.vbox")
             report.changes.append(f"re-registered the VM left in {self.machine_dir}")
-            decision = self._decide(spec)  # converge what the old definition holds
+            decision = self._decide(spec, defer)  # converge what the old definition holds
         elif decision.fresh == "create":
             uuid, _ = self.vbox.createvm(self.vm, basefolder=self.dir, ostype=OSTYPE)
             self._remember_uuid(uuid)
@@ -206,16 +212,21 @@ class VirtualBoxProvider(Provider):
                 self._apply_rules_live(info, decision.rules)
         elif decision.settings or rule_args:
             self.vbox.run(["modifyvm", self.vm, *decision.settings, *rule_args])
-        report.changes += [] if report.created else decision.setting_changes
-        report.changes += decision.rule_changes
-        for text, action in decision.storage:
+        report.changes += [] if report.created else texts(decision.setting_changes)
+        report.changes += texts(decision.rule_changes)
+        for change, action in decision.storage:
             action(decision.header, decision.total)
-            report.changes.append(text)
+            report.changes.append(change.text)
+        if decision.pending != self._pending():
+            self._save_pending(decision.pending)
         report.running = info is not None and info.state in (VMState.RUNNING, VMState.PAUSED)
         return report
 
-    def _decide(self, spec: MachineSpec) -> "_Decision":
-        """Compare the VM as showvminfo has it with ``spec``: the calls to make, and their texts."""
+    def _decide(self, spec: MachineSpec, defer: bool = False) -> "_Decision":
+        """Compare the VM as showvminfo has it with ``spec``: the calls to make, and their changes.
+
+        On a running VM with ``defer``, memory, CPUs and ISO are recorded in ``pending.json``
+        (``start`` makes them before it boots); anything else that needs it off is refused."""
         wanted = spec.check(self.vm)
         header, total = disk.header_tar(spec.public_key), disk.size_bytes(spec.disk_mb)
         iso = Path(spec.iso).resolve()
@@ -225,39 +236,104 @@ class VirtualBoxProvider(Provider):
             fresh = "register" if (self.machine_dir / f"{self.vm}.vbox").exists() else "create"
         if info is not None and info.state in _UNUSABLE:
             raise state_error(self.vm, info)
-        rules = fw.with_ssh(wanted, [] if info is None else info.nat_forwards())
-        settings, setting_changes = self._settings_plan(info, spec)
-        rule_args, rule_changes = self._rules_plan(info, rules)
-        storage = self._storage_plan(info, iso)
         live = info is not None and info.state in (VMState.RUNNING, VMState.PAUSED, VMState.SAVED)
-        offline = setting_changes + [text for text, _ in storage]
+        recorded = self._pending() if live else {}
+        rules = fw.with_ssh(wanted, [] if info is None else info.nat_forwards())
+        settings, setting_changes = self._settings_plan(info, spec, recorded)
+        rule_args, rule_changes = self._rules_plan(info, rules)
+        storage = self._storage_plan(info, iso, recorded)
+        offline = setting_changes + [change for change, _ in storage]
+        pending = dict(recorded)
         if info is not None and live and offline:
-            raise HypervisorError(
-                f"VM {self.vm!r} is {info.vbox_state}; these changes need it powered off: "
-                f"{'; '.join(offline)}",
-                hint="run `b2dkit vm.stop`, then run the command again",
-            )
+            if not (defer and info.state is not VMState.SAVED and all(c.kind in OFFLINE_KINDS for c in offline)):
+                raise HypervisorError(
+                    f"VM {self.vm!r} is {info.vbox_state}; these changes need it powered off: "
+                    f"{'; '.join(texts(offline))}",
+                    hint="run `b2dkit vm.stop`, then run the command again",
+                )
+            pending.update({"memory_mb": spec.memory_mb, "cpus": spec.cpus, "iso": str(iso)})
+            setting_changes = [deferred(c, self.vm) for c in setting_changes]
+            storage = [(deferred(c, self.vm), _later) for c, _ in storage]
+            settings = []
         return _Decision(info, fresh, rules, settings, setting_changes, rule_args, rule_changes, storage,
-                         header, total)
+                         header, total, pending if live else {})
 
-    def _settings_plan(self, info: Optional[VMInfo], spec: MachineSpec):
-        args, changes = [], []
-        mem = None if info is None else info.memory
+    # -- settings recorded for the next start (a running VM cannot take them) -----------------
+    @property
+    def _pending_file(self) -> Path:
+        return self.dir / PENDING_NAME
+
+    def _pending(self) -> Dict[str, Any]:
+        """{memory_mb, cpus, iso} recorded by ``create(defer=True)`` while the VM ran; {} if none."""
+        try:
+            data = json.loads(self._pending_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save_pending(self, data: Dict[str, Any]) -> None:
+        if data:
+            atomic.write_bytes(self._pending_file, (json.dumps(data, sort_keys=True) + "\n").encode())
+        else:
+            self._pending_file.unlink(missing_ok=True)
+
+    def pending(self) -> List[str]:
+        """What ``pending.json`` holds that the running VM does not have yet, in words."""
+        info = self._info()
+        recorded = self._pending()
+        if info is None or info.state not in (VMState.RUNNING, VMState.PAUSED) or not recorded:
+            return []
+        lines = []
+        if recorded.get("memory_mb") not in (None, info.memory):
+            lines.append(f"memory {recorded['memory_mb']} MB is recorded; VM {self.vm} runs with "
+                         f"{info.memory} MB until its next start")
+        if recorded.get("cpus") not in (None, info.cpus):
+            lines.append(f"cpus {recorded['cpus']} is recorded; VM {self.vm} runs with {info.cpus} "
+                         "until its next start")
+        current_iso = info.medium(CONTROLLER, ISO_PORT)
+        if recorded.get("iso") and not (current_iso and paths.same_file(current_iso, recorded["iso"])):
+            lines.append(f"boot ISO {recorded['iso']} is recorded for the next start of VM {self.vm}")
+        return lines
+
+    def _apply_pending(self, info: VMInfo) -> None:
+        """Before a boot: make what was recorded while the VM ran (one modifyvm, one storageattach)."""
+        recorded = self._pending()
+        if not recorded:
+            return
+        args = []
+        if recorded.get("memory_mb") not in (None, info.memory):
+            args += ["--memory", str(recorded["memory_mb"])]
+        if recorded.get("cpus") not in (None, info.cpus):
+            args += ["--cpus", str(recorded["cpus"])]
+        if args:
+            self.vbox.run(["modifyvm", self.vm, *args])
+        current_iso = info.medium(CONTROLLER, ISO_PORT)
+        iso = recorded.get("iso")
+        if iso and Path(iso).is_file() and not (current_iso and paths.same_file(current_iso, iso)):
+            self.vbox.run(storageattach_argv(self.vm, CONTROLLER, ISO_PORT, "dvddrive", Path(iso)))
+        self._save_pending({})
+
+    def _settings_plan(self, info: Optional[VMInfo], spec: MachineSpec,
+                       recorded: Dict[str, Any]) -> Tuple[List[str], List[Change]]:
+        """modifyvm arguments and their changes; ``recorded``: what a running VM gets at its next start."""
+        args: List[str] = []
+        changes: List[Change] = []
+        mem = None if info is None else recorded.get("memory_mb", info.memory)
         if mem != spec.memory_mb:
             args += ["--memory", str(spec.memory_mb)]
-            changes.append(f"memory {mem} → {spec.memory_mb} MB")
-        cpus = None if info is None else info.cpus
+            changes.append(Change(f"memory {mem} → {spec.memory_mb} MB", "memory"))
+        cpus = None if info is None else recorded.get("cpus", info.cpus)
         if cpus != spec.cpus:
             args += ["--cpus", str(spec.cpus)]
-            changes.append(f"cpus {cpus} → {spec.cpus}")
+            changes.append(Change(f"cpus {cpus} → {spec.cpus}", "cpus"))
         for key, value, option in _BASE_SETTINGS:
             current = None if info is None else info.raw.get(key)
             if current != value:
                 args += [option, value]
-                changes.append(f"{key} {current} → {value}")
+                changes.append(Change(f"{key} {current} → {value}", "setting"))
         if info is None or info.nics.get(1) != "nat" or info.raw.get("nictype1") != NIC_TYPE:
             args += ["--nic1", "nat", "--nictype1", NIC_TYPE, "--cableconnected1", "on"]
-            changes.append("NIC 1 → NAT")
+            changes.append(Change("NIC 1 → NAT", "nic"))
         if info is None:
             # The NAT engine's DNS proxy keeps the guest's DNS across host network changes
             # (docker-machine's default). showvminfo does not print it, so it is set at create.
@@ -267,7 +343,7 @@ class VirtualBoxProvider(Provider):
             # rejects the option): #12 item 9. Only asked for when the profile wants it.
             args += ["--nat-localhostreachable1", "on"]
             if info is not None:
-                changes.append("NIC 1 → guest reaches the host's loopback")
+                changes.append(Change("NIC 1 → guest reaches the host's loopback", "nic"))
         return args, changes
 
     def _localhost_reachable(self, info: Optional[VMInfo]) -> Optional[bool]:
@@ -277,10 +353,11 @@ class VirtualBoxProvider(Provider):
             return True  # a re-run costs no call
         return None if self.vbox.version() < (7, 0, 0) else False
 
-    def _rules_plan(self, info: Optional[VMInfo], rules: List[Forward]):
+    def _rules_plan(self, info: Optional[VMInfo], rules: List[Forward]) -> Tuple[List[str], List[Change]]:
         """modifyvm arguments that make NIC 1's rules include ``rules`` (others are kept)."""
         current = {} if info is None else {f.name: f for f in info.nat_forwards()}
-        args, changes = [], []
+        args: List[str] = []
+        changes: List[Change] = []
         for fwd in rules:
             have = current.get(fwd.name)
             if have == fwd:
@@ -292,10 +369,11 @@ class VirtualBoxProvider(Provider):
                 args += ["--natpf1", "delete", fwd.name]
             args += ["--natpf1", natpf_rule(fwd)]
             if info is not None:
-                changes.append(f"forward {fwd.name}: {fw.describe(fwd)}" + (" (replaced)" if have else " added"))
+                changes.append(Change(f"forward {fwd.name}: {fw.describe(fwd)}"
+                                      + (" (replaced)" if have else " added"), "forward", fwd))
         return args, changes
 
-    def _apply_rules_live(self, info: VMInfo, rules: List[Forward]):
+    def _apply_rules_live(self, info: VMInfo, rules: List[Forward]) -> None:
         current = {f.name: f for f in info.nat_forwards()}
         for fwd in rules:
             have = current.get(fwd.name)
@@ -305,13 +383,14 @@ class VirtualBoxProvider(Provider):
                 self._require_free(fwd)
             self._add_live(info, fwd, replace=have is not None)
 
-    def _storage_plan(self, info: Optional[VMInfo], iso: Path):
-        """[(change text, action(header, total))] in the order they must run."""
-        plan = []
+    def _storage_plan(self, info: Optional[VMInfo], iso: Path, recorded: Dict[str, Any]) -> List[_Storage]:
+        """[(change, action(header, total))] in the order they must run; an ISO ``recorded`` for
+        the next start counts as attached."""
+        plan: List[_Storage] = []
         if info is None or CONTROLLER not in info.controllers:
             plan.append(
                 (
-                    "SATA controller added",
+                    Change("SATA controller added", "controller"),
                     lambda h, t: self.vbox.run(
                         [
                             "storagectl",
@@ -330,11 +409,11 @@ class VirtualBoxProvider(Provider):
                     ),
                 )
             )
-        current_iso = None if info is None else info.medium(CONTROLLER, ISO_PORT)
+        current_iso = None if info is None else recorded.get("iso") or info.medium(CONTROLLER, ISO_PORT)
         if current_iso is None or not self._holds(info, ISO_PORT, current_iso, iso, "dvd"):
             plan.append(
                 (
-                    f"boot ISO {current_iso} → {iso}" if current_iso else f"boot ISO {iso} attached",
+                    Change(f"boot ISO {current_iso} → {iso}" if current_iso else f"boot ISO {iso} attached", "iso"),
                     lambda h, t: self.vbox.run(
                         storageattach_argv(self.vm, CONTROLLER, ISO_PORT, "dvddrive", iso)
                     ),
@@ -352,7 +431,7 @@ class VirtualBoxProvider(Provider):
                 text = f"kept persistent disk {self.disk_file} re-attached"
             else:
                 text = f"persistent disk {self.disk_file} created"
-            plan.append((text, self._make_and_attach_disk))
+            plan.append((Change(text, "disk"), self._make_and_attach_disk))
         return plan
 
     def _holds(self, info: Optional[VMInfo], port: int, shown: str, ours: Path, kind: str) -> bool:
@@ -366,12 +445,12 @@ class VirtualBoxProvider(Provider):
         attached = None if info is None else info.image_uuid(CONTROLLER, port)
         return bool(attached) and ours.exists() and self.vbox.medium_uuid(ours, kind) == attached
 
-    def _make_and_attach_disk(self, header: bytes, total: int):
+    def _make_and_attach_disk(self, header: bytes, total: int) -> None:
         if not self.disk_file.exists():
             self._make_disk(header, total)
         self.vbox.run(storageattach_argv(self.vm, CONTROLLER, DISK_PORT, "hdd", self.disk_file))
 
-    def _make_disk(self, header: bytes, total: int):
+    def _make_disk(self, header: bytes, total: int) -> None:
         # convertfromraw refuses an existing output, so the atomic write is by hand: convert
         # into a scratch name (a monolithic VMDK does not embed its file name), then rename.
         partial = self.dir / "disk.partial.vmdk"
@@ -398,6 +477,8 @@ class VirtualBoxProvider(Provider):
         # VirtualBox starts the VM even when a host port is taken and only logs it, so check first.
         for fwd in info.nat_forwards():
             self._require_free(fwd)
+        if info.state is VMState.STOPPED:
+            self._apply_pending(info)
         self.vbox.run(["startvm", self.vm, "--type", "headless"])
         self._raise_nat_failures(self._log_of(info), 0, info.nat_forwards(), started=True)
 
@@ -421,7 +502,7 @@ class VirtualBoxProvider(Provider):
         self._poweroff()
         return False
 
-    def _poweroff(self):
+    def _poweroff(self) -> None:
         try:
             self.vbox.run(["controlvm", self.vm, "poweroff"])
         except HypervisorError:
@@ -484,7 +565,7 @@ class VirtualBoxProvider(Provider):
         else:
             self.vbox.run(["modifyvm", self.vm, "--natpf1", natpf_rule(fwd)])
 
-    def _add_live(self, info: VMInfo, fwd: Forward, replace: bool):
+    def _add_live(self, info: VMInfo, fwd: Forward, replace: bool) -> None:
         log = self._log_of(info)
         offset = log.stat().st_size if log.exists() else 0
         if replace:
@@ -503,11 +584,11 @@ class VirtualBoxProvider(Provider):
         self.vbox.run(natpf_delete_argv(self.vm, name, running))
 
     # -- port checks -----------------------------------------------------------------------
-    def _require_free(self, fwd: Forward):
+    def _require_free(self, fwd: Forward) -> None:
         """The shared port policy; the neighbours are asked only once a bind has failed (it costs calls)."""
         fw.require_free(fwd, neighbours=self._neighbours)
 
-    def _neighbours(self):
+    def _neighbours(self) -> Iterator[Tuple[str, List[Forward]]]:
         """(label, rules) of every other running VirtualBox VM, b2dkit's or not."""
         for name, _uuid in self.vbox.list_vms(running=True):
             if name == self.vm:
@@ -526,7 +607,7 @@ class VirtualBoxProvider(Provider):
             return Path(info.cfg_file).parent / "Logs" / "VBox.log"
         return self.machine_dir / "Logs" / "VBox.log"
 
-    def _raise_nat_failures(self, log: Path, offset: int, rules: List[Forward], started: bool):
+    def _raise_nat_failures(self, log: Path, offset: int, rules: List[Forward], started: bool) -> None:
         try:
             with open(log, "rb") as fh:
                 fh.seek(offset)
@@ -549,24 +630,29 @@ class VirtualBoxProvider(Provider):
 # -- helpers ---------------------------------------------------------------------------------
 
 
+def _later(header: bytes, total: int) -> None:
+    """The action of a storage change recorded for the next start: nothing now."""
+
+
 @dataclass
 class _Decision:
-    """What create will do to one VM: VBoxManage arguments and the user-readable line of each."""
+    """What create will do to one VM: VBoxManage arguments and the change each makes."""
 
     info: Optional[VMInfo]
     fresh: Optional[str]  # "create" | "register" when VirtualBox has no such VM yet
     rules: List[Forward]
     settings: List[str]
-    setting_changes: List[str]
+    setting_changes: List[Change]
     rule_args: List[str]
-    rule_changes: List[str]
-    storage: list  # [(text, action(header, total))]
+    rule_changes: List[Change]
+    storage: List[_Storage]  # [(change, action(header, total))]
     header: bytes  # the persistent disk's format-me header, should a disk be made
     total: int
+    pending: Dict[str, Any]  # pending.json after the change: what a running VM gets at its next start
 
-    def texts(self) -> List[str]:
-        return self.setting_changes + self.rule_changes + [text for text, _ in self.storage]
+    def changes(self) -> List[Change]:
+        return self.setting_changes + self.rule_changes + [change for change, _ in self.storage]
 
 
-def _str(path) -> Optional[str]:
+def _str(path: Optional[Path]) -> Optional[str]:
     return None if path is None else str(path)
