@@ -26,6 +26,7 @@ import qemuclean
 from b2dkit import paths
 from b2dkit.main import make_program
 from cli import run, run_failing, task
+from jsonschemas import validate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -164,6 +165,7 @@ def test_env_gives_the_debian_docker_cli_the_daemon_over_tls(world, capfd):
 def test_status_shows_the_daemon_from_one_call(world, capfd):
     code, out = task(capfd, "vm.status", "--json")
     assert code == 0
+    validate("vm.status", json.loads(out.out))
     daemon = json.loads(out.out)["docker"]
     assert daemon["reachable"] and daemon["version"] == guest(capfd, "cat /var/run/docker.ready")
     assert daemon["images"] >= 2  # the offline base image and the profile's team/base:1
@@ -333,6 +335,7 @@ def test_a_killed_daemon_shows_in_status_and_vm_start_starts_it_again(world, cap
     assert guest(capfd, _KILL) == "gone"
     code, out = task(capfd, "vm.status", "--json")
     assert code == 0
+    validate("vm.status", json.loads(out.out))
     daemon = json.loads(out.out)["docker"]
     assert daemon["reachable"] is False and daemon["daemon"] == "not running"
     assert daemon["log"] == "/var/log/docker.log"
