@@ -456,6 +456,7 @@ def install_root_files(session: GuestSession, files: dict) -> None:
                     else:
                         handle.write(data)
                 staged.append((source, target, mode))
+            _end_sftp(sftp)
         except (OSError, paramiko.SSHException) as exc:
             raise GuestError(f"copying files into the guest over SFTP failed ({_describe(exc)})") from None
         finally:
@@ -471,6 +472,24 @@ def install_root_files(session: GuestSession, files: dict) -> None:
         session.run(["sudo", "sh", "-ec", "; ".join(script)])
     finally:
         session.run(["rm", "-rf", tmp], check=False)
+
+
+SFTP_END_TIMEOUT = 10.0
+
+
+def _end_sftp(sftp: paramiko.SFTPClient) -> None:
+    """Let the guest's sftp-server exit, and dropbear reap it, before the next channel opens.
+
+    Dropbear 2022.83 (Debian 12's, in the guest) closes a new channel before its exec request when
+    a child's SIGCHLD is still pending (fixed upstream in dropbear PR #326, 2024.86): closing the
+    SFTP channel outright and exec-ing at once then fails with "Channel closed" or drops the whole
+    connection.  Sending EOF and waiting for the server's exit status is how an exec channel ends.
+    """
+    chan = sftp.get_channel()
+    if chan is None:
+        return
+    chan.shutdown_write()
+    chan.status_event.wait(SFTP_END_TIMEOUT)
 
 
 def clock_command(epoch: int) -> List[str]:
