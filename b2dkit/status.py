@@ -44,9 +44,10 @@ def collect(machine: Machine, drift: bool = True) -> dict:
         if snap.state != VMState.RUNNING:
             info["docker"] = {"reachable": False, "error": f"the VM is {snap.state}", "log": dockerd.GUEST_LOG}
         else:
-            info["docker"] = dockerd.summary(machine.name, rule)
-            if not info["docker"]["reachable"] and drift:
-                info["docker"]["daemon"] = _daemon(machine, snap.forwards)
+            daemon = dockerd.summary(machine.name, rule)
+            if not daemon["reachable"] and drift:
+                daemon["daemon"] = _daemon(machine, snap.forwards)
+            info["docker"] = daemon
     return info
 
 
