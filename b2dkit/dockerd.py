@@ -56,10 +56,12 @@ class Plan:
     tz: Optional[str] = None
     localtime: List[str] = field(default_factory=list)  # LOCALTIME_FILES to (re)write for ``tz``
     failed: bool = False  # the daemon's last start failed (the guest logged an ERROR): start it again
+    down: bool = False  # it was up, and no dockerd runs now (killed, crashed, stopped): start it again
+    asked: bool = False  # the user asked for a restart (``vm.docker --restart``)
 
     @property
     def restart(self) -> bool:
-        return bool(self.install) or self.failed
+        return bool(self.install) or self.failed or self.down or self.asked
 
     @property
     def lines(self) -> List[str]:
@@ -69,6 +71,10 @@ class Plan:
             out.append("restart the guest's Docker daemon (it reads them at start)")
         elif self.failed:
             out.append(f"restart the guest's Docker daemon (its last start failed: see {GUEST_LOG})")
+        elif self.down:
+            out.append(f"start the guest's Docker daemon (it is not running: see {GUEST_LOG})")
+        elif self.asked:
+            out.append("restart the guest's Docker daemon (asked)")
         if self.forward:
             out.append(f"forward {fw.describe(self.forward)} (the Docker daemon, TLS)")
         if self.localtime:
@@ -85,25 +91,44 @@ class Plan:
         return self.forward or self.current
 
 
-# Has the guest Docker (exit status), and its last docker line in the boot log (b2dkit's guest
-# writes them; "ERROR" there means the daemon is down until someone starts it again).
+PIDFILE = "/var/run/docker.pid"  # dockerd's own --pidfile, as boot2docker's init passes it
+LOCK_PID = "/var/run/docker.lock/pid"  # b2dkit's guest: the init script busy starting or stopping it
+RUNNING, STARTING, STOPPED = "running", "starting", "not running"
+# Has the guest Docker (exit status); its last docker line in the boot log (b2dkit's guest writes
+# them; "ERROR" there means the daemon is down until someone starts it again); then whether a
+# dockerd runs (its pidfile names a live dockerd), else whether the init script is at it.
 _PROBE = (f"test -x {INIT_SCRIPT} && {{ grep 'b2dkit-guest: docker: ' /var/log/boot.log 2>/dev/null"
-          " | tail -n 1; true; }")
+          f" | tail -n 1; p=$(cat {PIDFILE} 2>/dev/null); l=$(cat {LOCK_PID} 2>/dev/null);"
+          f" if [ -n \"$p\" ] && [ \"$(cat /proc/$p/comm 2>/dev/null)\" = dockerd ]; then echo {RUNNING};"
+          f" elif [ -n \"$l\" ] && [ -d /proc/$l ]; then echo {STARTING}; else echo {STOPPED}; fi; }}")
 
 
-def probe(session: GuestSession, required: Optional[bool]) -> Tuple[bool, str]:
-    """(does the guest run Docker, its last boot-log line about it); ``required`` True makes a
-    guest without Docker an error."""
+@dataclass(frozen=True)
+class Probe:
+    found: bool  # the guest has Docker
+    last: str = ""  # its last boot-log line about the daemon ("" on a real boot2docker)
+    state: str = ""  # RUNNING, STARTING or STOPPED
+
+    @property
+    def down(self) -> bool:
+        """It came up (or was stopped) and no dockerd runs now: nobody will start it but us. A
+        boot that has not reached the daemon yet logged nothing, so it is not down."""
+        return self.state == STOPPED and bool(self.last) and "ERROR" not in self.last
+
+
+def probe(session: GuestSession, required: Optional[bool]) -> Probe:
+    """What the guest's daemon is doing; ``required`` True makes a guest without Docker an error."""
     if required is False:
-        return False, ""
+        return Probe(found=False)
     result = session.run(_PROBE, check=False)
-    found = result.ok
-    if required and not found:
+    if required and not result.ok:
         raise GuestError(
             f"the profile says docker: true, but the guest has no {INIT_SCRIPT}: its ISO has no Docker daemon",
             hint="use a boot2docker.iso (or iso: {build: guest-docker}), or set docker: false",
         )
-    return found, result.stdout.strip()
+    lines = result.stdout.strip().splitlines() if result.ok else []
+    state = lines.pop() if lines and lines[-1] in (RUNNING, STARTING, STOPPED) else ""
+    return Probe(found=result.ok, last=lines[-1].strip() if lines else "", state=state)
 
 
 @dataclass(frozen=True)
@@ -112,6 +137,7 @@ class Facts:
 
     has_docker: bool
     last_line: str = ""  # the guest's last docker line in its boot log
+    down: bool = False  # it came up and no dockerd runs now (Probe.down)
     certs: Tuple[tlscerts.Change, ...] = ()  # what tlscerts.plan would re-issue
     wanted: Dict[str, str] = field(default_factory=dict)  # server file name -> sha256 of the host's copy
     there: Dict[str, str] = field(default_factory=dict)  # guest path -> sha256 of the files that exist
@@ -128,15 +154,15 @@ def facts(name: str, session: GuestSession, rules: List[Forward], taken: Callabl
     """
     from . import guest
 
-    found, last = probe(session, required)
-    if not found:
+    seen = probe(session, required)
+    if not seen.found:
         return Facts(has_docker=False)
     certs = cert_dir(name)
     reissued = tuple(tlscerts.plan(certs))
     asked = [f"{GUEST_DIR}/{n}" for n in tlscerts.SERVER_FILES] + (list(LOCALTIME_FILES) if tz else [])
     current = fw.docker_forward(rules)
     return Facts(
-        has_docker=True, last_line=last, certs=reissued,
+        has_docker=True, last_line=seen.last, down=seen.down, certs=reissued,
         wanted=_server_digests(certs) if not reissued else {},
         there=guest.root_file_digests(session, asked),  # one command for every file
         current=current,
@@ -144,11 +170,13 @@ def facts(name: str, session: GuestSession, rules: List[Forward], taken: Callabl
     )
 
 
-def changes(current: Facts, tz: Optional[str] = None) -> Plan:
-    """The pure diff: what the Docker set-up must do, given ``current`` and the profile's ``tz``."""
+def changes(current: Facts, tz: Optional[str] = None, restart: bool = False) -> Plan:
+    """The pure diff: what the Docker set-up must do, given ``current`` and the profile's ``tz``;
+    ``restart``: the user asked for one whatever else is decided."""
     if not current.has_docker:
         return Plan(has_docker=False)
-    result = Plan(has_docker=True, certs=list(current.certs), tz=tz, failed="docker: ERROR" in current.last_line)
+    result = Plan(has_docker=True, certs=list(current.certs), tz=tz, failed="docker: ERROR" in current.last_line,
+                  down=current.down, asked=restart)
     zone = localtime(tz)
     if zone:
         digest = hashlib.sha256(zone).hexdigest()
@@ -164,10 +192,10 @@ def changes(current: Facts, tz: Optional[str] = None) -> Plan:
 
 
 def plan(name: str, session: GuestSession, rules: List[Forward], taken: Callable[[], Iterable[int]] = tuple,
-         required: Optional[bool] = None, tz: Optional[str] = None) -> Plan:
+         required: Optional[bool] = None, tz: Optional[str] = None, restart: bool = False) -> Plan:
     """Decide only: ``changes(facts(...))`` (reads the host's certs, the guest's copies and the
-    VM's rules; writes nothing)."""
-    return changes(facts(name, session, rules, taken, required, tz), tz)
+    VM's rules; writes nothing); ``restart``: the user asked for one."""
+    return changes(facts(name, session, rules, taken, required, tz), tz, restart)
 
 
 def localtime(tz: Optional[str]) -> Optional[bytes]:
@@ -350,12 +378,18 @@ def summary(name: str, rule: Optional[Forward]) -> dict:
     import requests
 
     if rule is None:
-        return {"reachable": False, "error": "no forward to the daemon's TLS port 2376"}
+        return {"reachable": False, "error": "no forward to the daemon's TLS port 2376", "log": GUEST_LOG}
     address = "tcp://%s:%d" % fw.connect_address(rule)
     try:
         info = api(name, rule, "/info")
     except (requests.RequestException, OSError, ValueError) as exc:
-        return {"reachable": False, "host": address, "error": type(exc).__name__}
+        return {"reachable": False, "host": address, "error": type(exc).__name__, "log": GUEST_LOG}
     return {"reachable": True, "host": address, "version": info.get("ServerVersion"),
             "images": info.get("Images"), "containers": info.get("Containers"),
-            "running": info.get("ContainersRunning")}
+            "running": info.get("ContainersRunning"), "log": GUEST_LOG}
+
+
+def daemon_state(session: GuestSession) -> str:
+    """RUNNING, STARTING or STOPPED as the guest sees it (why the TLS port did not answer), or
+    "unknown" on a guest that keeps no pidfile."""
+    return probe(session, None).state or "unknown"

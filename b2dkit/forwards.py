@@ -248,6 +248,16 @@ def new_docker_forward(taken: Iterable[int] = ()) -> Forward:
     return Forward(host_port=pick_free_port(LOOPBACK, "tcp", start, end, taken), guest_port=DOCKER_TLS_PORT)
 
 
+def moved_docker_forward(rules: Sequence[Forward], taken: Iterable[int] = ()) -> Optional[Tuple[Forward, Forward]]:
+    """(old, new) when the host port of a stopped VM's Docker forward is held by something else
+    now: that rule only carries DOCKER_HOST (which ``vm.env`` reads back), so it moves to the next
+    free port of DOCKER_HOST_RANGE instead of failing the start. None when it is free or absent."""
+    old = docker_forward(rules)
+    if old is None or probe(old.host_port, old.host_ip) != BUSY:
+        return None
+    return old, new_docker_forward(taken={f.host_port for f in rules} | set(taken))
+
+
 # -- the host's ports ------------------------------------------------------------------------------
 
 FREE, BUSY, DENIED = "free", "busy", "denied"

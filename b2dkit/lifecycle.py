@@ -382,13 +382,15 @@ def _start(machine: Machine, log: Log, mount: bool, booted: List[bool]) -> Outco
     snap = provider.status()  # one hypervisor query answers state, forwards and the SSH endpoint
     if snap.state == VMState.ABSENT:
         raise InputError(f"VM {machine.name!r} does not exist on {machine.provider}; run `b2dkit vm.create`")
+    rules = snap.forwards
     if snap.state == VMState.RUNNING:
         booted.append(True)
         out.kept.append(f"VM {machine.name} is already running")
     else:
         _stop_watcher(machine, Outcome())  # one left by a VM stopped outside b2dkit holds its [::1] relays
         out.done += _clear_auto_forwards(machine, provider, log)  # left by a VM stopped outside b2dkit
-        _check_other_vms(machine.name, [f for f in snap.forwards if not fw.is_auto(f)])
+        rules = _move_docker_forward(machine, provider, snap.forwards, out, log)
+        _check_other_vms(machine.name, [f for f in rules if not fw.is_auto(f)])
         log(f"starting {machine.name} ({machine.provider})…")
         booted.append(True)  # from here on an interrupt leaves a running VM behind
         provider.start()
@@ -405,7 +407,7 @@ def _start(machine: Machine, log: Log, mount: bool, booted: List[bool]) -> Outco
         report = guest.setup(session, machine.persistent_dirs)
         stages.append(("set-up", time.monotonic() - began - stages[0][1]))
         docker_began = time.monotonic()
-        if _docker(machine, provider, session, snap.forwards, images, out, log):
+        if _docker(machine, provider, session, rules, images, out, log):
             stages.append(("docker", time.monotonic() - docker_began))
     log("ready: " + ", ".join(f"{what} {seconds:.1f} s" for what, seconds in stages))
     out.done += [f"created {d}" for d in report.created] + [f"fixed owner of {d}" for d in report.fixed]
@@ -470,14 +472,33 @@ def _not_halted(machine: Machine, provider: Provider) -> None:
     if why:
         raise HypervisorError(f"VM {machine.name} is halted: {why}")
 
+def _move_docker_forward(machine: Machine, provider: Provider, rules: List[Forward], out: Outcome,
+                         log: Log) -> List[Forward]:
+    """A stopped VM whose Docker forward's host port something else took meanwhile: move the rule
+    to a free port and say so in one line (``vm.env`` then prints it); the VM's rules after that."""
+    moved = fw.moved_docker_forward(rules, taken=_other_vm_ports(machine.name))
+    if moved is None:
+        return rules
+    old, new = moved
+    holder = fw.owner(old)
+    provider.remove_forward(old.name)
+    provider.add_forward(new)
+    line = (f"docker: host port {old.host_ip}:{old.host_port} is in use{' by ' + holder if holder else ''}; "
+            f"the Docker daemon's forward moves to {fw.describe(new)} (run `eval \"$(b2dkit vm.env)\"` again)")
+    log(line)
+    out.done.append(line)
+    return [new if f == old else f for f in rules]
+
+
 def _docker(machine: Machine, provider: Provider, session: GuestSession, rules: List[Forward], images: List[Path],
-            out: Outcome, log: Log) -> bool:
+            out: Outcome, log: Log, restart: bool = False) -> bool:
     """Docker set-up on a guest that has it (decide, then act), then wait for the daemon.
+    ``restart``: restart it even when nothing else needs that (``vm.docker --restart``).
 
     False when the guest has no Docker (or the profile says docker: false)."""
     from . import dockerd
 
-    decided = _docker_plan(machine, session, rules)
+    decided = _docker_plan(machine, session, rules, restart=restart)
     if not decided.has_docker:
         return False
     for line in decided.lines:
@@ -497,13 +518,14 @@ def _docker(machine: Machine, provider: Provider, session: GuestSession, rules: 
     return True
 
 
-def _docker_plan(machine: Machine, session: GuestSession, rules: List[Forward]) -> "dockerd.Plan":
+def _docker_plan(machine: Machine, session: GuestSession, rules: List[Forward],
+                 restart: bool = False) -> "dockerd.Plan":
     """The Docker step's decision (``dockerd.plan``: facts, then the pure diff), for a start and a dry run."""
     from . import dockerd
 
     tz = next((code.split("=", 1)[1] for code in machine.boot_codes if code.startswith("tz=")), None)
     return dockerd.plan(machine.name, session, rules, taken=lambda: _other_vm_ports(machine.name),
-                        required=machine.docker, tz=tz)
+                        required=machine.docker, tz=tz, restart=restart)
 
 
 def start_changes(machine: Machine) -> Decision:
@@ -544,6 +566,26 @@ def start_changes(machine: Machine) -> Decision:
         out.kept.append(f"watcher already running (pid {pid})")
     else:
         out.changes.append(Change("start the watcher", "watcher"))
+    return out
+
+
+def restart_docker(machine: Machine, log: Log = _quiet) -> Outcome:
+    """``vm.docker --restart``: the running VM's daemon restarted (with whatever set-up ``vm.start``
+    would redo: certs, forward, localtime), then waited for until ``/_ping`` answers over TLS."""
+    from . import dockerd
+
+    images = dockerd.check_images(machine.images)
+    provider = provider_for(machine)
+    snap = provider.status()
+    if snap.state != VMState.RUNNING:
+        raise InputError(f"VM {machine.name!r} is {snap.state}, so is its Docker daemon",
+                         hint=f"`b2dkit vm.start --name {machine.name}` starts both")
+    ssh = fw.ssh_forward(snap.forwards)
+    out = Outcome()
+    with connect(machine, endpoint=fw.connect_address(ssh) if ssh else None, by="vm.docker", log=log) as session:
+        if not _docker(machine, provider, session, snap.forwards, images, out, log, restart=True):
+            raise InputError(f"VM {machine.name!r} runs no Docker daemon (its guest has none, or the profile "
+                             "says docker: false)")
     return out
 
 

@@ -44,9 +44,28 @@ def collect(machine: Machine, drift: bool = True) -> dict:
     if rule is not None and machine.docker is not False:
         from . import dockerd
 
-        info["docker"] = (dockerd.summary(machine.name, rule) if snap.state == VMState.RUNNING
-                          else {"reachable": False, "error": f"the VM is {snap.state}"})
+        if snap.state != VMState.RUNNING:
+            info["docker"] = {"reachable": False, "error": f"the VM is {snap.state}", "log": dockerd.GUEST_LOG}
+        else:
+            daemon = dockerd.summary(machine.name, rule)
+            if not daemon["reachable"] and drift:
+                daemon["daemon"] = _daemon(machine, snap.forwards)
+            info["docker"] = daemon
     return info
+
+
+def _daemon(machine: Machine, rules: Sequence[Forward]) -> str:
+    """Why the daemon did not answer, from the guest: its dockerd runs, is starting, or is not running."""
+    from . import dockerd
+
+    ssh = ssh_forward(rules)
+    if not ssh:
+        return "unknown"
+    try:
+        with lifecycle.connect(machine, endpoint=connect_address(ssh), by="vm.status") as session:
+            return dockerd.daemon_state(session)
+    except B2dkitError as exc:
+        return f"unknown ({exc})"
 
 
 def _watcher(machine: Machine) -> dict:
@@ -97,13 +116,8 @@ def render(info: dict) -> str:
     drift = info.get("clock_drift_seconds")
     if drift is not None:
         lines.append(f"clock:      guest - host = {drift} s" if isinstance(drift, (int, float)) else f"clock: {drift}")
-    docker = info.get("docker")
-    if docker and docker["reachable"]:
-        lines.append(f"docker:     {docker['version']} on {docker['host']} (TLS): {docker['images']} images, "
-                     f"{docker['containers']} containers ({docker['running']} running)")
-    elif docker:
-        lines.append(f"docker:     not reachable{' on ' + docker['host'] if docker.get('host') else ''}"
-                     f" ({docker['error']})")
+    if info.get("docker"):
+        lines.append("docker:     " + render_docker(info["docker"], info["name"]))
     lines.append("forwards:" + ("" if info["forwards"] else " none"))
     for f in info["forwards"]:
         auto = f"; auto: container {f['auto']['container'] or 'unknown'}" if f.get("auto") else ""
@@ -117,6 +131,21 @@ def render(info: dict) -> str:
     if info.get("log"):
         lines.append(f"log:        {info['log']}")
     return "\n".join(lines)
+
+
+def render_docker(docker: dict, name: str) -> str:
+    """The daemon in one line: what answers, or why not and where the guest's log is."""
+    if docker["reachable"]:
+        return (f"{docker['version']} on {docker['host']} (TLS): {docker['images']} images, "
+                f"{docker['containers']} containers ({docker['running']} running)")
+    line = f"not reachable{' on ' + docker['host'] if docker.get('host') else ''} ({docker['error']})"
+    daemon = docker.get("daemon")
+    if daemon == "not running":
+        line += (f": the daemon is not running in the guest (its log: {docker['log']}); "
+                 f"`b2dkit vm.docker --restart --name {name}` starts it")
+    elif daemon:
+        line += f": the guest's dockerd is {daemon} (its log: {docker['log']})"
+    return line
 
 
 def list_all() -> List[dict]:

@@ -5,12 +5,16 @@ One VM is shared by the tests of this module (they run in order, each building o
 create sets Docker up (certs, forward, localtime, profile images, readiness) → vm.env → docker over
 TLS → status → the seed's folder chain and port chain → docker build → the team's time zone → a
 re-start changes nothing → images and a named volume survive stop/start and destroy/create → a
-corrupt profile image and a daemon that cannot start are one line each.
+corrupt profile image and a daemon that cannot start are one line each → the faults: a daemon
+killed in the guest (vm.status says so, vm.start starts it), vm.docker --restart, certs deleted on
+the host (re-issued), and a taken Docker port (the forward moves, vm.env follows).
 """
 
 import json
 import os
 import random
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +27,7 @@ import qemuclean
 from b2dkit import paths
 from b2dkit.main import make_program
 from cli import run, run_failing, task
+from jsonschemas import validate
 from waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -164,6 +169,7 @@ def test_env_gives_the_debian_docker_cli_the_daemon_over_tls(world, capfd):
 def test_status_shows_the_daemon_from_one_call(world, capfd):
     code, out = task(capfd, "vm.status", "--json")
     assert code == 0
+    validate("vm.status", json.loads(out.out))
     daemon = json.loads(out.out)["docker"]
     assert daemon["reachable"] and daemon["version"] == guest(capfd, "cat /var/run/docker.ready")
     assert daemon["images"] >= 2  # the offline base image and the profile's team/base:1
@@ -467,3 +473,76 @@ def test_a_daemon_that_cannot_start_is_one_line_pointing_at_its_log(world, capfd
     out = capfd.readouterr().out
     assert "docker: restart the guest's Docker daemon (its last start failed: see /var/log/docker.log)" in out
     assert docker(docker_env(capfd), "version").returncode == 0
+
+
+# -- faults: a killed daemon, deleted certs, a taken port ------------------------------------------
+
+_KILL = ("sudo kill -9 $(pidof dockerd); i=0; while pidof dockerd >/dev/null && [ $i -lt 300 ]; do sleep 0.1;"
+         " i=$((i+1)); done; pidof dockerd || echo gone")
+
+
+def test_a_killed_daemon_shows_in_status_and_vm_start_starts_it_again(world, capfd):
+    before = guest(capfd, "pidof dockerd")
+    assert guest(capfd, _KILL) == "gone"
+    code, out = task(capfd, "vm.status", "--json")
+    assert code == 0
+    validate("vm.status", json.loads(out.out))
+    daemon = json.loads(out.out)["docker"]
+    assert daemon["reachable"] is False and daemon["daemon"] == "not running"
+    assert daemon["log"] == "/var/log/docker.log"
+    code, out = task(capfd, "vm.status")
+    line = next(x for x in out.out.splitlines() if x.startswith("docker:"))
+    assert "the daemon is not running in the guest (its log: /var/log/docker.log)" in line
+    assert f"`b2dkit vm.docker --restart --name {VM}`" in line
+    run("vm.start")  # on the running VM
+    out = capfd.readouterr().out
+    assert "docker: start the guest's Docker daemon (it is not running: see /var/log/docker.log)" in out
+    assert guest(capfd, "pidof dockerd") not in ("", before)
+    assert docker(docker_env(capfd), "version").returncode == 0
+
+
+def test_vm_docker_shows_the_daemon_and_restart_restarts_it_until_it_answers(world, capfd):
+    code, out = task(capfd, "vm.docker")
+    assert code == 0 and out.out.count("\n") == 1 and "(TLS):" in out.out and " images, " in out.out
+    before = guest(capfd, "pidof dockerd")
+    run("vm.docker", "--restart")
+    out = capfd.readouterr().out
+    assert "docker: restart the guest's Docker daemon (asked)" in out and " is ready on tcp://127.0.0.1:" in out
+    assert guest(capfd, "pidof dockerd") not in ("", before)
+    assert docker(docker_env(capfd), "version").returncode == 0  # answered when the task returned
+
+
+def test_certs_deleted_on_the_host_are_issued_again_by_the_next_start(world, capfd):
+    certs = paths.vm_dir(VM) / "certs"
+    old_env, old_ca = docker_env(capfd), (certs / "ca.pem").read_bytes()
+    shutil.rmtree(certs)
+    code, out = run_failing(capfd, "vm.env")
+    assert code == 2 and f"no client certificates in {certs}" in out.err
+    run("vm.start")
+    out = capfd.readouterr().out
+    assert "docker: issue ca.pem: missing" in out
+    assert "docker: install ca.pem, server.pem, server-key.pem into the guest's /var/lib/boot2docker" in out
+    assert (certs / "ca.pem").read_bytes() != old_ca
+    env = docker_env(capfd)
+    assert env == old_env  # same DOCKER_HOST and DOCKER_CERT_PATH: a shell that ran the eval keeps working
+    proc = docker(env, "version", "--format", "{{.Server.Version}}")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_taken_docker_port_moves_the_forward_on_the_next_start(world, capfd):
+    old = rule(capfd)["host_port"]
+    run("vm.stop")
+    with socket.socket() as holder:  # another program took the port while the VM was off
+        holder.bind(("127.0.0.1", old))
+        holder.listen()
+        run("vm.start")
+        out = capfd.readouterr().out
+        new = rule(capfd)["host_port"]
+        assert new != old
+        said = [line for line in out.splitlines() if "is in use" in line]
+        assert len(said) == 1 and f"docker: host port 127.0.0.1:{old} is in use" in said[0]
+        assert f"moves to 127.0.0.1:{new} → 2376/tcp" in said[0]
+        env = docker_env(capfd)
+        assert env["DOCKER_HOST"] == f"tcp://127.0.0.1:{new}"
+        proc = docker(env, "version", "--format", "{{.Server.Version}}")
+        assert proc.returncode == 0, proc.stderr

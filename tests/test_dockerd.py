@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from b2dkit import dockerd, paths, tlscerts
-from b2dkit.errors import InputError
+from b2dkit.errors import GuestError, InputError
 from b2dkit.forwards import Forward
 
 
@@ -80,6 +80,52 @@ def test_plan_lines_say_what_start_will_do():
         "restart the guest's Docker daemon (its last start failed: see /var/log/docker.log)"]
 
 
+class _Guest:
+    """A session whose probe command prints what a guest would."""
+
+    def __init__(self, stdout, ok=True):
+        self.stdout, self.ok = stdout, ok
+
+    def run(self, command, check=True, timeout=None):
+        return self
+
+
+READY_LINE = "b2dkit-guest: docker: ready (server 20.10.24+dfsg1; unix socket and tcp 2376 with TLS) [31.2s]"
+
+
+@pytest.mark.parametrize("stdout, state, down", [
+    (f"{READY_LINE}\nrunning\n", "running", False),
+    (f"{READY_LINE}\nnot running\n", "not running", True),  # killed after it came up
+    ("b2dkit-guest: docker: dockerd stopped [80.1s]\nnot running\n", "not running", True),
+    ("b2dkit-guest: docker: starting dockerd (unix socket only) [14.0s]\nstarting\n", "starting", False),
+    ("not running\n", "not running", False),  # the boot has not reached the daemon yet
+    ("b2dkit-guest: docker: ERROR: dockerd exited during start-up [20.0s]\nnot running\n", "not running",
+     False),  # failed, not down: Plan.failed restarts it
+])
+def test_the_probe_tells_a_daemon_that_went_down_from_one_not_started_yet(stdout, state, down):
+    seen = dockerd.probe(_Guest(stdout), None)
+    assert seen.found and seen.state == state and seen.down is down
+    assert dockerd.daemon_state(_Guest(stdout)) == state
+
+
+def test_a_guest_without_docker_is_found_so_and_required_makes_it_an_error():
+    assert dockerd.probe(_Guest("", ok=False), None) == dockerd.Probe(found=False)
+    assert dockerd.probe(_Guest("running\n"), False).found is False  # docker: false asks nothing
+    with pytest.raises(GuestError, match="no /etc/init.d/docker"):
+        dockerd.probe(_Guest("", ok=False), True)
+
+
+def test_a_down_daemon_and_an_asked_restart_are_restarts_with_their_reason():
+    down = dockerd.Plan(has_docker=True, down=True)
+    assert down.restart and down.lines == [
+        "start the guest's Docker daemon (it is not running: see /var/log/docker.log)"]
+    asked = dockerd.Plan(has_docker=True, asked=True)
+    assert asked.restart and asked.lines == ["restart the guest's Docker daemon (asked)"]
+    both = dockerd.Plan(has_docker=True, install=["ca.pem"], asked=True)  # one restart, said once
+    assert [line for line in both.lines if "restart" in line] == [
+        "restart the guest's Docker daemon (it reads them at start)"]
+
+
 # -- the API over TLS -------------------------------------------------------------------------------
 
 
@@ -126,7 +172,7 @@ def test_summary_is_one_info_call_over_mutual_tls(daemon):
     assert dockerd.api("dev", daemon, "/_ping") == "OK"
     assert dockerd.summary("dev", daemon) == {
         "reachable": True, "host": f"tcp://127.0.0.1:{daemon.host_port}", "version": "20.10.24+dfsg1",
-        "images": 3, "containers": 2, "running": 1}
+        "images": 3, "containers": 2, "running": 1, "log": "/var/log/docker.log"}
 
 
 def test_another_vms_client_cert_is_refused_and_says_unreachable(daemon):

@@ -238,3 +238,17 @@ def test_both_providers_refuse_the_same_clash_with_the_same_error(tmp_path, monk
     assert errors[0] == errors[1]
     assert errors[0][0] is PortInUse
     assert f"host port 127.0.0.1:{web}/tcp is already forwarded by rule 'tcp-{web}' of VM 'dev'" in errors[0][1]
+
+
+def test_a_taken_docker_port_of_a_stopped_vm_moves_within_its_range_and_a_free_one_stays():
+    low, high = forwards.DOCKER_HOST_RANGE
+    ssh, docker = Forward(2299, 22), forwards.new_docker_forward()
+    assert forwards.moved_docker_forward([ssh, docker]) is None  # free: DOCKER_HOST stays
+    assert forwards.moved_docker_forward([ssh, Forward(8000, 80)]) is None  # no daemon forward at all
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", docker.host_port))
+        holder.listen()
+        old, new = forwards.moved_docker_forward([ssh, docker], taken=[docker.host_port + 1])
+    assert old == docker
+    assert new.guest_port == 2376 and new.host_ip == "127.0.0.1" and low <= new.host_port <= high
+    assert new.host_port not in (docker.host_port, docker.host_port + 1)  # not another VM's port either

@@ -478,3 +478,36 @@ def test_an_iso_that_is_not_a_regular_file_is_called_that(fake, small, capsys):
     code, out = run_failing(capsys, "vm.create", small, "--provider=virtualbox", "--name=dev", "--iso=/dev/null",
                             "--no-start")
     assert code == 2 and "/dev/null is not a regular file" in out.err
+
+
+def test_a_taken_docker_port_moves_the_stopped_vms_daemon_forward_and_says_so(created, capsys):
+    """What vm.start does before it boots: the same remove + add VirtualBox gets for any rule while off."""
+    from b2dkit import lifecycle
+
+    old = _free_port()
+    run("vm.forward", f"{old}:2376")
+    capsys.readouterr()
+    machine = machines.load("dev")
+    provider = lifecycle.provider_for(machine)
+    said = []
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", old))
+        holder.listen()
+        rules = lifecycle._move_docker_forward(machine, provider, provider.forwards(), lifecycle.Outcome(),
+                                               said.append)
+    (new,) = [f for f in _forwards(capsys) if f["guest_port"] == 2376]
+    assert new["host_port"] != old and new["host_ip"] == "127.0.0.1"
+    assert [f.host_port for f in rules if f.guest_port == 2376] == [new["host_port"]]
+    assert len(said) == 1 and f"host port 127.0.0.1:{old} is in use" in said[0]
+    assert f"moves to 127.0.0.1:{new['host_port']} → 2376/tcp" in said[0]
+
+
+def test_vm_docker_on_a_stopped_vm_or_one_without_docker_is_one_line(created, capsys):
+    code, out = run_failing(capsys, "vm.docker", "--restart")
+    assert code == 2 and out.err.count("\n") == 1 and "is stopped, so is its Docker daemon" in out.err
+    code, out = run_failing(capsys, "vm.docker")
+    assert code == 2 and out.err.count("\n") == 1 and "has no Docker daemon set up" in out.err
+    run("vm.forward", f"{_free_port()}:2376")
+    capsys.readouterr()
+    run("vm.docker")
+    assert capsys.readouterr().out.strip() == "not reachable (the VM is stopped)"

@@ -191,6 +191,22 @@ def env(c, name=None, shell="bash", unset=False, ssh=False):
         say(line)
 
 
+@task(help={"name": NAME_HELP,
+            "restart": "restart the guest's Docker daemon (also one that was killed) and wait until it answers"},
+      auto_shortflags=False)
+def docker(c, name=None, restart=False):
+    """Show the VM's Docker daemon in one line; --restart restarts it and waits for /_ping over TLS."""
+    machine = _machine(name)
+    if restart:
+        lifecycle.restart_docker(machine, log=say)
+        return
+    info = vmstatus.collect(machine)
+    if info["docker"] is None:
+        raise InputError(f"VM {machine.name!r} has no Docker daemon set up (no forward to its TLS port 2376)",
+                         hint=f"`b2dkit vm.start --name {machine.name}` sets it up when the guest has Docker")
+    say(vmstatus.render_docker(info["docker"], machine.name))
+
+
 @task(help={"name": NAME_HELP, "remount": "repair stale mounts (after sleep or a VM reboot)"},
       auto_shortflags=False)
 def mount(c, name=None, remount=False):
