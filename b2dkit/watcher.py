@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
 from . import atomic, paths
 from .errors import B2dkitError, GuestError
@@ -62,7 +62,7 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "off", "no", "false")
 
 
-def _files(name: str):
+def _files(name: str) -> Tuple[Path, Path, Path]:
     d = paths.vm_dir(name)
     return d / PIDFILE, d / LOGFILE, d / LOCKFILE
 
@@ -70,7 +70,7 @@ def _files(name: str):
 MODULE = "b2dkit.watcher"  # in its argv: tells our watcher from a process that reused its pid
 
 
-def _argv(name: str):
+def _argv(name: str) -> List[str]:
     return [sys.executable, "-m", MODULE, name]
 
 
@@ -200,7 +200,7 @@ def _log(text: str) -> None:
     sys.stdout.flush()
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m b2dkit.watcher VM", file=sys.stderr)
@@ -329,10 +329,10 @@ class Watcher:
         except B2dkitError as exc:
             _log(f"auto ports: not followed: {exc}")
 
-    def _on_term(self, *_):
+    def _on_term(self, *_: object) -> None:
         self.stop_requested = True
 
-    def _on_hup(self, *_):
+    def _on_hup(self, *_: object) -> None:
         self.reread_forwards = True
 
     # -- the VM -----------------------------------------------------------------------------
