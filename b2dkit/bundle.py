@@ -26,11 +26,12 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from . import __version__, atomic, digests, isocache, paths, profileedit
 from . import profile as profiles
 from .errors import InputError
+from .paths import StrPath
 
 FORMAT = 1
 MANIFEST = "b2dkit-bundle.json"
@@ -66,7 +67,7 @@ def _chain_names(chain: List[Path]) -> List[str]:
     return names
 
 
-def _bundled_profiles(prof, images: bool) -> Dict[str, bytes]:
+def _bundled_profiles(prof: profiles.Profile, images: bool) -> Dict[str, bytes]:
     """Each chain file with ``extends`` pointing at the next bundled file and (``images``) its
     ``images`` at the bundled tarballs (round-trip edits: comments kept)."""
     names = _chain_names(prof.chain)
@@ -82,7 +83,7 @@ def _bundled_profiles(prof, images: bool) -> Dict[str, bytes]:
     return out
 
 
-def _images(prof) -> List[Path]:
+def _images(prof: profiles.Profile) -> List[Path]:
     """The profile's image tarballs, through the same check ``vm.start`` makes (a missing or
     broken one is named before anything is written)."""
     from . import dockerd
@@ -90,7 +91,7 @@ def _images(prof) -> List[Path]:
     return dockerd.check_images(prof.images) if prof.images else []
 
 
-def create(profile_ref, out, iso_path=None, log: Log = print) -> str:
+def create(profile_ref: StrPath, out: StrPath, iso_path: Optional[Union[str, Path]] = None, log: Log = print) -> str:
     """Write the bundle for ``profile_ref`` to ``out`` (temp file + rename); returns its sha256."""
     from . import lifecycle
 
@@ -141,7 +142,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def unpack(path, log: Log = print) -> Unpacked:
+def unpack(path: StrPath, log: Log = print) -> Unpacked:
     """Check ``path`` member by member and install it; raises InputError on anything unexpected."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -213,8 +214,11 @@ def _manifest(tar: tarfile.TarFile, path: Path) -> dict:
     return data
 
 
-def _extract_checked(tar, member, dest: Path, expected: dict, path: Path) -> None:
+def _extract_checked(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, expected: Dict[str, Any], path: Path
+) -> None:
     source = tar.extractfile(member)
+    assert source is not None  # _manifest let regular files only through
     digest = hashlib.sha256()
     with atomic.atomic_path(dest) as tmp:
         with open(tmp, "wb") as out:
@@ -226,6 +230,6 @@ def _extract_checked(tar, member, dest: Path, expected: dict, path: Path) -> Non
                              f"not the {expected['sha256']} its manifest lists; nothing was installed from it")
 
 
-def iso_override(unpacked: Unpacked, prof) -> Optional[Path]:
+def iso_override(unpacked: Unpacked, prof: profiles.Profile) -> Optional[Path]:
     """``--iso`` for onboarding: none when the profile downloads (the cache has it), else the file."""
     return None if prof.iso.urls else unpacked.iso

@@ -62,7 +62,7 @@ def onboard(
     if bundle or from_bundle:
         from .. import bundle as bundles  # ruamel and the downloader: only for bundles
     if bundle:
-        bundles.create(profile, bundle, iso_path=iso, log=say)
+        bundles.create(profile, bundle, iso_path=None if iso is None else os.fspath(iso), log=say)
         return
     if from_bundle:
         unpacked = bundles.unpack(from_bundle, log=say)
