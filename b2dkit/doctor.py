@@ -16,6 +16,7 @@ from . import forwards as fw
 from . import install, lifecycle, machines, paths, pkgmanager
 from .errors import B2dkitError, ChecksFailed, PortDenied
 from .hypervisors.base import VMState
+from .profile import Profile
 
 MIN_FREE_MB = 300  # ISO download + remaster + the disk image's first writes
 
@@ -82,19 +83,19 @@ def check_ssh_client() -> Check:
     return Check("ssh client", True, binary)
 
 
-def builds_guest(profile) -> bool:
+def builds_guest(profile: Profile) -> bool:
     """The profile's ISO is built here from Debian packages (``iso: {build: guest}``; a flavour
     such as ``guest-docker`` builds the same way with more packages)."""
     return (profile.iso.build or "").startswith("guest")
 
 
-def needs_docker(profile) -> bool:
+def needs_docker(profile: Profile) -> bool:
     """The profile's guest runs Docker, so the host needs the Docker CLI: the ``guest-docker``
     build flavour, or a ``docker`` setting that is on (the hook for the Docker integration)."""
     return bool(profile.docker_mode)  # docker: true, or the guest-docker flavour
 
 
-def check_guest_build(profile) -> Check:
+def check_guest_build(profile: Profile) -> Check:
     """What guest/build.py needs: its Debian packages (its own list), dpkg-query, a readable kernel."""
     name = "guest build"
     try:
@@ -132,7 +133,7 @@ def check_docker_cli() -> Check:
     return Check("Docker CLI", True, binary)
 
 
-def check_disk_space(profile) -> Check:
+def check_disk_space(profile: Profile) -> Check:
     where = paths.data_dir()
     probe = where
     while not probe.exists():
@@ -146,7 +147,7 @@ def check_disk_space(profile) -> Check:
     return Check("disk space", True, f"{free_mb} MB free under {where}{note}")
 
 
-def check_ports(profile) -> Check:
+def check_ports(profile: Profile) -> Check:
     """The profile's host ports must be free, unless our own VM is what holds them."""
     try:
         machine = machines.load(profile.name)
@@ -170,7 +171,7 @@ def check_ports(profile) -> Check:
     return Check("host ports", True, ", ".join(str(f.host_port) for f in profile.forwards) + " free")
 
 
-def run(profile, iso_path=None) -> List[Check]:
+def run(profile: Profile, iso_path: Optional[lifecycle.PathLike] = None) -> List[Check]:
     """Every check the profile needs (``iso_path``: onboard --iso, so nothing is built)."""
     checks = [check_hypervisor(profile.provider), check_disk_space(profile), check_ports(profile),
               check_ssh_client()]
@@ -214,8 +215,8 @@ def install_lines(checks: List[Check]) -> List[str]:
 Confirm = Callable[[str], bool]
 
 
-def fix(profile, checks: List[Check], confirm: Confirm, log: Callable[[str], None] = print,
-        iso_path=None, dry_run: bool = False) -> List[Check]:
+def fix(profile: Profile, checks: List[Check], confirm: Confirm, log: Callable[[str], None] = print,
+        iso_path: Optional[lifecycle.PathLike] = None, dry_run: bool = False) -> List[Check]:
     """Offer the install for what is missing, run it with consent, and return the checks re-run.
 
     ``confirm(command)`` is the user's answer (the task layer asks, or says --yes); without
