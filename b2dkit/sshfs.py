@@ -18,11 +18,12 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from . import guest, install
 from .boot2docker import DEFAULT_USER
 from .errors import GuestError, MountError, ToolMissing
+from .paths import StrPath
 
 PROBE_TIMEOUT = 2.0
 MOUNT_TIMEOUT = 30.0
@@ -86,7 +87,7 @@ def _unmount_argv(local_dir: Path, lazy: bool) -> List[str]:
 # -- command line ----------------------------------------------------------------------------
 
 
-def _opt(value) -> str:
+def _opt(value: StrPath) -> str:
     """One value inside sshfs ``-o``: FUSE splits on commas, ssh on spaces (macOS paths have them)."""
     return guest.ssh_quote(value).replace("\\", "\\\\").replace(",", "\\,")
 
@@ -95,7 +96,15 @@ def source_of(host: str, remote_dir: str, user: str = DEFAULT_USER) -> str:
     return f"{user}@{host}:{remote_dir}"
 
 
-def sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DEFAULT_USER) -> List[str]:
+def sshfs_argv(
+    host: str,
+    port: int,
+    key_path: StrPath,
+    known_hosts_path: StrPath,
+    remote_dir: str,
+    local_dir: StrPath,
+    user: str = DEFAULT_USER,
+) -> List[str]:
     options = [
         f"IdentityFile={_opt(key_path)}",
         *guest.ssh_options(known_hosts_path, quote=_opt),
@@ -164,16 +173,16 @@ def _raw_mounts() -> List[Tuple[str, Path]]:
         return []
 
 
-def probe(local_dir, timeout: float = PROBE_TIMEOUT) -> Tuple[str, str]:
+def probe(local_dir: StrPath, timeout: float = PROBE_TIMEOUT) -> Tuple[str, str]:
     """("alive", "") or ("stale", why): ask the server through the mount, in a thread.
 
     ``statvfs`` is used because sshfs answers it from the server every time (stat and
     listings may come from its cache); a dead mount fails with ENOTCONN or EIO, a hung
     one blocks -- the thread is abandoned after ``timeout`` rather than hanging us.
     """
-    outcome = {}
+    outcome: Dict[str, Tuple[str, str]] = {}
 
-    def check():
+    def check() -> None:
         try:
             os.statvfs(local_dir)
             outcome["state"] = ("alive", "")
@@ -196,7 +205,7 @@ def list_mounts(check: bool = True, timeout: float = PROBE_TIMEOUT) -> List[Moun
     return mounts
 
 
-def find_mount(local_dir, check: bool = True) -> Optional[MountInfo]:
+def find_mount(local_dir: StrPath, check: bool = True) -> Optional[MountInfo]:
     target = Path(os.path.realpath(Path(local_dir).expanduser()))
     for source, local in _raw_mounts():
         if local == target:
@@ -208,7 +217,15 @@ def find_mount(local_dir, check: bool = True) -> Optional[MountInfo]:
 # -- mount / unmount -------------------------------------------------------------------------
 
 
-def mount(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DEFAULT_USER) -> str:
+def mount(
+    host: str,
+    port: int,
+    key_path: StrPath,
+    known_hosts_path: StrPath,
+    remote_dir: str,
+    local_dir: StrPath,
+    user: str = DEFAULT_USER,
+) -> str:
     """Mount guest ``remote_dir`` at host ``local_dir``; "mounted" or "already mounted".
 
     The host dir is created if needed; a non-empty one is refused, because mounting over
@@ -259,7 +276,9 @@ def mount(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DE
     return "mounted"
 
 
-def _diagnose(host, port, key_path, known_hosts_path, user, source, local):
+def _diagnose(
+    host: str, port: int, key_path: StrPath, known_hosts_path: StrPath, user: str, source: str, local: Path
+) -> None:
     """Raise MountError with the SSH-level reason (host key, key refused, VM down), if there is one."""
     try:
         guest.connect(host, port, key_path, known_hosts_path, user=user, timeout=5, banner_timeout=5).close()
@@ -267,7 +286,7 @@ def _diagnose(host, port, key_path, known_hosts_path, user, source, local):
         raise MountError(f"cannot mount {source} on {local}: {exc}") from None
 
 
-def unmount(local_dir, lazy: bool = False) -> bool:
+def unmount(local_dir: StrPath, lazy: bool = False) -> bool:
     """Unmount an sshfs mount; False if nothing was mounted there (so ``vm.stop`` may always call it)."""
     local = Path(local_dir).expanduser()
     if find_mount(local, check=False) is None:
@@ -281,14 +300,22 @@ def unmount(local_dir, lazy: bool = False) -> bool:
     return True
 
 
-def _lazy_unmount_quietly(local: Path):
+def _lazy_unmount_quietly(local: Path) -> None:
     try:
         _run(_unmount_argv(local, lazy=True))
     except ToolMissing:
         pass
 
 
-def remount(host, port, key_path, known_hosts_path, remote_dir, local_dir, user=DEFAULT_USER) -> str:
+def remount(
+    host: str,
+    port: int,
+    key_path: StrPath,
+    known_hosts_path: StrPath,
+    remote_dir: str,
+    local_dir: StrPath,
+    user: str = DEFAULT_USER,
+) -> str:
     """Make the mount work again after sleep or a VM reboot: "alive", "repaired" or "mounted"."""
     require_sshfs()
     local = Path(local_dir).expanduser()
