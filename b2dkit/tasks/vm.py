@@ -1,6 +1,9 @@
 """``vm.*``: create, run and reach the dev VM. Thin: arguments in, library call, lines out."""
 
 import sys
+from typing import Optional
+
+from invoke import Context
 
 from .. import forwards as forwards_
 from .. import autoports, jsonout, lifecycle, machines, profile as profiles, status as vmstatus
@@ -11,7 +14,7 @@ NAME_HELP = "VM to act on (default: the active VM, set by the last vm.create/onb
 PROFILE_HELP = "profile name in profiles/ or a path to a YAML file"
 
 
-def _machine(name):
+def _machine(name: Optional[str]) -> machines.Machine:
     return machines.resolve(name)
 
 
@@ -25,7 +28,14 @@ def _machine(name):
     },
     auto_shortflags=False,
 )
-def create(c, profile="default", provider=None, name=None, iso=None, no_start=False):
+def create(
+    c: Context,
+    profile: str = "default",
+    provider: Optional[str] = None,
+    name: Optional[str] = None,
+    iso: Optional[str] = None,
+    no_start: bool = False,
+) -> lifecycle.Outcome:
     """Create the VM from a profile (idempotent), then boot it, wait for SSH and set it up."""
     prof = profiles.load(profile, provider=provider, name=name)
     out = lifecycle.create(prof, iso_path=iso, start_vm=not no_start, log=say)
@@ -38,7 +48,7 @@ def create(c, profile="default", provider=None, name=None, iso=None, no_start=Fa
 
 
 @task(help={"name": NAME_HELP}, auto_shortflags=False)
-def start(c, name=None):
+def start(c: Context, name: Optional[str] = None) -> None:
     """Boot the VM headless, wait for SSH, create persistent dirs, sync the clock, mount folders."""
     lifecycle.start(_machine(name), log=say)
 
@@ -46,7 +56,7 @@ def start(c, name=None):
 @task(help={"name": NAME_HELP,
             "timeout": "seconds (> 0, default 30) to wait for a clean ACPI shutdown before power-off"},
       auto_shortflags=False)
-def stop(c, name=None, timeout=None):
+def stop(c: Context, name: Optional[str] = None, timeout: Optional[str] = None) -> None:
     """Unmount the VM's folders, sync the guest's disks, then shut it down (ACPI; power-off after a timeout)."""
     seconds = lifecycle.stop_timeout(timeout)  # checked before the VM is looked up
     out = lifecycle.stop(lifecycle.stop_target(name), log=say, timeout=seconds)
@@ -62,8 +72,9 @@ def stop(c, name=None, timeout=None):
     },
     auto_shortflags=False,
 )
-def destroy(c, name=None, purge=False, yes=False):
+def destroy(c: Context, name: Optional[str] = None, purge: bool = False, yes: bool = False) -> None:
     """Remove the VM; its persistent disk is kept unless --purge (also a disk kept earlier)."""
+    machine: Optional[machines.Machine]
     try:
         machine = _machine(name)
     except VMNotFound:
@@ -82,7 +93,7 @@ def destroy(c, name=None, purge=False, yes=False):
 
 
 @task(help={"name": NAME_HELP, "json": "machine-readable output"}, auto_shortflags=False)
-def status(c, name=None, json=False):
+def status(c: Context, name: Optional[str] = None, json: bool = False) -> None:
     """Show state, forwards, disk, ISO, boot codes, clock drift and mounts of the VM."""
     info = vmstatus.collect(_machine(name))
     if json:
@@ -92,7 +103,7 @@ def status(c, name=None, json=False):
 
 
 @task(help={"json": "machine-readable output"}, auto_shortflags=False)
-def list(c, json=False):  # noqa: A001 - the task is called vm.list
+def list(c: Context, json: bool = False) -> None:  # noqa: A001 - the task is called vm.list
     """List b2dkit VMs, their provider and state; * marks the active one."""
     rows = vmstatus.list_all()
     if json:
@@ -115,7 +126,14 @@ def list(c, json=False):  # noqa: A001 - the task is called vm.list
     },
     auto_shortflags=False,
 )
-def forward(c, spec, name=None, host_ip="127.0.0.1", auto_correct=False, force=False):
+def forward(
+    c: Context,
+    spec: str,
+    name: Optional[str] = None,
+    host_ip: str = "127.0.0.1",
+    auto_correct: bool = False,
+    force: bool = False,
+) -> None:
     """Forward a host port to the VM, live if it is running (loopback by default)."""
     rule = forwards_.parse_spec(spec, host_ip=host_ip)  # bad input fails before anything is looked up
     forwards_.check_exposure(rule, force=force)
@@ -125,13 +143,13 @@ def forward(c, spec, name=None, host_ip="127.0.0.1", auto_correct=False, force=F
 @task(help={"spec": "host PORT (or PORT/udp) of the forward to remove", "name": NAME_HELP,
             "force": "also remove the VM's SSH route (b2dkit then cannot reach the guest)"},
       auto_shortflags=False)
-def unforward(c, spec, name=None, force=False):
+def unforward(c: Context, spec: str, name: Optional[str] = None, force: bool = False) -> None:
     """Remove a port forward, live if the VM is running."""
     lifecycle.unforward(_machine(name), lifecycle.unforward_name(spec), force=force, log=say)
 
 
 @task(help={"name": NAME_HELP, "json": "machine-readable output"}, auto_shortflags=False)
-def forwards(c, name=None, json=False):
+def forwards(c: Context, name: Optional[str] = None, json: bool = False) -> None:
     """List the VM's port forwards as the hypervisor has them now."""
     machine = _machine(name)
     rows = autoports.forward_rows(machine.name, lifecycle.provider_for(machine).forwards())
@@ -144,7 +162,7 @@ def forwards(c, name=None, json=False):
 
 
 @task(help={"name": NAME_HELP, "command": "run this command instead of an interactive shell"})
-def ssh(c, name=None, command=None):
+def ssh(c: Context, name: Optional[str] = None, command: Optional[str] = None) -> None:
     """Open a shell in the VM (or run -c CMD and pass its exit code through)."""
     code = lifecycle.shell(_machine(name), command=command)
     if code:
@@ -154,7 +172,7 @@ def ssh(c, name=None, command=None):
 
 
 @task(name="ssh-config", help={"name": NAME_HELP, "all": "a block for every b2dkit VM"}, auto_shortflags=False)
-def ssh_config(c, name=None, all=False):  # noqa: A002 - the flag is --all
+def ssh_config(c: Context, name: Optional[str] = None, all: bool = False) -> None:  # noqa: A002 - the flag is --all
     """Print an OpenSSH Host block for the VM: ssh -F <(b2dkit vm.ssh-config) b2dkit-NAME."""
     from .. import sshconfig
 
@@ -185,7 +203,13 @@ def ssh_config(c, name=None, all=False):  # noqa: A002 - the flag is --all
     },
     auto_shortflags=False,
 )
-def env(c, name=None, shell="bash", unset=False, ssh=False):
+def env(
+    c: Context,
+    name: Optional[str] = None,
+    shell: str = "bash",
+    unset: bool = False,
+    ssh: bool = False,
+) -> None:
     """Print the Docker client's settings for the VM's daemon (TLS): eval "$(b2dkit vm.env)"."""
     for line in vmstatus.docker_env(_machine(name), shell=shell, ssh=ssh, unset=unset):
         say(line)
@@ -194,7 +218,7 @@ def env(c, name=None, shell="bash", unset=False, ssh=False):
 @task(help={"name": NAME_HELP,
             "restart": "restart the guest's Docker daemon (also one that was killed) and wait until it answers"},
       auto_shortflags=False)
-def docker(c, name=None, restart=False):
+def docker(c: Context, name: Optional[str] = None, restart: bool = False) -> None:
     """Show the VM's Docker daemon in one line; --restart restarts it and waits for /_ping over TLS."""
     machine = _machine(name)
     if restart:
@@ -209,7 +233,7 @@ def docker(c, name=None, restart=False):
 
 @task(help={"name": NAME_HELP, "remount": "repair stale mounts (after sleep or a VM reboot)"},
       auto_shortflags=False)
-def mount(c, name=None, remount=False):
+def mount(c: Context, name: Optional[str] = None, remount: bool = False) -> None:
     """Mount the profile's VM folders on the host with sshfs (e.g. /mnt/sda1/dev -> ~/workspace/dev)."""
     out = lifecycle.mount_all(_machine(name), log=say, remount=remount, strict=True)
     for line in out.kept:
@@ -217,7 +241,7 @@ def mount(c, name=None, remount=False):
 
 
 @task(help={"name": NAME_HELP}, auto_shortflags=False)
-def unmount(c, name=None):
+def unmount(c: Context, name: Optional[str] = None) -> None:
     """Unmount the VM's sshfs folders from the host."""
     out = lifecycle.unmount_all(_machine(name), log=say)
     if not out.done:
@@ -225,7 +249,7 @@ def unmount(c, name=None):
 
 
 @task(help={"name": NAME_HELP, "json": "machine-readable output"}, auto_shortflags=False)
-def mounts(c, name=None, json=False):
+def mounts(c: Context, name: Optional[str] = None, json: bool = False) -> None:
     """Show each profile mount and whether it is alive, stale or not mounted."""
     machine = _machine(name)
     rows = vmstatus.mounts(machine)
