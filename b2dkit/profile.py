@@ -24,7 +24,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Set, Tuple, Union
 
 import yaml
 
@@ -35,6 +35,7 @@ from .errors import InputError, ProfileError
 from .forwards import Forward, ssh_forward
 from .hypervisors import PROVIDERS, default_provider_name
 from .hypervisors.base import CPUS, MEMORY_MB
+from .paths import StrPath
 
 ENV_PATH = "B2DKIT_PROFILES"
 DEFAULT_PROFILE = "default"
@@ -273,7 +274,7 @@ def is_path_like(text: str) -> bool:
     return "/" in text or os.sep in text or text.endswith(SUFFIXES)
 
 
-def find(name_or_path, base_dir: Optional[Path] = None) -> Path:
+def find(name_or_path: StrPath, base_dir: Optional[Path] = None) -> Path:
     """A path (relative to ``base_dir`` when given) or a profile name on the search path."""
     text = str(name_or_path).strip()
     if not text:
@@ -304,12 +305,14 @@ def find(name_or_path, base_dir: Optional[Path] = None) -> Path:
 # -- loading ---------------------------------------------------------------------------------
 
 
-def load(name_or_path=DEFAULT_PROFILE, provider: Optional[str] = None, name: Optional[str] = None) -> Profile:
+def load(
+    name_or_path: StrPath = DEFAULT_PROFILE, provider: Optional[str] = None, name: Optional[str] = None
+) -> Profile:
     """Find, read, merge and validate a profile; ``provider``/``name`` override its values."""
     return _resolve(find(name_or_path), provider=provider, name=name)
 
 
-def check_file(path) -> Profile:
+def check_file(path: StrPath) -> Profile:
     """Validate one file (``profile.check``): always a path, even without a slash."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -317,7 +320,7 @@ def check_file(path) -> Profile:
     return _resolve(path)
 
 
-def check_layer(path, text: str) -> None:
+def check_layer(path: StrPath, text: str) -> None:
     """Validate ``text`` as the content of the file ``path`` on its own, ``extends`` not followed.
 
     An in-place edit (``iso.pin``) checks its result with this before the rename, so an
@@ -327,13 +330,13 @@ def check_layer(path, text: str) -> None:
     _check_layer(path, _parse(path, text))
 
 
-def layer_images(path) -> List[Path]:
+def layer_images(path: StrPath) -> List[Path]:
     """The image tarballs one file lists itself (resolved next to it), its extends chain aside."""
     path = Path(path)
     return list(_check_layer(path, _read(path)).values.get("images", {}))
 
 
-def _resolve(path: Path, provider=None, name=None) -> Profile:
+def _resolve(path: Path, provider: Optional[str] = None, name: Optional[str] = None) -> Profile:
     layers = _load_chain(path, [])
     merged: dict = {}
     for layer in layers:
@@ -344,7 +347,7 @@ def _resolve(path: Path, provider=None, name=None) -> Profile:
 class _Layer:
     """One file's checked settings, values already normalised."""
 
-    def __init__(self, path: Path, values: dict):
+    def __init__(self, path: Path, values: dict) -> None:
         self.path = path
         self.values = values
 
@@ -377,8 +380,8 @@ def _load_chain(path: Path, seen: List[Path]) -> List[_Layer]:
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys (YAML would silently keep the last one)."""
 
-    def construct_mapping(self, node, deep=False):
-        seen = set()
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Hashable, Any]:
+        seen: Set[Any] = set()  # scalar key values: parsed YAML
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
                 if key_node.value in seen:
@@ -429,16 +432,16 @@ def _parse(path: Path, text: str) -> dict:
 class _Checker:
     """Validates one file's raw mapping; every error names the file and key path."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path) -> None:
         self.path = path
 
-    def error(self, where: str, message: str, hint=None) -> ProfileError:
+    def error(self, where: str, message: str, hint: Optional[str] = None) -> ProfileError:
         return ProfileError(f"{display_path(self.path)}: {where}: {message}", hint=hint)
 
-    def wrap(self, where: str, exc: InputError, hint=None) -> ProfileError:
+    def wrap(self, where: str, exc: InputError, hint: Optional[str] = None) -> ProfileError:
         return self.error(where, exc.message, hint=hint or exc.hint)
 
-    def keys(self, where: str, data: dict, allowed: Iterable[str]):
+    def keys(self, where: str, data: dict, allowed: Iterable[str]) -> None:
         allowed = tuple(allowed)
         for key in data:
             if not isinstance(key, str):
@@ -448,27 +451,27 @@ class _Checker:
                 tip = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(allowed)}"
                 raise self.error(_join(where, key), f"unknown key {key!r}; {tip}")
 
-    def mapping(self, where: str, value) -> dict:
+    def mapping(self, where: str, value: object) -> dict:
         if not isinstance(value, dict):
             raise self.error(where, f"expected a mapping, got {value!r} ({_kind(value)})")
         return value
 
-    def items(self, where: str, value) -> list:
+    def items(self, where: str, value: object) -> list:
         if not isinstance(value, list):
             raise self.error(where, f"expected a list, got {value!r} ({_kind(value)})")
         return value
 
-    def text(self, where: str, value) -> str:
+    def text(self, where: str, value: object) -> str:
         if not isinstance(value, str) or not value.strip():
             raise self.error(where, f"expected a non-empty string, got {value!r} ({_kind(value)})")
         return value.strip()
 
-    def flag(self, where: str, value) -> bool:
+    def flag(self, where: str, value: object) -> bool:
         if not isinstance(value, bool):
             raise self.error(where, f"expected true or false, got {value!r} ({_kind(value)})")
         return value
 
-    def integer(self, where: str, value, bounds: Tuple[int, int], unit="") -> int:
+    def integer(self, where: str, value: object, bounds: Tuple[int, int], unit: str = "") -> int:
         # bool is an int in Python; "memory: yes" must not mean 1 MB.
         if isinstance(value, bool) or not isinstance(value, int):
             what = f"a whole number of {unit}" if unit else "a whole number"
@@ -478,7 +481,7 @@ class _Checker:
             raise self.error(where, f"{value} is out of range: use {low} to {high}{unit and ' ' + unit}")
         return value
 
-    def port(self, where: str, value, what: str) -> int:
+    def port(self, where: str, value: object, what: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(where, f"expected a port number from 1 to 65535, got {value!r} ({_kind(value)})")
         try:
@@ -486,7 +489,7 @@ class _Checker:
         except InputError as exc:
             raise self.wrap(where, exc) from None
 
-    def guest_dir(self, where: str, value, why: str) -> str:
+    def guest_dir(self, where: str, value: object, why: str) -> str:
         text = self.text(where, value)
         if not _GUEST_PATH.match(text):
             raise self.error(
@@ -511,15 +514,15 @@ def _check_layer(path: Path, data: dict) -> _Layer:
     return _Layer(path, out)
 
 
-def _check_extends(check, where, value):
+def _check_extends(check: _Checker, where: str, value: object) -> str:
     return check.text(where, value)
 
 
-def _check_description(check, where, value):
+def _check_description(check: _Checker, where: str, value: object) -> str:
     return check.text(where, value)
 
 
-def _check_name(check, where, value):
+def _check_name(check: _Checker, where: str, value: object) -> str:
     text = check.text(where, value)
     try:
         return paths.check_vm_name(text)
@@ -527,7 +530,7 @@ def _check_name(check, where, value):
         raise check.wrap(where, exc) from None
 
 
-def _check_provider(check, where, value):
+def _check_provider(check: _Checker, where: str, value: object) -> str:
     text = check.text(where, value)
     if text not in PROVIDER_CHOICES:
         close = difflib.get_close_matches(text, PROVIDER_CHOICES, n=1)
@@ -536,23 +539,23 @@ def _check_provider(check, where, value):
     return text
 
 
-def _check_memory(check, where, value):
+def _check_memory(check: _Checker, where: str, value: object) -> int:
     return check.integer(where, value, MEMORY_MB, "MB")
 
 
-def _check_cpus(check, where, value):
+def _check_cpus(check: _Checker, where: str, value: object) -> int:
     return check.integer(where, value, CPUS)
 
 
-def _check_disk(check, where, value):
+def _check_disk(check: _Checker, where: str, value: object) -> int:
     return check.integer(where, value, DISK_MB, "MB")
 
 
-def _check_host_loopback(check, where, value):
+def _check_host_loopback(check: _Checker, where: str, value: object) -> bool:
     return check.flag(where, value)
 
 
-def _check_iso(check, where, value):
+def _check_iso(check: _Checker, where: str, value: object) -> IsoSource:
     data = check.mapping(where, value)
     check.keys(where, data, ISO_KEYS)
     urls: Tuple[str, ...] = ()
@@ -601,9 +604,9 @@ def _check_iso(check, where, value):
     return IsoSource(urls=urls, sha256=sha256, path=path, build=build)
 
 
-def _check_boot_codes(check, where, value):
+def _check_boot_codes(check: _Checker, where: str, value: object) -> Dict[str, object]:
     data = check.mapping(where, value)
-    codes = {}
+    codes: Dict[str, object] = {}  # key -> value, None (a bare flag) or _REMOVE
     for key, raw in data.items():
         at = _join(where, str(key))
         if not isinstance(key, str):
@@ -626,8 +629,8 @@ def _check_boot_codes(check, where, value):
     return codes
 
 
-def _check_forwards(check, where, value):
-    result = {}  # (proto, host port) -> Forward | _REMOVE
+def _check_forwards(check: _Checker, where: str, value: object) -> Dict[Tuple[str, int], object]:
+    result: Dict[Tuple[str, int], object] = {}  # (proto, host port) -> Forward | _REMOVE
     for index, item in enumerate(check.items(where, value)):
         at = f"{where}[{index}]"
         fwd = _check_forward(check, at, item)
@@ -640,7 +643,7 @@ def _check_forwards(check, where, value):
     return result
 
 
-def _check_forward(check, at, item):
+def _check_forward(check: _Checker, at: str, item: object) -> Union[Forward, Tuple[str, int]]:
     """A Forward, or (proto, host port) for ``remove: true``."""
     if isinstance(item, (str, int)) and not isinstance(item, bool):
         try:
@@ -673,7 +676,7 @@ def _check_forward(check, at, item):
     return fwd
 
 
-def _check_exposure(check, at, fwd, force):
+def _check_exposure(check: _Checker, at: str, fwd: Forward, force: bool) -> None:
     try:
         forwards.check_exposure(fwd, force=force)
     except InputError as exc:
@@ -682,8 +685,8 @@ def _check_exposure(check, at, fwd, force):
         raise check.error(at, reason, hint=hint) from None
 
 
-def _check_persistent_dirs(check, where, value):
-    result = {}  # dir -> True | _REMOVE
+def _check_persistent_dirs(check: _Checker, where: str, value: object) -> Dict[str, object]:
+    result: Dict[str, object] = {}  # dir -> True | _REMOVE
     why = "it would be lost at reboot"
     for index, item in enumerate(check.items(where, value)):
         at = f"{where}[{index}]"
@@ -702,8 +705,8 @@ def _check_persistent_dirs(check, where, value):
     return result
 
 
-def _check_mounts(check, where, value):
-    result = {}  # guest dir -> Mount | _REMOVE
+def _check_mounts(check: _Checker, where: str, value: object) -> Dict[str, object]:
+    result: Dict[str, object] = {}  # guest dir -> Mount | _REMOVE
     why = "files there live in RAM and would be lost at reboot"
     for index, item in enumerate(check.items(where, value)):
         at = f"{where}[{index}]"
@@ -734,7 +737,7 @@ def _inside(a: PurePath, b: PurePath) -> bool:
     return a == b or b in a.parents
 
 
-def _check_mount_overlap(path, mounts) -> None:
+def _check_mount_overlap(path: Path, mounts: List[Mount]) -> None:
     """No mount inside another, on either side: a host dir under another sshfs mount makes that
     one "busy" at every unmount, and a guest dir inside another is the same files twice."""
     for i, a in enumerate(mounts):
@@ -749,9 +752,9 @@ def _check_mount_overlap(path, mounts) -> None:
                         f"{b.guest!r} ({str(y)!r}); give each mount its own {side} dir, none inside another"
                     )
 
-def _check_images(check, where, value):
+def _check_images(check: _Checker, where: str, value: object) -> Dict[Path, bool]:
     """Host paths of image tarballs; a relative one is taken next to the profile file."""
-    result = {}
+    result: Dict[Path, bool] = {}
     for index, item in enumerate(check.items(where, value)):
         text = check.text(f"{where}[{index}]", item)
         path = Path(text).expanduser()
@@ -761,7 +764,7 @@ def _check_images(check, where, value):
     return result
 
 
-def _check_ports(check, where, value):
+def _check_ports(check: _Checker, where: str, value: object) -> Optional[Tuple[str, ...]]:
     """``auto`` (the default allow-list), ``manual`` (off, the default), or
     ``{auto: true | false | {allow: [3000-3999, 8080, 5353/udp]}}``; the allow-list as text, or None."""
     from . import autoports
@@ -783,7 +786,7 @@ def _check_ports(check, where, value):
     items = check.items(f"{at}.allow", auto["allow"])
     if not items:
         raise check.error(f"{at}.allow", "the allow-list is empty: list ports or ranges, or set ports: manual")
-    allow = []
+    allow: List[str] = []
     for index, item in enumerate(items):
         try:
             allow.append(str(autoports.parse_range(item)))
@@ -792,7 +795,8 @@ def _check_ports(check, where, value):
     return tuple(allow)
 
 
-_CHECKS = {
+# Each check takes the parsed YAML value of one top-level key and returns it normalised.
+_CHECKS: Dict[str, Callable[[_Checker, str, object], object]] = {
     "extends": _check_extends,
     "description": _check_description,
     "name": _check_name,
@@ -816,7 +820,7 @@ _KEYED = ("boot_codes", "forwards", "persistent_dirs", "mounts", "images")
 # -- merging and finishing -------------------------------------------------------------------
 
 
-def _merge(merged: dict, layer: _Layer):
+def _merge(merged: dict, layer: _Layer) -> None:
     for key, value in layer.values.items():
         if key not in _KEYED:
             merged[key] = value
@@ -834,14 +838,14 @@ def _merge(merged: dict, layer: _Layer):
                 )
 
 
-def _item_label(key, item_key) -> str:
+def _item_label(key: str, item_key: Any) -> str:  # item_key: a key of merged[key], (proto, port) for forwards
     if key == "forwards":
         proto, port = item_key
         return f"forward of host port {port}/{proto}"
     return repr(item_key)
 
 
-def _finish(merged: dict, path: Path, chain: List[Path], provider, name) -> Profile:
+def _finish(merged: dict, path: Path, chain: List[Path], provider: Optional[str], name: Optional[str]) -> Profile:
     if name is not None:
         try:
             merged["name"] = paths.check_vm_name(str(name).strip())
@@ -901,7 +905,7 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _kind(value) -> str:
+def _kind(value: object) -> str:
     if value is None:
         return "null"
     names = {bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "mapping"}
@@ -912,7 +916,7 @@ def _stem(path: Path) -> str:
     return path.name[: -len(path.suffix)] if path.suffix in SUFFIXES else path.name
 
 
-def display_path(path) -> str:
+def display_path(path: StrPath) -> str:
     """Paths in messages: relative when under the current directory, else as absolute."""
     path = Path(path)
     remote = remoteprofile.display(path)  # a fetched profile: its URL, not its cache path
