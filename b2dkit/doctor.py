@@ -76,11 +76,16 @@ def check_sshfs() -> Check:
         return _missing("sshfs", exc.message, "sshfs")
 
 
-def check_ssh_client() -> Check:
-    binary = shutil.which("ssh")
+def _check_program(label: str, program: str, why: str) -> Check:
+    """A program the profile needs on PATH: its path, or missing with the install command."""
+    binary = shutil.which(program)
     if not binary:
-        return _missing("ssh client", "ssh is not installed (`b2dkit vm.ssh` uses it)", "ssh")
-    return Check("ssh client", True, binary)
+        return _missing(label, f"{program} is not installed ({why})", program)
+    return Check(label, True, binary)
+
+
+def check_ssh_client() -> Check:
+    return _check_program("ssh client", "ssh", "`b2dkit vm.ssh` uses it")
 
 
 def builds_guest(profile: Profile) -> bool:
@@ -127,10 +132,7 @@ def check_guest_build(profile: Profile) -> Check:
 
 
 def check_docker_cli() -> Check:
-    binary = shutil.which("docker")
-    if not binary:
-        return _missing("Docker CLI", "docker is not installed (the profile's guest runs Docker)", "docker")
-    return Check("Docker CLI", True, binary)
+    return _check_program("Docker CLI", "docker", "the profile's guest runs Docker")
 
 
 def check_disk_space(profile: Profile) -> Check:

@@ -217,15 +217,8 @@ def find_mount(local_dir: StrPath, check: bool = True) -> Optional[MountInfo]:
 # -- mount / unmount -------------------------------------------------------------------------
 
 
-def mount(
-    host: str,
-    port: int,
-    key_path: StrPath,
-    known_hosts_path: StrPath,
-    remote_dir: str,
-    local_dir: StrPath,
-    user: str = DEFAULT_USER,
-) -> str:
+def mount(host: str, port: int, key_path: StrPath, known_hosts_path: StrPath, remote_dir: str, local_dir: StrPath,
+          user: str = DEFAULT_USER) -> str:
     """Mount guest ``remote_dir`` at host ``local_dir``; "mounted" or "already mounted".
 
     The host dir is created if needed; a non-empty one is refused, because mounting over
@@ -307,15 +300,8 @@ def _lazy_unmount_quietly(local: Path) -> None:
         pass
 
 
-def remount(
-    host: str,
-    port: int,
-    key_path: StrPath,
-    known_hosts_path: StrPath,
-    remote_dir: str,
-    local_dir: StrPath,
-    user: str = DEFAULT_USER,
-) -> str:
+def remount(host: str, port: int, key_path: StrPath, known_hosts_path: StrPath, remote_dir: str, local_dir: StrPath,
+            user: str = DEFAULT_USER) -> str:
     """Make the mount work again after sleep or a VM reboot: "alive", "repaired" or "mounted"."""
     require_sshfs()
     local = Path(local_dir).expanduser()

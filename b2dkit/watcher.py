@@ -38,6 +38,7 @@ from . import atomic, paths
 from .errors import B2dkitError, GuestError
 
 if TYPE_CHECKING:
+    from .forwards import Forward
     from .guest import GuestSession
 
 PIDFILE = "watcher.pid"
@@ -349,11 +350,17 @@ class Watcher:
     def machine_exists(self) -> bool:
         return (paths.vm_dir(self.name) / "b2dkit.json").exists()
 
-    def _reconcile_relays(self) -> None:
+    def _forwards(self) -> Optional[List["Forward"]]:
+        """The VM's rules, or None (logged) when the hypervisor cannot say now: try again next round."""
         try:
-            rules = self.provider.forwards()
+            return self.provider.forwards()
         except B2dkitError as exc:
             _log(f"cannot read the forwards: {exc}")
+            return None
+
+    def _reconcile_relays(self) -> None:
+        rules = self._forwards()
+        if rules is None:
             return
         before = (sorted(self.relays.active), dict(self.relays.failed))
         self.relays.reconcile(rules)
@@ -501,10 +508,8 @@ class Watcher:
         from . import forwards as fw
         from . import repair
 
-        try:
-            rules = self.provider.forwards()
-        except B2dkitError as exc:
-            _log(f"cannot read the forwards: {exc}")
+        rules = self._forwards()
+        if rules is None:
             return
         bad = []
         for rule in rules:

@@ -87,15 +87,8 @@ def onboard(
           "yes": "with --fix: install without asking"},
     auto_shortflags=False,
 )
-def doctor(
-    c: Context,
-    profile: str = "default",
-    provider: Optional[str] = None,
-    name: Optional[str] = None,
-    json: bool = False,
-    fix: bool = False,
-    yes: bool = False,
-) -> None:
+def doctor(c: Context, profile: str = "default", provider: Optional[str] = None, name: Optional[str] = None,
+           json: bool = False, fix: bool = False, yes: bool = False) -> None:
     """Check this machine for what the profile needs, with the install command for each missing piece."""
     if json and fix:
         raise InputError("--json and --fix do not go together: --fix talks to you")

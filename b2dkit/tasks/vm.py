@@ -28,14 +28,8 @@ def _machine(name: Optional[str]) -> machines.Machine:
     },
     auto_shortflags=False,
 )
-def create(
-    c: Context,
-    profile: str = "default",
-    provider: Optional[str] = None,
-    name: Optional[str] = None,
-    iso: Optional[str] = None,
-    no_start: bool = False,
-) -> lifecycle.Outcome:
+def create(c: Context, profile: str = "default", provider: Optional[str] = None, name: Optional[str] = None,
+           iso: Optional[str] = None, no_start: bool = False) -> lifecycle.Outcome:
     """Create the VM from a profile (idempotent), then boot it, wait for SSH and set it up."""
     prof = profiles.load(profile, provider=provider, name=name)
     out = lifecycle.create(prof, iso_path=iso, start_vm=not no_start, log=say)
@@ -126,14 +120,8 @@ def list(c: Context, json: bool = False) -> None:  # noqa: A001 - the task is ca
     },
     auto_shortflags=False,
 )
-def forward(
-    c: Context,
-    spec: str,
-    name: Optional[str] = None,
-    host_ip: str = "127.0.0.1",
-    auto_correct: bool = False,
-    force: bool = False,
-) -> None:
+def forward(c: Context, spec: str, name: Optional[str] = None, host_ip: str = "127.0.0.1", auto_correct: bool = False,
+            force: bool = False) -> None:
     """Forward a host port to the VM, live if it is running (loopback by default)."""
     rule = forwards_.parse_spec(spec, host_ip=host_ip)  # bad input fails before anything is looked up
     forwards_.check_exposure(rule, force=force)
@@ -203,13 +191,7 @@ def ssh_config(c: Context, name: Optional[str] = None, all: bool = False) -> Non
     },
     auto_shortflags=False,
 )
-def env(
-    c: Context,
-    name: Optional[str] = None,
-    shell: str = "bash",
-    unset: bool = False,
-    ssh: bool = False,
-) -> None:
+def env(c: Context, name: Optional[str] = None, shell: str = "bash", unset: bool = False, ssh: bool = False) -> None:
     """Print the Docker client's settings for the VM's daemon (TLS): eval "$(b2dkit vm.env)"."""
     for line in vmstatus.docker_env(_machine(name), shell=shell, ssh=ssh, unset=unset):
         say(line)
