@@ -564,7 +564,7 @@ def start_changes(machine: Machine) -> Decision:
     pid = watcher.running_pid(machine.name)
     if pid:
         out.kept.append(f"watcher already running (pid {pid})")
-    else:
+    elif watcher.enabled():  # B2DKIT_WATCHER=0: a real start starts none, so neither may a dry run say so
         out.changes.append(Change("start the watcher", "watcher"))
     return out
 
