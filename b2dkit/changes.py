@@ -37,12 +37,6 @@ class Decision:
     kept: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)  # what the step cannot do, and why
 
-    def __iadd__(self, other: "Decision") -> "Decision":
-        self.changes += other.changes
-        self.kept += other.kept
-        self.warnings += other.warnings
-        return self
-
 
 def texts(changes: List[Change]) -> List[str]:
     """The lines of ``changes``, in order."""

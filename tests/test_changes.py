@@ -1,6 +1,6 @@
 """The one Change shape: what a user reads, what apply needs, and the line a real run prints."""
 
-from b2dkit.changes import Change, Decision, deferred, texts
+from b2dkit.changes import Change, deferred
 
 
 def test_a_change_reads_as_its_text_and_its_value_is_not_part_of_it():
@@ -14,10 +14,3 @@ def test_a_deferred_change_says_when_it_takes_effect():
     later = deferred(Change("memory 512 → 768 MB", "memory"), "dev")
     assert later.text == "memory 512 → 768 MB (VM dev is running: takes effect at its next start)"
     assert later.kind == "memory"
-
-
-def test_decisions_add_up_in_order():
-    total = Decision(kept=["a"])
-    total += Decision(changes=[Change("b")], warnings=["c"])
-    total += Decision(changes=[Change("d")], kept=["e"])
-    assert texts(total.changes) == ["b", "d"] and total.kept == ["a", "e"] and total.warnings == ["c"]
