@@ -1,5 +1,6 @@
 """The fake VBoxManage checked against the reference texts and samples, so provider tests mean something."""
 
+import errno
 import re
 import socket
 import subprocess
@@ -346,6 +347,30 @@ def test_startvm_with_a_taken_port_is_the_engine_of_the_version(run, vm, vbox_ve
     ]
     shape = re.compile(r"NAT: failed to redirect TCP [\d.]+:\d+ -> [\d.]+:\d+", re.I)
     assert shape.match(real) and shape.search(log)
+
+
+def test_a_port_left_in_time_wait_does_not_stop_a_redirect(run, vm):
+    """The engines bind TCP with SO_REUSEADDR (slirp solisten): the connections an earlier boot
+    left in TIME_WAIT must not fail a start, or a test after a real guest's boots on the same
+    port fails on CI only (it did: 2022 after the QEMU suite)."""
+    with socket.socket() as server:  # an earlier boot's NAT listener: it set SO_REUSEADDR too
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (Linux lets only such
+        server.bind(("127.0.0.1", 0))  # TIME_WAIT sockets be shared)
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its port goes to TIME_WAIT
+        client.close()
+    with socket.socket() as plain:  # the state this test is about: a plain bind is refused
+        with pytest.raises(OSError) as refused:
+            plain.bind(("127.0.0.1", port))
+    assert refused.value.errno == errno.EADDRINUSE
+    run("modifyvm", "b2d", "--natpf1", f"web,tcp,127.0.0.1,{port},,80")
+    code, out, err = run("startvm", "b2d", "--type", "headless")
+    assert code == 0 and "successfully started" in out, err
+    log = (vm["folder"] / "Logs" / "VBox.log").read_text()
+    assert vbox.nat_failures(log) == []
 
 
 def test_acpi_button_powers_off_after_the_delay(run, vm):

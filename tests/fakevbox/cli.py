@@ -1389,10 +1389,16 @@ def redirect_line(rule):
 
 
 def bind_error(host_ip, port, proto):
+    """The engine's own bind: a TCP listener sets SO_REUSEADDR first (slirp ``solisten`` in
+    src/VBox/Devices/Network/slirp/socket.c; libslirp's ``tcp_listen`` does the same), so
+    connections in TIME_WAIT on the port do not stop a redirect, only a live listener does.
+    UDP binds plainly (slirp ``udp_listen`` sets the option only after its bind)."""
     import socket
 
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as sock:
+        if proto == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host_ip, port))
         except OSError as exc:
