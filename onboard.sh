@@ -8,15 +8,17 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${B2DKIT_VENV:-$here/.venv}"
 python="${PYTHON:-python3}"
+sudo="sudo "  # hints as b2dkit prints them: root runs the package manager itself (no sudo on a bare machine)
+[ "$EUID" -ne 0 ] || sudo=""
 
 if ! command -v "$python" >/dev/null 2>&1; then
-    echo "onboard.sh: $python not found; install Python 3.9+ first (macOS: brew install python; Debian: sudo apt-get install python3 python3-venv)" >&2
+    echo "onboard.sh: $python not found; install Python 3.9+ first (macOS: brew install python; Debian: ${sudo}apt-get install python3 python3-venv)" >&2
     exit 3
 fi
 if [ ! -x "$venv/bin/python" ]; then
     echo "onboard.sh: creating a virtualenv in $venv"
     "$python" -m venv "$venv" || {
-        echo "onboard.sh: could not create a venv; on Debian/Ubuntu: sudo apt-get install python3-venv" >&2
+        echo "onboard.sh: could not create a venv; on Debian/Ubuntu: ${sudo}apt-get install python3-venv" >&2
         exit 3
     }
 fi

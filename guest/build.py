@@ -150,10 +150,16 @@ def _run(args, **kwargs) -> str:
     try:
         proc = subprocess.run(args, check=True, capture_output=True, text=True, **kwargs)
     except FileNotFoundError as exc:
-        raise BuildError(f"{args[0]} not found: apt-get install {_apt_hint(args[0])}") from exc
+        raise BuildError(f"{args[0]} not found: {apt_install(_apt_hint(args[0]))}") from exc
     except subprocess.CalledProcessError as exc:
         raise BuildError(f"{' '.join(map(str, args))} failed: {exc.stderr.strip()[-300:]}") from exc
     return proc.stdout
+
+
+def apt_install(*names: str) -> str:
+    """The install command as this user types it: b2dkit.install's rule (root runs apt-get itself:
+    a bare machine may have no sudo), kept here because guest/ runs without b2dkit installed."""
+    return ("" if os.geteuid() == 0 else "sudo ") + "apt-get install " + " ".join(names)
 
 
 def _apt_hint(program: str) -> str:
@@ -166,7 +172,7 @@ def kernel_version() -> str:
     depends = _run(["dpkg-query", "-W", "-f", "${Depends}", "linux-image-amd64"])
     match = re.search(r"linux-image-([^\s,|]+)", depends)
     if not match:
-        raise BuildError("cannot tell the kernel version: apt-get install linux-image-amd64")
+        raise BuildError(f"cannot tell the kernel version: {apt_install('linux-image-amd64')}")
     return match.group(1)
 
 
@@ -202,7 +208,7 @@ def package_versions(flavour: str = "guest") -> str:
     missing = re.findall(r"no packages found matching (\S+)", proc.stderr)
     if missing or proc.returncode:
         names = " ".join(missing or names)
-        raise BuildError(f"missing Debian packages: apt-get install {names}")
+        raise BuildError(f"missing Debian packages: {apt_install(names)}")
     return proc.stdout
 
 
@@ -289,7 +295,7 @@ def add_busybox(tree: Tree):
 def add_binaries(tree: Tree):
     for guest_path, host_path in BINARIES.items():
         if not os.path.exists(host_path):
-            raise BuildError(f"{host_path} is missing: apt-get install {GUEST_APT}")
+            raise BuildError(f"{host_path} is missing: {apt_install(GUEST_APT)}")
         tree.file(guest_path, Path(host_path).read_bytes(), 0o755)
         for lib in _libraries(host_path):
             if lib not in tree.entries:
@@ -442,7 +448,7 @@ def make_usr_local(stage: Path, out: Path) -> list:
     libs = set()
     for rel, host_path in DOCKER_BINARIES.items():
         if not os.path.exists(host_path):
-            raise BuildError(f"{host_path} is missing: apt-get install {DOCKER_APT}")
+            raise BuildError(f"{host_path} is missing: {apt_install(DOCKER_APT)}")
         _stage_file(stage / rel, Path(host_path).read_bytes(), 0o755)
         libs.update(_libraries(host_path) if _is_dynamic(host_path) else ())
     for rel, target in DOCKER_SYMLINKS.items():
@@ -491,7 +497,7 @@ def make_iso(kver: str, initrd: bytes, iso_dir: Path, out: Path, extra=None):
     except PermissionError as exc:
         raise BuildError(f"cannot read {vmlinuz} (Debian makes it 0600): run guest/build.py as root") from exc
     except FileNotFoundError as exc:
-        raise BuildError(f"{vmlinuz} is missing: apt-get install linux-image-amd64") from exc
+        raise BuildError(f"{vmlinuz} is missing: {apt_install('linux-image-amd64')}") from exc
     files = {
         "boot/vmlinuz": kernel,
         "boot/initrd.img": initrd,

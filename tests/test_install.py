@@ -65,3 +65,18 @@ def test_a_git_reference_without_git_names_the_table_s_command(user, monkeypatch
     with pytest.raises(ToolMissing) as caught:
         git._run(["--version"])
     assert "`sudo apt-get install git` (Debian/Ubuntu)" in str(caught.value)
+
+
+@pytest.mark.parametrize("euid", [0, 1000])
+def test_the_guest_builds_own_hints_follow_the_same_root_rule(monkeypatch, euid):
+    """guest/build.py runs without b2dkit installed, so it carries its own copy of the rule: the two
+    must say the same thing, or a root user on a bare machine is told to run a sudo they lack."""
+    from b2dkit import lifecycle
+
+    builder = lifecycle.guest_builder()
+    monkeypatch.setattr(builder.os, "geteuid", lambda: euid)
+    monkeypatch.setattr(install.os, "geteuid", lambda: euid)
+    assert builder.apt_install("sudo", "busybox-static") == install.command_text("apt", ["sudo", "busybox-static"])
+    with pytest.raises(builder.BuildError) as missing:
+        builder._run(["/nonexistent/mksquashfs-for-this-test"])
+    assert str(missing.value).endswith(": " + install.command_text("apt", ["/nonexistent/mksquashfs-for-this-test"]))

@@ -8,6 +8,7 @@ quick), then runs onboarding's dry run; the second reuses the venv without reins
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 CREATING = "onboard.sh: creating a virtualenv in"
 INSTALLING = "onboard.sh: installing b2dkit into"
+SUDO = "" if os.geteuid() == 0 else "sudo "  # as b2dkit's own hints (install.privileged): root needs none
 
 
 def clean_copy(dest: Path) -> Path:
@@ -118,9 +120,34 @@ def test_missing_python_is_a_clear_message(tmp_path, checkout):
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == [
         "onboard.sh: /nonexistent/python3 not found; install Python 3.9+ first "
-        "(macOS: brew install python; Debian: sudo apt-get install python3 python3-venv)"
+        f"(macOS: brew install python; Debian: {SUDO}apt-get install python3 python3-venv)"
     ]
     assert not (tmp_path / "venv").exists()
+
+
+def test_missing_python_hint_says_sudo_only_to_a_user_who_needs_it():
+    """The other side of the line above: as root (CI) run it again as nobody, and the reverse."""
+    import stat
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or not setpriv:
+        pytest.skip("needs root and util-linux's setpriv to run onboard.sh as another user")
+    shared = Path(tempfile.mkdtemp(prefix="b2dkit-onboard-sh-"))
+    try:
+        shared.chmod(0o755)  # a copy nobody can read: pytest's tmp dirs are 0700
+        shutil.copy(REPO / "onboard.sh", shared / "onboard.sh")
+        script = shared / "onboard.sh"
+        script.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+        env = {"PATH": os.environ["PATH"], "PYTHON": "/nonexistent/python3", "B2DKIT_VENV": str(shared / "venv")}
+        said = {}
+        for who, prefix in (("root", []), ("nobody", [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"])):
+            proc = subprocess.run([*prefix, "bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
+            assert proc.returncode == 3, proc.stderr
+            said[who] = proc.stderr
+        assert "Debian: apt-get install python3 python3-venv)" in said["root"]
+        assert "Debian: sudo apt-get install python3 python3-venv)" in said["nobody"]
+    finally:
+        shutil.rmtree(shared)
 
 
 # -- a bare machine: the guest build's packages (and QEMU, sshfs, ssh) are missing ----------------
