@@ -12,16 +12,25 @@ is the loop that feeds it and applies its changes.  Auto forwards are rules name
 ``auto-<proto>-<port>`` (``forwards.auto_name``), so the hypervisor itself tells them from the user's; which
 container owns each is in ``autoports.json`` in the VM's folder.  ``clear`` removes them
 all (``vm.stop``, and ``vm.start`` before a boot).
+
+``vm.unforward PORT`` on an auto forward is ``dismiss``: as in VS Code, a port the user stopped
+forwarding is not forwarded again for that container (by id) until it no longer publishes the
+port.  The watcher's follower and that command both read-modify-write ``autoports.json``, so
+every write goes through ``updating`` (an flock on ``autoports.lock``, then temp file + rename).
 """
 
+import contextlib
+import copy
+import fcntl
 import json
+import os
 import re
 import threading
 import time
 import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from . import atomic, paths
 from . import forwards as fw
@@ -33,6 +42,7 @@ if TYPE_CHECKING:
     from .machines import Machine
 
 STATE = "autoports.json"
+LOCK = "autoports.lock"  # held for each read-modify-write of STATE (the follower and vm.unforward)
 DEFAULT_ALLOW = ("3000-3999", "8000-8999")  # `ports: auto` alone: the usual dev-server ports
 EVENTS = "/events?filters=" + urllib.parse.quote(
     json.dumps({"type": ["container"], "event": ["start", "die", "stop"]}, separators=(",", ":")))
@@ -40,8 +50,9 @@ IDLE = 30.0  # no event for this long: reconnect and re-list (also catches a for
 BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0)  # seconds between attempts while the daemon or the VM is away
 
 # Why a published port is not forwarded (``Refused.reason``).
-NOT_ALLOWED, FORWARDED, IN_USE, DENIED, GUEST_LOOPBACK = (
-    "not allowed", "forwarded", "in use", "denied", "guest loopback")
+NOT_ALLOWED, FORWARDED, IN_USE, DENIED, GUEST_LOOPBACK, DISMISSED = (
+    "not allowed", "forwarded", "in use", "denied", "guest loopback", "dismissed")
+REASONS = (NOT_ALLOWED, FORWARDED, IN_USE, DENIED, GUEST_LOOPBACK, DISMISSED)  # the --json schema's enum
 
 _RANGE = re.compile(r"^(?P<low>\d+)(?:-(?P<high>\d+))?(?:/(?P<proto>[a-z]+))?$")
 
@@ -173,14 +184,22 @@ class Refused:
         return asdict(self)
 
 
+def dismissed_detail(port: int, proto: str) -> str:
+    spec = fw.port_spec(port, proto)
+    return (f"dismissed with `b2dkit vm.unforward {spec}`: not forwarded again while this container publishes it; "
+            f"`b2dkit vm.forward {spec}` brings it back")
+
+
 @dataclass
 class Changes:
-    """What one look at the daemon changes: removals first, then additions."""
+    """What one look at the daemon changes: removals first, then additions; ``dismissed`` is the
+    dismissals still in effect (rule name → container), the record's next value."""
 
     add: List[Owned] = field(default_factory=list)
     remove: List[Forward] = field(default_factory=list)
     keep: List[Owned] = field(default_factory=list)
     refused: List[Refused] = field(default_factory=list)
+    dismissed: Dict[str, dict] = field(default_factory=dict)
 
     @property
     def lines(self) -> List[str]:
@@ -192,18 +211,26 @@ HostCheck = Callable[[Forward], Optional[Tuple[str, Optional[str]]]]  # None: fr
 
 
 def decide(pubs: Iterable[Published], rules: Iterable[Forward], allow: Sequence[PortRange],
-           host_busy: HostCheck) -> Changes:
+           host_busy: HostCheck, dismissed: Optional[Mapping[str, dict]] = None) -> Changes:
     """The forward changes that make the VM's auto forwards match the running containers.
 
     ``rules`` are the VM's forwards now (auto and its own); any of its own on the same host
     port wins, whoever made it (the profile, ``vm.forward``, b2dkit's SSH or Docker route).
     ``host_busy`` is asked only about a port that is not forwarded yet (our own forward holds
-    the ones we keep).  A refused port is never moved to another one.
+    the ones we keep).  A refused port is never moved to another one.  ``dismissed`` (rule
+    name → its container's ``id``, None for whichever publishes it) are ports ``vm.unforward``
+    took away: refused while that container publishes the port, forgotten once it does not.
     """
     current = list(rules)
+    pubs = list(pubs)
     auto = {r.name: r for r in current if is_auto(r)}
     own = [r for r in current if not is_auto(r)]
     out = Changes()
+    for pub in pubs:  # a dismissal lasts while its container publishes the port, whatever else decides
+        name = auto_name(pub.proto, pub.port)
+        gone = (dismissed or {}).get(name)
+        if gone is not None and gone.get("id") in (None, pub.id):
+            out.dismissed[name] = {"container": pub.container, "id": pub.id}
     wanted = set()
     for pub in pubs:
         def refuse(reason: str, detail: str, owner: Optional[str] = None, pub: Published = pub) -> None:
@@ -221,6 +248,9 @@ def decide(pubs: Iterable[Published], rules: Iterable[Forward], allow: Sequence[
         if theirs is not None:
             refuse(FORWARDED, f"the VM's own forward {theirs.name} ({fw.describe(theirs)}) has that host port "
                               "and wins over an auto forward", owner=f"forward {theirs.name}")
+            continue
+        if out.dismissed.get(rule.name, {}).get("id") == pub.id:  # an auto rule still there goes below
+            refuse(DISMISSED, dismissed_detail(pub.port, pub.proto))
             continue
         wanted.add(rule.name)
         owned = Owned(rule, pub.container, pub.id)
@@ -262,8 +292,9 @@ def _state_path(name: str) -> Path:
 
 
 def state(name: str) -> dict:
-    """What the follower last wrote: ``owners`` (rule name → container), ``refused``, ``daemon``.
-    An unreadable record counts as empty: the next look at the daemon rewrites it."""
+    """What the follower last wrote: ``owners`` (rule name → container), ``refused``, ``daemon``,
+    ``dismissed`` (rule name → container; ``vm.unforward``).  An unreadable record counts as
+    empty: the next look at the daemon rewrites it."""
     try:
         data = json.loads(_state_path(name).read_text())
     except (OSError, ValueError):
@@ -275,9 +306,39 @@ def _save(name: str, data: dict) -> None:
     atomic.write_bytes(_state_path(name), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
+@contextlib.contextmanager
+def locked(name: str) -> Iterator[None]:
+    """One writer of the VM's record at a time, across processes and threads (each open is its
+    own flock); the kernel drops a killed holder's lock.  The VM's folder is not made here: a
+    destroyed VM's gets no new lock file."""
+    fd = os.open(paths.vm_dir(name) / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def updating(name: str) -> Iterator[dict]:
+    """Read-modify-write of ``autoports.json`` under its lock: the block edits the record it is
+    given (and may change forwards meanwhile); it is written, atomically, if it changed and the
+    block did not fail."""
+    with locked(name):
+        data = state(name)
+        before = copy.deepcopy(data)
+        yield data
+        if data != before:
+            _save(name, data)
+
+
+def _table(data: dict, key: str) -> Dict[str, dict]:
+    found = data.get(key)
+    return {k: v for k, v in found.items() if isinstance(v, dict)} if isinstance(found, dict) else {}
+
+
 def owners(name: str) -> Dict[str, dict]:
-    found = state(name).get("owners")
-    return found if isinstance(found, dict) else {}
+    return _table(state(name), "owners")
 
 
 def forward_rows(name: str, rules: Iterable[Forward]) -> List[dict]:
@@ -321,22 +382,46 @@ def render(info: Optional[dict]) -> List[str]:
 
 def clear(name: str, provider: "Provider") -> List[str]:
     """Remove every auto forward of the VM (``vm.stop``; ``vm.start`` before a boot): they follow
-    containers, and a stopped VM has none."""
-    try:
-        rules = [r for r in provider.forwards() if is_auto(r)]
-    except B2dkitError:
-        rules = []
-    known = owners(name)
-    done = []
-    for rule in rules:
+    containers, and a stopped VM has none; its dismissals go with the record."""
+    with locked(name):
         try:
-            provider.remove_forward(rule.name)
+            rules = [r for r in provider.forwards() if is_auto(r)]
         except B2dkitError:
-            continue
-        owner = (known.get(rule.name) or {}).get("container")
-        done.append(f"removed auto forward {fw.describe(rule)}" + (f" (container {owner})" if owner else ""))
-    _state_path(name).unlink(missing_ok=True)
+            rules = []
+        known = owners(name)
+        done = []
+        for rule in rules:
+            try:
+                provider.remove_forward(rule.name)
+            except B2dkitError:
+                continue
+            owner = (known.get(rule.name) or {}).get("container")
+            done.append(f"removed auto forward {fw.describe(rule)}" + (f" (container {owner})" if owner else ""))
+        _state_path(name).unlink(missing_ok=True)
     return done
+
+
+def dismiss(name: str, provider: "Provider", rule: Forward) -> str:
+    """``vm.unforward PORT`` on an auto forward: remove it now and record it as dismissed for its
+    container, so the follower does not add it back (``decide``) until that container no longer
+    publishes the port.  The record says so at once (vm.forwards), before the follower looks."""
+    with updating(name) as data:
+        known = _table(data, "owners")
+        owner = known.pop(rule.name, {})
+        provider.remove_forward(rule.name)
+        container, ident = owner.get("container"), owner.get("id")
+        data["owners"] = known
+        dismissed = _table(data, "dismissed")
+        dismissed[rule.name] = {"container": container, "id": ident}  # no id known: whichever publishes it
+        data["dismissed"] = dismissed
+        refused = [r for r in data.get("refused") or [] if isinstance(r, dict)
+                   and (r.get("port"), r.get("proto")) != (rule.host_port, rule.proto)]
+        data["refused"] = refused + [Refused(rule.host_port, rule.proto, container or "unknown", ident or "",
+                                             DISMISSED, dismissed_detail(rule.host_port, rule.proto)).to_dict()]
+    spec = fw.port_spec(rule.host_port, rule.proto)
+    return (f"removed auto forward {fw.describe(rule)}" + (f" of container {container}" if container else "")
+            + f"; not forwarded again while {'that' if container else 'its'} container publishes it "
+              f"(`b2dkit vm.forward {spec}` brings it back)")
 
 
 # -- following the daemon --------------------------------------------------------------------------
@@ -411,19 +496,26 @@ class Follower:
             response.close()
 
     def reconcile(self, rule: Forward, why: str) -> Changes:
-        """Look at the daemon once and apply what ``decide`` says; logs only what changed."""
+        """Look at the daemon once and apply what ``decide`` says; logs only what changed.  The
+        forwards are read, decided on and changed under the record's lock, so a ``vm.unforward``
+        (``dismiss``) lands wholly before or after."""
         from . import dockerd
 
         began = time.monotonic()
         pubs = published(dockerd.api(self.name, rule, "/containers/json"))
-        changes = decide(pubs, self.provider.forwards(), self.allow, self.host_busy)
-        with self.applying:
-            if not self.stopping.is_set():
-                self._apply(changes, why, began)
+        applied = False
+        with updating(self.name) as data:
+            changes = decide(pubs, self.provider.forwards(), self.allow, self.host_busy, _table(data, "dismissed"))
+            with self.applying:
+                if not self.stopping.is_set():
+                    self._apply(changes, why, began, data)
+                    applied = True
+        if applied and (changes.add or changes.remove):  # once the record says who owns them
+            self.on_change()
         return changes
 
-    def _apply(self, changes: Changes, why: str, began: float) -> None:
-        known = owners(self.name)
+    def _apply(self, changes: Changes, why: str, began: float, data: dict) -> None:
+        known = _table(data, "owners")
         for old in changes.remove:
             try:
                 self.provider.remove_forward(old.name)
@@ -447,18 +539,15 @@ class Follower:
             if row.to_dict() not in self.refused_before:
                 self.log(f"auto ports: {row.line}")
         self.refused_before = refused
-        data = dict(state(self.name), owners=known, refused=refused, allow=[str(r) for r in self.allow])
-        if data != state(self.name):
-            _save(self.name, data)
-        if changes.add or changes.remove:
-            self.on_change()
+        data.update(owners=known, refused=refused, allow=[str(r) for r in self.allow], dismissed=changes.dismissed)
 
     def _daemon_state(self, text: str) -> None:
         if text == self.last:
             return
         self.last = text
         self.log(f"auto ports: Docker daemon {text}")
-        _save(self.name, dict(state(self.name), daemon=text))
+        with updating(self.name) as data:
+            data["daemon"] = text
 
 
 def _why(exc: BaseException) -> str:

@@ -150,11 +150,11 @@ def _lookup(task: Optional[str], arg: Optional[str], partial: str, before: List[
 
 def _forwards_in_use(before: List[str]) -> List[str]:
     """``8000``, ``5353/udp``: what ``vm.unforward`` accepts for the VM's current forwards."""
-    from . import lifecycle, machines
+    from . import forwards as fw, lifecycle, machines
 
     name = _flag_value(before, "--name")
     rules = lifecycle.provider_for(machines.resolve(name or None)).forwards()
-    return [str(rule.host_port) if rule.proto == "tcp" else f"{rule.host_port}/{rule.proto}" for rule in rules]
+    return [fw.port_spec(rule.host_port, rule.proto) for rule in rules]
 
 
 def _flag_value(before: List[str], flag: str) -> Optional[str]:

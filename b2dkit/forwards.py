@@ -86,6 +86,11 @@ def auto_name(proto: str, host_port: int) -> str:
     return AUTO_PREFIX + rule_name(proto, host_port)
 
 
+def port_spec(host_port: int, proto: str) -> str:
+    """``8085`` or ``5353/udp``: a host port as ``vm.forward`` / ``vm.unforward`` take it."""
+    return str(host_port) + ("" if proto == "tcp" else f"/{proto}")
+
+
 def is_auto(fwd: "Forward") -> bool:
     """A rule that follows a container (``ports: auto``), as opposed to the VM's own."""
     return fwd.name.startswith(AUTO_PREFIX)
@@ -207,7 +212,7 @@ def describe(fwd: Forward) -> str:
 def refuse_clash(fwd: Forward, other: Forward, vm: str) -> None:
     """The one error for a rule whose host socket another rule of the same VM has (both providers)."""
     removable = other.name == rule_name(other.proto, other.host_port) and not is_ssh(other)
-    spec = str(other.host_port) + ("/udp" if other.proto == "udp" else "")
+    spec = port_spec(other.host_port, other.proto)
     what = " (the VM's SSH route)" if is_ssh(other) else ""
     raise PortInUse(
         f"host port {fwd.host_ip or '*'}:{fwd.host_port}/{fwd.proto} is already forwarded by rule "

@@ -8,6 +8,7 @@ this module knows the order of things and what to tell the user.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -454,11 +455,18 @@ def _stop_watcher(machine: Machine, out: Outcome) -> None:
         out.done.append("stopped the watcher")
 
 
+def _follows_containers(machine: Machine) -> bool:
+    """``ports: auto`` now, or a record left from when it was: the VM may hold auto forwards."""
+    from . import autoports
+
+    return machine.auto_ports is not None or bool(autoports.state(machine.name))
+
+
 def _clear_auto_forwards(machine: Machine, provider: Provider, log: Log) -> List[str]:
     """Auto forwards follow running containers (autoports.py): a stopped VM keeps none."""
     from . import autoports
 
-    if machine.auto_ports is None and not autoports.state(machine.name):
+    if not _follows_containers(machine):
         return []  # never followed: no hypervisor call (benchmarks/vbox_calls.py counts them)
     done = autoports.clear(machine.name, provider)
     for line in done:
@@ -786,17 +794,34 @@ def forward(machine: Machine, rule: Forward, auto_correct: bool = False, force: 
     """``vm.forward``: add one rule, live if the VM runs; a re-run with the same rule is a no-op.
 
     The hypervisor is asked for the current rules only when the host port is busy (is it
-    ours?), which keeps the common case at two VBoxManage calls.
+    ours?) or the VM follows containers, which keeps the common case at two VBoxManage calls.
+    An auto forward binds nothing on a stopped VM, so its port looks free: it is looked for,
+    under the lock the watcher's follower takes (it cannot add it back in between).
     """
+    from . import autoports
+
     fw.check_exposure(rule, force=force)
     provider = provider_for(machine)
+    follows = _follows_containers(machine)
+    with autoports.locked(machine.name) if follows else contextlib.nullcontext():
+        added = _add_forward(machine, provider, rule, follows, auto_correct, log)
+    if added is not None:
+        log(f"forwarding {added.host_ip}:{added.host_port} -> guest {added.guest_port}/{added.proto}")
+        _poke_watcher(machine)
+    return added or rule
+
+
+def _add_forward(machine: Machine, provider: Provider, rule: Forward, follows: bool, auto_correct: bool,
+                 log: Log) -> Optional[Forward]:
+    """The rule added (maybe moved by ``auto_correct``), or None when it was in place."""
     try:
         _check_other_vms(machine.name, [rule])
-        if not fw.host_port_free(rule.host_port, rule.host_ip, rule.proto):
+        busy = not fw.host_port_free(rule.host_port, rule.host_ip, rule.proto)
+        if busy or follows:
             current = provider.forwards()
             if rule in current:
                 log(f"forward {rule.host_ip}:{rule.host_port} -> {rule.guest_port}/{rule.proto} already in place")
-                return rule
+                return None
             held = fw.holder(rule, current)
             if held and fw.is_auto(held):  # a container's auto forward: the user's own forward wins
                 provider.remove_forward(held.name)
@@ -804,7 +829,8 @@ def forward(machine: Machine, rule: Forward, auto_correct: bool = False, force: 
                 current, held = [r for r in current if r != held], None
             if held:  # this VM's own rule (maybe its SSH route): a clash, never a replace
                 fw.refuse_clash(rule, held, machine.name)
-            fw.require_free(rule, neighbours=lambda: [(f"VM {machine.name!r}", current)])
+            if busy:
+                fw.require_free(rule, neighbours=lambda: [(f"VM {machine.name!r}", current)])
         provider.add_forward(rule)
     except PortInUse as exc:
         if not auto_correct:  # only vm.forward has the flag, so only its hint names it
@@ -814,8 +840,6 @@ def forward(machine: Machine, rule: Forward, auto_correct: bool = False, force: 
         log(f"Fixed port collision for {rule.guest_port} => {rule.host_port}. Now on port {port}.")
         rule = Forward(host_port=port, guest_port=rule.guest_port, proto=rule.proto, host_ip=rule.host_ip)
         provider.add_forward(rule)
-    log(f"forwarding {rule.host_ip}:{rule.host_port} -> guest {rule.guest_port}/{rule.proto}")
-    _poke_watcher(machine)
     return rule
 
 
@@ -828,19 +852,31 @@ def _poke_watcher(machine: Machine) -> None:
 
 def unforward(machine: Machine, name: str, force: bool = False, log: Log = _quiet) -> str:
     """``vm.unforward 8000``: remove the rule (named by ``unforward_name``); the SSH route only
-    with ``force``, since without it b2dkit can no longer reach, set up or flush the guest."""
+    with ``force``, since without it b2dkit can no longer reach, set up or flush the guest.
+
+    When that host port's rule is a container's auto forward (``auto-tcp-8000``), it is
+    dismissed (``autoports.dismiss``): removed, and not forwarded again for that container."""
+    from . import autoports
+
     provider = provider_for(machine)
+    current = provider.forwards()
     if not force:
-        ssh = fw.ssh_forward(provider.forwards())
+        ssh = fw.ssh_forward(current)
         if ssh is not None and ssh.name == name:
             raise InputError(
                 f"refusing to remove {name}: it is the SSH route of VM {machine.name!r} (without it b2dkit "
                 "could no longer reach, mount or cleanly stop the guest)",
                 hint="pass --force to remove it anyway; `b2dkit vm.create` adds it back",
             )
-    provider.remove_forward(name)
+    auto = next((r for r in current if r.name == fw.AUTO_PREFIX + name), None)
+    if auto is not None and not any(r.name == name for r in current):
+        line = autoports.dismiss(machine.name, provider, auto)
+        name = auto.name
+    else:
+        provider.remove_forward(name)
+        line = f"removed forward {name}"
     _poke_watcher(machine)
-    log(f"removed forward {name}")
+    log(line)
     return name
 
 

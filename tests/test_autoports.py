@@ -150,6 +150,35 @@ def test_udp_and_tcp_of_one_port_are_two_forwards():
     assert sorted(o.rule.name for o in changes.add) == ["auto-tcp-3000", "auto-udp-3000"]
 
 
+def test_a_dismissed_port_is_refused_while_its_container_publishes_it_and_forgotten_after():
+    dismissed = {"auto-tcp-8085": {"container": "web", "id": "0123456789ab"}}
+    left = autoports.rule_for(web())  # the auto forward, if it is still there, goes too
+    changes = decide([web()], [SSH, left], ALLOW, never_asked, dismissed)
+    (refused,) = changes.refused
+    assert not changes.add and changes.remove == [left] and changes.dismissed == dismissed
+    assert refused.reason == autoports.DISMISSED and refused.container == "web"
+    assert "dismissed with `b2dkit vm.unforward 8085`" in refused.detail
+    assert "`b2dkit vm.forward 8085` brings it back" in refused.detail
+    assert "`b2dkit vm.forward 5353/udp`" in autoports.dismissed_detail(5353, "udp")
+    # The container is gone: the dismissal ends with it (the record's next value drops it).
+    assert decide([], [SSH], ALLOW, never_asked, dismissed).dismissed == {}
+    # Another container publishing the same port is not the one dismissed: a fresh forward.
+    other = Published(8085, "tcp", "web2", "fedcba987654")
+    changes = decide([other], [SSH], ALLOW, free, dismissed)
+    assert [o.container for o in changes.add] == ["web2"] and not changes.refused and changes.dismissed == {}
+
+
+def test_a_dismissal_of_unknown_owner_binds_to_the_publisher_and_outlives_an_own_forward():
+    unknown = {"auto-tcp-8085": {"container": None, "id": None}}  # vm.unforward found no owner in the record
+    changes = decide([web()], [SSH], ALLOW, never_asked, unknown)
+    assert changes.refused[0].reason == autoports.DISMISSED
+    assert changes.dismissed == {"auto-tcp-8085": {"container": "web", "id": "0123456789ab"}}
+    # `vm.forward 8085` (the way back) wins as the VM's own forward; the dismissal stays meanwhile.
+    own = Forward(host_port=8085, guest_port=8085)
+    changes = decide([web()], [SSH, own], ALLOW, never_asked, changes.dismissed)
+    assert changes.refused[0].reason == autoports.FORWARDED and "auto-tcp-8085" in changes.dismissed
+
+
 def test_the_real_host_check_names_the_listening_process(tmp_path):
     import os
     import shutil
@@ -315,13 +344,15 @@ def test_the_follower_follows_events_and_converges_after_the_daemon_comes_back(t
         assert autoports.state("vm1")["daemon"] == "followed"
         daemon.containers = []
         daemon.event("web", "die")
-        _until(lambda: not [r for r in vm.forwards() if r.name.startswith("auto-")])
+        _until(lambda: autoports.owners("vm1") == {})  # the record is written last: removed and logged by then
+        assert not [r for r in vm.forwards() if r.name.startswith("auto-")]
         assert f"auto ports: removed 127.0.0.1:{a} → {a}/tcp (container web stopped)" in log
         daemon.down()  # the daemon (or the VM) goes away; a container starts meanwhile
         _until(lambda: "unreachable" in autoports.state("vm1").get("daemon", ""))
         daemon.containers = [_container("api", b, "fedcba9876543210")]
         daemon.up()
-        _until(lambda: autoports.auto_name("tcp", b) in {r.name for r in vm.forwards()})  # no event: the re-list
+        _until(lambda: autoports.auto_name("tcp", b) in autoports.owners("vm1"))  # no event: the re-list
+        assert autoports.auto_name("tcp", b) in {r.name for r in vm.forwards()}
         assert daemon.streams == 2 and autoports.state("vm1")["daemon"] == "followed"
     finally:
         follower.stop()
@@ -330,36 +361,165 @@ def test_the_follower_follows_events_and_converges_after_the_daemon_comes_back(t
     assert not follower.thread.is_alive()
 
 
+def test_a_dismissed_port_stays_off_until_its_container_is_gone_then_a_new_one_gets_it(tmp_path, monkeypatch):
+    from b2dkit import paths
+    from b2dkit.forwards import pick_free_port
+
+    monkeypatch.setenv("B2DKIT_HOME", str(tmp_path))
+    paths.ensure_dir(paths.vm_dir("vm1"))
+    daemon = _Daemon("vm1")
+    a = pick_free_port(start=8100, end=8999)
+    b = pick_free_port(start=a + 1, end=8999)
+    rule_a, rule_b = (autoports.auto_name("tcp", port) for port in (a, b))
+    vm = _Hypervisor([SSH, Forward(host_port=daemon.port, guest_port=2376)])
+    log = []
+    daemon.containers = [_container("web", a)]
+    follower = autoports.Follower("vm1", vm, parse_allow(["8000-8999"]), log.append).start()
+    names = lambda: {r.name for r in vm.forwards()}  # noqa: E731
+    try:
+        _until(lambda: rule_a in autoports.owners("vm1"))  # the record is written after the forward
+        line = autoports.dismiss("vm1", vm, autoports.rule_for(web(a)))  # what vm.unforward A does
+        assert rule_a not in names() and f"removed auto forward 127.0.0.1:{a} → {a}/tcp of container web" in line
+        assert autoports.state("vm1")["dismissed"] == {rule_a: {"container": "web", "id": "0123456789ab"}}
+        # The next event re-lists: web still publishes A (not re-added), and api's B is forwarded.
+        daemon.containers = [_container("web", a), _container("api", b, "fedcba9876543210")]
+        daemon.event("api", "start")
+        _until(lambda: rule_b in autoports.owners("vm1"))
+        assert rule_b in names() and rule_a not in names()
+        (refused,) = autoports.state("vm1")["refused"]
+        assert (refused["port"], refused["reason"], refused["container"]) == (a, autoports.DISMISSED, "web")
+        assert f"`b2dkit vm.forward {a}` brings it back" in refused["detail"]
+        # web stops: its dismissal ends with it.
+        daemon.containers = [_container("api", b, "fedcba9876543210")]
+        daemon.event("web", "die")
+        _until(lambda: not autoports.state("vm1").get("dismissed"), "the dismissal to end")
+        assert rule_a not in names() and not autoports.state("vm1")["refused"]
+        # A new container publishing A: a fresh auto forward, owned by it.
+        daemon.containers.append(_container("web2", a, "aaaabbbbccccdddd"))
+        daemon.event("web2", "start")
+        _until(lambda: rule_a in autoports.owners("vm1"))
+        assert rule_a in names() and autoports.owners("vm1")[rule_a] == {"container": "web2", "id": "aaaabbbbcccc"}
+    finally:
+        follower.stop()
+        daemon.down()
+
+
+@pytest.mark.parametrize("vbox_version", ["6.1.50", "7.1.4"], indirect=True)  # the old NAT engine, libslirp
+def test_the_follower_changes_a_running_virtualbox_vm_live(tmp_path, monkeypatch, vbox_version):
+    """The real VirtualBoxProvider on a running (fake) VM: adds and removes are ``controlvm natpf1``."""
+    import fakevbox
+
+    from b2dkit.forwards import pick_free_port
+    from b2dkit.hypervisors.base import MachineSpec
+    from b2dkit.hypervisors.virtualbox.provider import VirtualBoxProvider
+
+    fake = fakevbox.install(tmp_path / "fakevbox", monkeypatch)
+    iso = tmp_path / "b2d.iso"
+    iso.write_bytes(b"not really an iso")
+    ssh, docker = pick_free_port(start=2200, end=2250), pick_free_port(start=2376, end=2426)
+    vb = VirtualBoxProvider("dev")
+    vb.create(MachineSpec("dev", 512, 1, 4, iso, [Forward(ssh, 22), Forward(docker, 2376)], "ssh-ed25519 AAAA t"))
+    vb.start()
+    # The guest's dockerd behind the Docker forward: the fake's NAT keeps no port bound (real
+    # VirtualBox's would hold it and carry the connection in), so the stand-in listens there itself.
+    daemon = _Daemon("dev", port=docker)
+    a = pick_free_port(start=8100, end=8999)
+    rule = autoports.rule_for(web(a))
+    daemon.containers = [_container("web", a)]
+    changed, log = [], []
+    follower = autoports.Follower("dev", vb, parse_allow(["8000-8999"]), log.append, lambda: changed.append(1))
+    mark = len(fake.calls())
+    follower.start()
+    try:
+        _until(lambda: rule.name in autoports.owners("dev"))  # the record is written after the forward
+        assert rule in vb.forwards()
+        natpf = [c for c in fake.calls()[mark:] if c[:3] == ["controlvm", "dev", "natpf1"]]
+        assert natpf == [["controlvm", "dev", "natpf1", f"auto-tcp-{a},tcp,127.0.0.1,{a},,{a}"]]
+        assert not [c for c in fake.calls()[mark:] if c[0] == "modifyvm"]  # never on a running VM
+        daemon.containers = []
+        daemon.event("web", "die")
+        _until(lambda: autoports.owners("dev") == {})
+        assert rule not in vb.forwards()
+        assert ["controlvm", "dev", "natpf1", "delete", f"auto-tcp-{a}"] in fake.calls()[mark:]
+        assert f"auto ports: removed 127.0.0.1:{a} → {a}/tcp (container web stopped)" in log
+        assert fake.machine("dev")["state"] == "running"
+    finally:
+        follower.stop()
+        daemon.down()
+
+
+def test_the_record_is_one_read_modify_write_at_a_time(tmp_path, monkeypatch):
+    """The follower (a thread of the watcher) and vm.unforward (another process) both update it:
+    an update that started waits for the one in progress, so neither loses the other's change."""
+    import threading
+
+    from b2dkit import paths
+
+    monkeypatch.setenv("B2DKIT_HOME", str(tmp_path))
+    paths.ensure_dir(paths.vm_dir("vm1"))
+    inside, release, done = threading.Event(), threading.Event(), []
+
+    def slow_writer():
+        with autoports.updating("vm1") as data:
+            inside.set()
+            release.wait(10)
+            data["owners"] = {"auto-tcp-8085": {"container": "web", "id": "0123456789ab"}}
+
+    def second_writer():
+        with autoports.updating("vm1") as data:
+            data["dismissed"] = {"auto-tcp-3000": {"container": "api", "id": "ba9876543210"}}
+        done.append(1)
+
+    first = threading.Thread(target=slow_writer)
+    first.start()
+    inside.wait(10)
+    second = threading.Thread(target=second_writer)
+    second.start()
+    second.join(0.3)
+    assert not done  # it waits for the lock, rather than reading the record the first is rewriting
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert set(autoports.state("vm1")) == {"owners", "dismissed"}
+
+
 # -- the hooks: vm.forwards / vm.status, vm.create keeps them, vm.stop and vm.forward remove them ----
 
 
-@pytest.fixture
-def qemu_vm(tmp_path, monkeypatch, capsys, boot2docker_iso):
-    """A QEMU VM with ``ports: auto``, not started, holding one auto forward as the watcher leaves it."""
+@pytest.fixture(params=["qemu", "virtualbox-6.1.50", "virtualbox-7.1.4"])
+def auto_vm(request, tmp_path, monkeypatch, capsys, boot2docker_iso):
+    """A VM with ``ports: auto``, not started, holding one auto forward as the watcher leaves it:
+    on QEMU, and on VirtualBox (the fake) with the old NAT engine and with libslirp."""
     import shutil
 
     from b2dkit import lifecycle, machines
     from cli import run
+    from fakevbox import install
 
+    provider, _, version = request.param.partition("-")
+    fake = None
+    if version:
+        monkeypatch.setenv("FAKEVBOX_VERSION", version)
+        fake = install(tmp_path / "fakevbox", monkeypatch)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     iso = tmp_path / "b2d.iso"
     shutil.copyfile(boot2docker_iso, iso)
     prof = tmp_path / "auto.yaml"
-    prof.write_text("extends: default\nprovider: qemu\ndisk: 1024\nports: {auto: {allow: [8000-8999]}}\n"
+    prof.write_text(f"extends: default\nprovider: {provider}\ndisk: 1024\nports: {{auto: {{allow: [8000-8999]}}}}\n"
                     "forwards:\n  - {host: 2022, remove: true}\n  - {host: 2122, guest: 22}\n")
     run("vm.create", f"--profile={prof}", "--name=qa", f"--iso={iso}", "--no-start")
     machine = machines.load("qa")
-    assert machine.auto_ports == ["8000-8999"]
+    assert machine.auto_ports == ["8000-8999"] and machine.provider == provider
     rule = autoports.rule_for(web())
     lifecycle.provider_for(machine).add_forward(rule)
     autoports._save("qa", {"owners": {rule.name: {"container": "web", "id": "0123456789ab"}}, "daemon": "followed",
                            "refused": [autoports.Refused(9090, "tcp", "api", "ba9876543210", autoports.NOT_ALLOWED,
                                                          "not on the profile's allow-list (8000-8999)").to_dict()]})
     capsys.readouterr()
-    return {"machine": machine, "profile": prof, "iso": iso, "rule": rule}
+    return {"machine": machine, "profile": prof, "iso": iso, "rule": rule, "fake": fake}
 
 
-def test_vm_forwards_and_status_name_the_container_in_their_schemas(qemu_vm, capsys):
+def test_vm_forwards_and_status_name_the_container_in_their_schemas(auto_vm, capsys):
     import json
 
     from cli import task
@@ -384,48 +544,101 @@ def test_vm_forwards_and_status_name_the_container_in_their_schemas(qemu_vm, cap
     assert "127.0.0.1:8085 -> 8085/tcp  (auto-tcp-8085; auto: container web)" in out.out
 
 
-def test_a_second_vm_create_keeps_the_auto_forward(qemu_vm, capsys):
+def test_a_second_vm_create_keeps_the_auto_forward(auto_vm, capsys):
     from b2dkit import lifecycle
     from cli import run
 
-    run("vm.create", f"--profile={qemu_vm['profile']}", "--name=qa", f"--iso={qemu_vm['iso']}", "--no-start")
-    assert qemu_vm["rule"] in lifecycle.provider_for(qemu_vm["machine"]).forwards()
+    run("vm.create", f"--profile={auto_vm['profile']}", "--name=qa", f"--iso={auto_vm['iso']}", "--no-start")
+    assert auto_vm["rule"] in lifecycle.provider_for(auto_vm["machine"]).forwards()
 
 
-def test_a_profile_forward_on_the_port_replaces_the_auto_forward(qemu_vm, capsys):
+def test_a_profile_forward_on_the_port_replaces_the_auto_forward(auto_vm, capsys):
     from b2dkit import lifecycle
 
-    with open(qemu_vm["profile"], "a") as f:
+    with open(auto_vm["profile"], "a") as f:
         f.write("  - {host: 8085, guest: 80}\n")
     from cli import run
 
-    run("vm.create", f"--profile={qemu_vm['profile']}", "--name=qa", f"--iso={qemu_vm['iso']}", "--no-start")
-    rules = lifecycle.provider_for(qemu_vm["machine"]).forwards()
-    assert Forward(host_port=8085, guest_port=80) in rules and qemu_vm["rule"] not in rules
+    run("vm.create", f"--profile={auto_vm['profile']}", "--name=qa", f"--iso={auto_vm['iso']}", "--no-start")
+    rules = lifecycle.provider_for(auto_vm["machine"]).forwards()
+    assert Forward(host_port=8085, guest_port=80) in rules and auto_vm["rule"] not in rules
 
 
-def test_vm_forward_on_that_port_replaces_the_auto_forward(qemu_vm, capsys):
+def test_vm_forward_on_that_port_replaces_the_auto_forward(auto_vm, capsys):
     import socket
 
     from b2dkit import lifecycle
     from cli import task
 
-    with socket.socket() as s:  # held as QEMU holds it when running (a stopped VM's rule binds nothing)
+    with socket.socket() as s:  # held as the NAT holds it while the VM runs (a stopped VM's rule binds nothing)
         s.bind(("127.0.0.1", 8085))
         s.listen()
         code, out = task(capsys, "vm.forward", "8085:80", "--name=qa")
     assert "replacing the auto forward 127.0.0.1:8085 → 8085/tcp (a forward of your own wins)" in out.out
     assert code == 3 and "127.0.0.1:8085/tcp is already in use by python" in out.err  # then the host's check
-    assert qemu_vm["rule"] not in lifecycle.provider_for(qemu_vm["machine"]).forwards()
+    assert auto_vm["rule"] not in lifecycle.provider_for(auto_vm["machine"]).forwards()
 
 
-def test_vm_stop_removes_the_auto_forwards_and_their_record(qemu_vm, capsys):
+def test_vm_forward_replaces_the_auto_forward_of_a_stopped_vm_whose_port_is_free(auto_vm, capsys):
+    from b2dkit import lifecycle
+    from cli import task
+
+    code, out = task(capsys, "vm.forward", "8085:80", "--name=qa")
+    assert code == 0, out.err
+    assert out.out == ("replacing the auto forward 127.0.0.1:8085 → 8085/tcp (a forward of your own wins)\n"
+                       "forwarding 127.0.0.1:8085 -> guest 80/tcp\n")
+    rules = lifecycle.provider_for(auto_vm["machine"]).forwards()
+    assert Forward(host_port=8085, guest_port=80) in rules and auto_vm["rule"] not in rules
+
+
+def test_vm_unforward_of_an_auto_forward_dismisses_it_for_that_container(auto_vm, capsys):
+    import json
+
+    from b2dkit import lifecycle, paths
+    from cli import task
+    from jsonschemas import validate
+
+    provider = lifecycle.provider_for(auto_vm["machine"])
+    code, out = task(capsys, "vm.unforward", "8085", "--name=qa")
+    assert code == 0, out.err
+    assert out.out == ("removed auto forward 127.0.0.1:8085 → 8085/tcp of container web; not forwarded again while "
+                       "that container publishes it (`b2dkit vm.forward 8085` brings it back)\n")
+    assert auto_vm["rule"] not in provider.forwards()
+    record = autoports.state("qa")
+    assert record["dismissed"] == {"auto-tcp-8085": {"container": "web", "id": "0123456789ab"}}
+    assert record["owners"] == {} and record["daemon"] == "followed"  # the rest of the record is kept
+    # vm.forwards shows it among the refused ports at once, before the watcher looks again.
+    code, out = task(capsys, "vm.forwards", "--name=qa", "--json")
+    doc = json.loads(out.out)
+    validate("vm.forwards", doc)
+    refused = {row["port"]: row for row in doc["auto_ports"]["refused"]}
+    assert refused[8085]["reason"] == "dismissed" and refused[8085]["container"] == "web"
+    assert refused[9090]["reason"] == "not allowed"
+    assert not [r for r in doc["forwards"] if "auto" in r]
+    code, out = task(capsys, "vm.forwards", "--name=qa")
+    assert ("8085/tcp of container web not forwarded: dismissed with `b2dkit vm.unforward 8085`: not forwarded "
+            "again while this container publishes it; `b2dkit vm.forward 8085` brings it back") in out.out
+    code, out = task(capsys, "vm.status", "--name=qa", "--json")
+    validate("vm.status", json.loads(out.out))
+    # Neither an auto nor a plain rule there now: the provider's one line, as for any unknown port.
+    code, out = task(capsys, "vm.unforward", "8085", "--name=qa")
+    assert code == 2 and "has no forward named 'tcp-8085'" in out.err and out.err.count("\n") == 1
+    # A plain rule is removed as before (nothing recorded), and vm.stop ends the dismissal with the record.
+    assert task(capsys, "vm.forward", "8090", "--name=qa")[0] == 0
+    code, out = task(capsys, "vm.unforward", "8090", "--name=qa")
+    assert (code, out.out) == (0, "removed forward tcp-8090\n")
+    assert autoports.state("qa")["dismissed"] == record["dismissed"]
+    assert task(capsys, "vm.stop", "--name=qa")[0] == 0
+    assert not (paths.vm_dir("qa") / autoports.STATE).exists()
+
+
+def test_vm_stop_removes_the_auto_forwards_and_their_record(auto_vm, capsys):
     from b2dkit import lifecycle, paths
     from cli import task
 
     code, out = task(capsys, "vm.stop", "--name=qa")
     assert code == 0, out.err
     assert "removed auto forward 127.0.0.1:8085 → 8085/tcp (container web)" in out.out
-    rules = lifecycle.provider_for(qemu_vm["machine"]).forwards()
+    rules = lifecycle.provider_for(auto_vm["machine"]).forwards()
     assert not [r for r in rules if r.name.startswith("auto-")] and any(r.guest_port == 22 for r in rules)
     assert not (paths.vm_dir("qa") / autoports.STATE).exists()

@@ -103,3 +103,10 @@ def test_the_schemas_are_not_vacuous():
                 {**good, "forwards": [{**good["forwards"][0], "host_port": "2022"}]},
                 {**good, "forwards": [{**good["forwards"][0], "proto": "sctp"}]}):
         assert list(validator("vm.forwards").iter_errors(bad)), bad
+
+
+def test_the_schema_names_every_reason_an_auto_port_is_refused_for():
+    from b2dkit import autoports
+
+    refused = jsonout.load_schema("common")["$defs"]["auto_ports"]["properties"]["refused"]["items"]
+    assert refused["properties"]["reason"]["enum"] == list(autoports.REASONS)  # "dismissed": vm.unforward

@@ -260,6 +260,35 @@ def test_modifyvm_never_called_on_a_running_vm(vb, fake, spec):
     assert ["controlvm", "dev", "natpf1", "delete", web.name] in running_calls
 
 
+def test_a_wanted_rule_on_an_auto_forwards_port_replaces_it_off_and_live(vb, fake, spec):
+    """A profile forward wins over a container's auto forward (forwards.with_ssh drops the auto
+    one); VirtualBox keeps rules the profile does not name, so the provider deletes it itself."""
+    from b2dkit.forwards import auto_name
+
+    vb.create(spec)
+    port = free_port()
+    auto = Forward(port, port, name=auto_name("tcp", port))
+    vb.add_forward(auto)
+    mine = parse_spec(f"{port}:80")
+    wanted = dataclasses.replace(spec, forwards=spec.forwards + [mine])
+    mark = len(fake.calls())
+    report = vb.create(wanted)
+    assert report.changes == [f"forward auto-tcp-{port}: 127.0.0.1:{port} → {port}/tcp removed",
+                              f"forward tcp-{port}: 127.0.0.1:{port} → 80/tcp added"]
+    assert [c[0] for c in calls_since(fake, mark)] == ["showvminfo", "modifyvm"]  # one modifyvm, as ever
+    assert mine in vb.forwards() and auto not in vb.forwards()
+    vb.start()
+    port = free_port()
+    auto = Forward(port, port, name=auto_name("tcp", port))
+    vb.add_forward(auto)
+    mine = parse_spec(f"{port}:81")
+    mark = len(fake.calls())
+    vb.create(dataclasses.replace(wanted, forwards=wanted.forwards + [mine]))
+    assert [c for c in calls_since(fake, mark) if c[0] == "controlvm"] == [
+        ["controlvm", "dev", "natpf1", "delete", auto.name], ["controlvm", "dev", "natpf1", natpf_rule(mine)]]
+    assert mine in vb.forwards() and auto not in vb.forwards()
+
+
 def test_forward_budget_when_stopped(vb, fake, spec):
     vb.create(spec)
     mark = len(fake.calls())

@@ -132,7 +132,7 @@ def forward(c: Context, spec: str, name: Optional[str] = None, host_ip: str = "1
             "force": "also remove the VM's SSH route (b2dkit then cannot reach the guest)"},
       auto_shortflags=False)
 def unforward(c: Context, spec: str, name: Optional[str] = None, force: bool = False) -> None:
-    """Remove a port forward, live if the VM is running."""
+    """Remove a port forward, live if the VM is running (an auto forward stays off for its container)."""
     lifecycle.unforward(_machine(name), lifecycle.unforward_name(spec), force=force, log=say)
 
 

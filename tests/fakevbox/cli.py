@@ -1461,6 +1461,9 @@ def cmd_controlvm(state, args):
         add_rule(nic, name, rule, src)
         # live: the running VM's NAT engine tries to bind now. Either engine only logs a failure
         # and VBoxManage exits 0 (libslirp: NATEngine::addRedirect ignores the result, vv#5).
+        # Real VirtualBox's NAT then keeps the host port bound while the rule exists (so a
+        # running VM's rules make their ports busy); the fake, a process per call, closes it
+        # again at once: a test that needs a running VM's port held binds it itself.
         log = Path(m["cfg_file"]).parent / "Logs" / "VBox.log"
         with open(log, "a") as fh:
             fh.write(redirect_line(rule)[0])

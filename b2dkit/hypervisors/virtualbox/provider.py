@@ -354,7 +354,8 @@ class VirtualBoxProvider(Provider):
         return None if self.vbox.version() < (7, 0, 0) else False
 
     def _rules_plan(self, info: Optional[VMInfo], rules: List[Forward]) -> Tuple[List[str], List[Change]]:
-        """modifyvm arguments that make NIC 1's rules include ``rules`` (others are kept)."""
+        """modifyvm arguments that make NIC 1's rules include ``rules`` (others are kept, except a
+        container's auto forward on a port ``rules`` want: ``fw.with_ssh`` gave it to them)."""
         current = {} if info is None else {f.name: f for f in info.nat_forwards()}
         args: List[str] = []
         changes: List[Change] = []
@@ -363,6 +364,11 @@ class VirtualBoxProvider(Provider):
             if have == fwd:
                 continue
             clash = fw.clash(fwd, current.values())
+            if clash and fw.is_auto(clash):
+                args += ["--natpf1", "delete", clash.name]
+                changes.append(Change(f"forward {clash.name}: {fw.describe(clash)} removed", "forward"))
+                del current[clash.name]
+                clash = fw.clash(fwd, current.values())
             if clash:
                 fw.refuse_clash(fwd, clash, self.vm)
             if have is not None:
@@ -379,6 +385,10 @@ class VirtualBoxProvider(Provider):
             have = current.get(fwd.name)
             if have == fwd:
                 continue
+            auto = fw.clash(fwd, current.values())
+            if auto is not None and fw.is_auto(auto):  # as _rules_plan decided: the VM's own rule wins
+                self.vbox.run(natpf_delete_argv(self.vm, auto.name, running=True))
+                del current[auto.name]
             if have is None or not fw.same_socket(fwd, have):
                 self._require_free(fwd)
             self._add_live(info, fwd, replace=have is not None)
