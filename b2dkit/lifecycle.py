@@ -955,15 +955,27 @@ def mount_changes(mounts: List[Any], facts: MountFacts, remount: bool = False) -
             continue
         source = sshfs.source_of(facts.host, m.guest, GUEST_USER)
         if ours and current is not None and here is not None and current.alive and not remount \
-                and facts.port in (None, here.port) and here.source == source:
-            out.kept.append(f"{m.guest} already mounted on {local}")
+                and facts.port in (None, here.port) and here.source == source and here.cache == m.cache:
+            out.kept.append(f"{m.guest} already mounted on {local}" + _cache_note(m.cache))
+        elif ours and here is not None and here.cache != m.cache:  # sshfs takes its caching at mount only
+            mode = f" (cache {here.cache} → {m.cache})"
+            out.changes.append(Change(f"remount {m.guest} on {local}{mode}", "remount", m,
+                                      past=f"remounted {m.guest} on {local}{mode}"))
         elif ours:
             out.changes.append(Change(f"remount {m.guest} on {local}", "remount", m,
                                       past=f"remounted {m.guest} on {local}"))
         else:
-            out.changes.append(Change(f"mount {m.guest} on {local} with sshfs", "mount", m,
-                                      past=f"mounted {m.guest} on {local}"))
+            note = _cache_note(m.cache)
+            out.changes.append(Change(f"mount {m.guest} on {local} with sshfs{note}", "mount", m,
+                                      past=f"mounted {m.guest} on {local}{note}"))
     return out
+
+
+def _cache_note(cache: str) -> str:
+    """Said only of a relaxed mount: the default needs no words."""
+    from . import sshfs
+
+    return "" if cache == "fresh" else f" (cache {cache}: changes in the VM seen within {sshfs.RELAXED_BOUND} s)"
 
 
 def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False,
@@ -1015,8 +1027,8 @@ def apply_mounts(machine: Machine, facts: MountFacts, decided: Decision) -> Outc
                     machines.forget_mount(machine.name, local)
                 source = sshfs.source_of(facts.host, m.guest, GUEST_USER)
                 sshfs.mount(facts.host, facts.port, key_path(machine.name), known_hosts_path(machine.name),
-                            m.guest, local, user=GUEST_USER)
-                machines.record_mount(machines.MadeMount(machine.name, source, facts.port, local, m.guest))
+                            m.guest, local, user=GUEST_USER, cache=m.cache)
+                machines.record_mount(machines.MadeMount(machine.name, source, facts.port, local, m.guest, m.cache))
             out.done.append(change.done)
         except B2dkitError as exc:
             out.warnings.append(f"{change.value.guest} not mounted on {mount_dir(change.value.host)}: {exc}")

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import atomic, paths, records
 from .errors import DamagedRecord, InputError, VMNotFound
-from .profile import Mount
+from .profile import MOUNT_CACHES, Mount
 
 RECORD = "b2dkit.json"
 MOUNTS = "mounts.json"  # the sshfs mounts b2dkit made for this VM (see MadeMount)
@@ -44,6 +44,9 @@ class MadeMount:
     port: int  # the host port of the VM's SSH forward it went through
     local_dir: str  # absolute, symlinks resolved, as the mount table shows it
     guest: str
+    # The profile's cache mode it was mounted with (records from before the key: fresh, the only
+    # mode then); the mount table cannot tell, so a changed mode is seen here and remounted.
+    cache: str = "fresh"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,9 +141,11 @@ def load(name: str) -> Machine:
             raise records.damaged(path, f"{key!r} must be a list of text", repair)
     mounts = []
     for m in data["mounts"]:
-        if not (isinstance(m, dict) and set(m) == {"guest", "host"} and all(isinstance(v, str) for v in m.values())):
-            raise records.damaged(path, "each of 'mounts' must be {guest: text, host: text}", repair)
-        mounts.append(Mount(guest=m["guest"], host=Path(m["host"])))
+        if not (isinstance(m, dict) and {"guest", "host"} <= set(m) <= {"guest", "host", "cache"}
+                and all(isinstance(v, str) for v in m.values()) and m.get("cache", "fresh") in MOUNT_CACHES):
+            raise records.damaged(path, "each of 'mounts' must be {guest: text, host: text, cache: fresh|relaxed "
+                                  "(optional)}", repair)
+        mounts.append(Mount(guest=m["guest"], host=Path(m["host"]), cache=m.get("cache", "fresh")))
     return Machine(**dict(data, mounts=mounts))
 
 

@@ -75,7 +75,10 @@ ISO_KEYS = ("urls", "sha256", "path", "build")
 # (fastest boot, for tests) or with Docker Engine from Debian packages.
 ISO_BUILDS = ("guest", "guest-docker")
 FORWARD_KEYS = ("host", "guest", "proto", "host_ip", "force", "remove")
-MOUNT_KEYS = ("guest", "host", "remove")
+MOUNT_KEYS = ("guest", "host", "cache", "remove")
+# How long a mount may show the guest's old state (sshfs.py has the options and the bounds):
+# fresh, the default: within 1 s; relaxed: up to 20 s, for faster warm stat walks (opt-in).
+MOUNT_CACHES = ("fresh", "relaxed")
 PERSISTENT_KEYS = ("path", "remove")
 PORTS_MODES = ("auto", "manual")  # ports: auto | manual | {auto: true | false | {allow: [...]}}
 _REMOVE = object()  # marks "drop the inherited item" inside a layer
@@ -128,9 +131,13 @@ class Mount:
 
     guest: str
     host: Path
+    cache: str = "fresh"  # one of MOUNT_CACHES
 
     def to_dict(self) -> dict:
-        return {"guest": self.guest, "host": str(self.host)}
+        data = {"guest": self.guest, "host": str(self.host)}
+        if self.cache != "fresh":  # the default stays out, so older readers still take the record
+            data["cache"] = self.cache
+        return data
 
 
 @dataclass
@@ -719,8 +726,9 @@ def _check_mounts(check: _Checker, where: str, value: object) -> Dict[str, objec
             raise check.error(f"{at}.guest", f"duplicate mount of guest dir {guest!r}")
         remove = check.flag(f"{at}.remove", data["remove"]) if "remove" in data else False
         if remove:
-            if "host" in data:
-                raise check.error(f"{at}.host", "a mount with remove: true takes only guest")
+            for extra in ("host", "cache"):
+                if extra in data:
+                    raise check.error(f"{at}.{extra}", "a mount with remove: true takes only guest")
             result[guest] = _REMOVE
             continue
         if "host" not in data:
@@ -729,8 +737,19 @@ def _check_mounts(check: _Checker, where: str, value: object) -> Dict[str, objec
         host = Path(host_text).expanduser()
         if not host.is_absolute():
             raise check.error(f"{at}.host", f"{host_text!r} is relative: use an absolute path or ~/...")
-        result[guest] = Mount(guest=guest, host=host)
+        cache = _check_cache(check, f"{at}.cache", data["cache"]) if "cache" in data else "fresh"
+        result[guest] = Mount(guest=guest, host=host, cache=cache)
     return result
+
+
+def _check_cache(check: _Checker, where: str, value: object) -> str:
+    text = check.text(where, value)
+    if text not in MOUNT_CACHES:
+        close = difflib.get_close_matches(text, MOUNT_CACHES, n=1)
+        tip = f" (did you mean {close[0]!r}?)" if close else ""
+        raise check.error(where, f"unknown cache mode {text!r}{tip}: use fresh (changes in the VM seen within 1 s, "
+                                 "the default) or relaxed (up to 20 s, faster repeated stat walks)")
+    return text
 
 
 def _inside(a: PurePath, b: PurePath) -> bool:

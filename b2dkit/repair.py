@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
 
-from . import atomic, guest, paths
+from . import atomic, guest, machines, paths
 from .boot2docker import DEFAULT_USER
 from .errors import B2dkitError
 from .machines import Machine
@@ -143,6 +143,7 @@ def _repair_mounts(machine: Machine, endpoint: Tuple[str, int], steps: List[Step
     from . import lifecycle, sshfs
 
     host, port = endpoint
+    made = {r.local_dir: r for r in machines.made_mounts(machine.name)}
     for m in machine.mounts:
         local = m.host.expanduser()
         current = sshfs.find_mount(local, check=False)
@@ -153,9 +154,11 @@ def _repair_mounts(machine: Machine, endpoint: Tuple[str, int], steps: List[Step
             continue
         t0 = time.monotonic()
         user = current.source.split("@", 1)[0] or DEFAULT_USER  # remount it as it was
+        record = made.get(str(current.local_dir))
+        cache = record.cache if record is not None else m.cache  # its record is kept, so keep its mode
         try:
             sshfs.remount(host, port, lifecycle.key_path(machine.name),
-                          lifecycle.known_hosts_path(machine.name), m.guest, local, user=user)
+                          lifecycle.known_hosts_path(machine.name), m.guest, local, user=user, cache=cache)
             steps.append(Step(f"remounted {local} ({detail})", time.monotonic() - t0))
         except B2dkitError as exc:
             steps.append(Step(f"could not remount {local}: {exc}", time.monotonic() - t0, ok=False))

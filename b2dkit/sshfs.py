@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import guest, install
 from .boot2docker import DEFAULT_USER
-from .errors import GuestError, MountError, ToolMissing
+from .errors import GuestError, InternalError, MountError, ToolMissing
 from .paths import StrPath
 
 PROBE_TIMEOUT = 2.0
@@ -96,6 +96,39 @@ def source_of(host: str, remote_dir: str, user: str = DEFAULT_USER) -> str:
     return f"{user}@{host}:{remote_dir}"
 
 
+# Names, attributes and listings of a ``cache: relaxed`` mount (the profile key): sshfs keeps
+# them RELAXED_SSHFS s (to the end of the second it fetched them in, + that many), the kernel
+# RELAXED_KERNEL s more on top of what sshfs hands it, so a change made in the guest shows on
+# the host within RELAXED_BOUND s (a listing, which the kernel does not keep, within RELAXED_SSHFS + 1).
+RELAXED_SSHFS = 9
+RELAXED_KERNEL = 10
+RELAXED_BOUND = RELAXED_SSHFS + 1 + RELAXED_KERNEL
+
+_CACHE_OPTIONS = {
+    # A change made in the guest shows on the host within a second (tests/test_sshfs.py).
+    # sshfs's cache (names, and attributes filled by each directory listing) stamps entries
+    # in whole seconds and keeps them while now <= stamp + timeout: 0 means "until the end
+    # of this second" (<= 1 s), its default 20 means up to 21 s. So the kernel must not keep
+    # attributes on top (attr_timeout=0: every stat, open and fstat asks sshfs, which answers
+    # from that cache, no round trip): 1 fails tests/sshfsrule.py's worst moment. The kernel keeps
+    # names for a second (entry_timeout=1): high-level FUSE is path-based, so a cached name
+    # still gets fresh attributes, contents and ENOENT from sshfs; it only spares the lookup
+    # of every path component on each stat (a stat walk: 4 requests to sshfs per file -> 1-2).
+    # Without sshfs's cache (dir_cache=no) every name costs a round trip: du and stat walks
+    # about 10x slower under TCG (benchmarks/day.py, docs/architecture.md).
+    "fresh": ["dcache_timeout=0", "entry_timeout=1", "attr_timeout=0"],
+    # Speed over freshness, asked for per mount: a warm walk within RELAXED_KERNEL s is answered
+    # by the kernel alone (names, attributes and "no such file" all kept), never by sshfs; an
+    # older one by sshfs's cache. The bound is RELAXED_BOUND s (see above; tests/test_sshfs.py).
+    # No kernel_cache/auto_cache: each open still drops the kernel's pages, so a reopened file
+    # reads the guest's bytes as they are now (up to the size the kernel knows, within the bound);
+    # SFTP mtimes have whole seconds, so auto_cache would keep stale pages of a same-size change
+    # made within one second for good, which no time bound covers.
+    "relaxed": [f"dcache_timeout={RELAXED_SSHFS}", f"entry_timeout={RELAXED_KERNEL}",
+                f"attr_timeout={RELAXED_KERNEL}", f"negative_timeout={RELAXED_KERNEL}"],
+}
+
+
 def sshfs_argv(
     host: str,
     port: int,
@@ -104,7 +137,11 @@ def sshfs_argv(
     remote_dir: str,
     local_dir: StrPath,
     user: str = DEFAULT_USER,
+    cache: str = "fresh",
 ) -> List[str]:
+    """The sshfs command line; ``cache`` is the profile's mode (profile.MOUNT_CACHES)."""
+    if cache not in _CACHE_OPTIONS:
+        raise InternalError(f"unknown sshfs cache mode {cache!r}")
     options = [
         f"IdentityFile={_opt(key_path)}",
         *guest.ssh_options(known_hosts_path, quote=_opt),
@@ -113,20 +150,7 @@ def sshfs_argv(
         "ServerAliveInterval=15",
         "ServerAliveCountMax=3",
         "idmap=user",  # files of the guest's docker user show up as the laptop user's
-        # A change made in the guest shows on the host within a second (tests/test_sshfs.py).
-        # sshfs's cache (names, and attributes filled by each directory listing) stamps entries
-        # in whole seconds and keeps them while now <= stamp + timeout: 0 means "until the end
-        # of this second" (<= 1 s), its default 20 means up to 21 s. So the kernel must not keep
-        # attributes on top (attr_timeout=0: every stat, open and fstat asks sshfs, which answers
-        # from that cache, no round trip): 1 fails tests/sshfsrule.py's worst moment. The kernel keeps
-        # names for a second (entry_timeout=1): high-level FUSE is path-based, so a cached name
-        # still gets fresh attributes, contents and ENOENT from sshfs; it only spares the lookup
-        # of every path component on each stat (a stat walk: 4 requests to sshfs per file -> 1-2).
-        # Without sshfs's cache (dir_cache=no) every name costs a round trip: du and stat walks
-        # about 10x slower under TCG (benchmarks/day.py, docs/architecture.md).
-        "dcache_timeout=0",
-        "entry_timeout=1",
-        "attr_timeout=0",
+        *_CACHE_OPTIONS[cache],
     ]
     return [
         "sshfs", source_of(host, remote_dir, user), str(local_dir),
@@ -218,8 +242,9 @@ def find_mount(local_dir: StrPath, check: bool = True) -> Optional[MountInfo]:
 
 
 def mount(host: str, port: int, key_path: StrPath, known_hosts_path: StrPath, remote_dir: str, local_dir: StrPath,
-          user: str = DEFAULT_USER) -> str:
-    """Mount guest ``remote_dir`` at host ``local_dir``; "mounted" or "already mounted".
+          user: str = DEFAULT_USER, cache: str = "fresh") -> str:
+    """Mount guest ``remote_dir`` at host ``local_dir``; "mounted" or "already mounted" (in
+    whatever cache mode: the mount table does not say; lifecycle.mount_changes knows from its record).
 
     The host dir is created if needed; a non-empty one is refused, because mounting over
     it would hide its files (and an editor saving there would write into the void).
@@ -249,7 +274,7 @@ def mount(host: str, port: int, key_path: StrPath, known_hosts_path: StrPath, re
                          "choose a host dir you can write to") from None
     if not guest.pinned_keys(known_hosts_path, host, port):
         _diagnose(host, port, key_path, known_hosts_path, user, source, local)  # pins on first contact
-    argv = sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, local, user)
+    argv = sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, local, user, cache)
     try:
         returncode, _, stderr = _run(argv, timeout=MOUNT_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -301,7 +326,7 @@ def _lazy_unmount_quietly(local: Path) -> None:
 
 
 def remount(host: str, port: int, key_path: StrPath, known_hosts_path: StrPath, remote_dir: str, local_dir: StrPath,
-            user: str = DEFAULT_USER) -> str:
+            user: str = DEFAULT_USER, cache: str = "fresh") -> str:
     """Make the mount work again after sleep or a VM reboot: "alive", "repaired" or "mounted"."""
     require_sshfs()
     local = Path(local_dir).expanduser()
@@ -318,6 +343,6 @@ def remount(host: str, port: int, key_path: StrPath, known_hosts_path: StrPath, 
         _run(_unmount_argv(local, lazy=True))
         if find_mount(local, check=False) is not None:
             raise MountError(f"cannot detach the stale mount at {local}; try `fusermount -uz {local}`")
-        mount(host, port, key_path, known_hosts_path, remote_dir, local, user)
+        mount(host, port, key_path, known_hosts_path, remote_dir, local, user, cache)
         return "repaired"
-    return mount(host, port, key_path, known_hosts_path, remote_dir, local, user)
+    return mount(host, port, key_path, known_hosts_path, remote_dir, local, user, cache)

@@ -155,6 +155,30 @@ def test_mount_changes_mounts_remounts_unmounts_and_never_adopts(tmp_path):
         f"unmount {gone} (no longer in the profile)", f"remount /mnt/sda1/dev on {dev}"]
 
 
+
+def test_a_changed_cache_mode_is_a_remount_a_dry_run_names(tmp_path):
+    from b2dkit import sshfs
+    from b2dkit.profile import Mount
+
+    dev = str(tmp_path / "dev")
+    src = "docker@127.0.0.1:/mnt/sda1/dev"
+    made = machines.MadeMount("a", src, 2022, dev, "/mnt/sda1/dev")  # mounted fresh (the default)
+    facts = lifecycle.MountFacts({dev: sshfs.MountInfo(src, tmp_path / "dev", "alive")}, {dev: made}, {},
+                                 "127.0.0.1", 2022)
+    relaxed = Mount(guest="/mnt/sda1/dev", host=tmp_path / "dev", cache="relaxed")
+    (change,) = lifecycle.mount_changes([relaxed], facts).changes
+    assert (change.kind, change.value) == ("remount", relaxed)
+    assert change.text == f"remount /mnt/sda1/dev on {dev} (cache fresh → relaxed)"
+    assert change.done == f"remounted /mnt/sda1/dev on {dev} (cache fresh → relaxed)"
+    as_made = dict(facts.mine, **{dev: machines.MadeMount("a", src, 2022, dev, "/mnt/sda1/dev", "relaxed")})
+    kept = lifecycle.mount_changes([relaxed], lifecycle.MountFacts(facts.live, as_made, {}, "127.0.0.1", 2022))
+    assert kept.changes == [] and kept.kept == [
+        f"/mnt/sda1/dev already mounted on {dev} (cache relaxed: changes in the VM seen within 20 s)"]
+    new = lifecycle.mount_changes([relaxed], lifecycle.MountFacts({}, {}, {}, "127.0.0.1", 2022))
+    assert [c.text for c in new.changes] == [
+        f"mount /mnt/sda1/dev on {dev} with sshfs (cache relaxed: changes in the VM seen within 20 s)"]
+
+
 # -- mounts: real sshfs against the test SSH server, two VMs sharing one host dir ---------------
 
 from sshserver import ssh_keys, ssh_user, sshd  # noqa: E402,F401,F811  # ruff: F811 below is the fixture use

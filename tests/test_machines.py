@@ -47,6 +47,7 @@ def _record_of_a_created_vm(capsys):
     (lambda d: dict(d, colour="blue"), "unknown key 'colour'"),
     (lambda d: dict(d, mounts="~/workspace"), "'mounts' is str"),
     (lambda d: dict(d, mounts=[{"guest": "/mnt/sda1/dev"}]), "'mounts'"),
+    (lambda d: dict(d, mounts=[{"guest": "/mnt/sda1/dev", "host": "/w", "cache": "lazy"}]), "fresh|relaxed"),
     (lambda d: dict(d, provider="vmware"), "unknown provider"),
     (lambda d: dict(d, name=7), "'name' is int"),
 ])
@@ -98,3 +99,21 @@ def test_a_record_with_docker_on_reads_back_and_an_older_one_without_it_still_lo
     del data["docker"], data["images"]  # written before b2dkit set Docker up
     path.write_text(_json.dumps(data))
     assert machines.load("dev").docker is None
+
+
+def test_a_mounts_cache_mode_is_recorded_and_records_without_one_are_fresh():
+    import json as _json
+    from pathlib import Path
+
+    from b2dkit import paths
+    from b2dkit.profile import Mount
+
+    relaxed = Mount("/mnt/sda1/dev", Path("/w/dev"), cache="relaxed")
+    machines.save(machines.Machine(name="dev", provider="qemu", mounts=[relaxed, Mount("/mnt/sda1/o", Path("/w/o"))]))
+    assert machines.load("dev").mounts == [relaxed, Mount("/mnt/sda1/o", Path("/w/o"), cache="fresh")]
+    made = machines.MadeMount("dev", "docker@127.0.0.1:/mnt/sda1/dev", 2022, "/w/dev", "/mnt/sda1/dev", "relaxed")
+    machines.record_mount(made)
+    assert machines.made_mounts("dev") == [made]
+    old = {k: v for k, v in made.to_dict().items() if k != "cache"}  # mounts.json of an older b2dkit
+    (paths.vm_dir("dev") / machines.MOUNTS).write_text(_json.dumps([old]))
+    assert [m.cache for m in machines.made_mounts("dev")] == ["fresh"]

@@ -263,6 +263,17 @@ def test_mounts_merge_by_guest_dir_and_persistent_dirs_by_value(tmp_path, parent
     assert p.mounts == [profile.Mount("/mnt/sda1/dev", Path.home() / "code")]
 
 
+def test_a_mount_is_fresh_unless_it_asks_for_relaxed_caching_and_an_override_can_change_it(tmp_path, parent):
+    base = child(tmp_path, "mounts: [{guest: /mnt/sda1/dev, host: /srv/dev, cache: relaxed}]\n")
+    assert base.mounts == [profile.Mount("/mnt/sda1/dev", Path("/srv/dev"), cache="relaxed"),
+                           profile.Mount("/mnt/sda1/cache", Path("/srv/cache"))]
+    assert base.to_dict()["mounts"] == [{"guest": "/mnt/sda1/dev", "host": "/srv/dev", "cache": "relaxed"},
+                                        {"guest": "/mnt/sda1/cache", "host": "/srv/cache"}]  # the default unsaid
+    again = tmp_path / "again.yaml"  # mounts merge by guest dir: the extending file's item wins whole
+    again.write_text(f"extends: {tmp_path / 'child.yaml'}\nmounts: [{{guest: /mnt/sda1/dev, host: /srv/dev}}]\n")
+    assert profile.check_file(again).mounts[0] == profile.Mount("/mnt/sda1/dev", Path("/srv/dev"), cache="fresh")
+
+
 def test_iso_is_replaced_as_a_whole(tmp_path, parent):
     p = child(tmp_path, "iso: {path: images/b2d.iso}\n")
     assert p.iso == profile.IsoSource(path=tmp_path.resolve() / "images" / "b2d.iso")
@@ -396,6 +407,11 @@ BAD = [
     ("mounts: [{guest: /home/docker/src, host: /src}]", ["mounts[0].guest", "'/home/docker/src'", "reboot"]),
     ("mounts: [{guest: /mnt/sda1/src, host: src}]", ["mounts[0].host", "'src'", "relative"]),
     ("mounts: [{guest: /mnt/sda1/src}]", ["mounts[0]", "missing key 'host'"]),
+    ("mounts: [{guest: /mnt/sda1/src, host: /src, cache: relax}]",
+     ["mounts[0].cache", "'relax'", "did you mean 'relaxed'", "fresh", "within 1 s"]),
+    ("mounts: [{guest: /mnt/sda1/src, host: /src, cache: true}]", ["mounts[0].cache", "True (boolean)"]),
+    ("mounts: [{guest: /mnt/sda1/src, cache: relaxed, remove: true}]", ["mounts[0].cache", "only guest"]),
+    ("mounts: [{guest: /mnt/sda1/src, host: /src, caching: relaxed}]", ["mounts[0].caching", "did you mean 'cache'"]),
     ("iso: {urls: [https://x/b2d.iso], sha256: abc123}", ["iso.sha256", "'abc123'", "64 hex"]),
     ("iso: {urls: [https://x/b2d.iso], sha256: " + "g" * 64 + "}", ["iso.sha256", "g" * 64]),
     ("iso: {urls: [https://x/b2d.iso]}", ["iso.sha256", "missing"]),

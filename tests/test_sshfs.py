@@ -54,6 +54,33 @@ def test_argv_has_no_password_and_quotes_paths_for_fuse_and_ssh():
     assert not any("password" in a.lower() for a in argv)
 
 
+def _cache_options(cache):
+    argv = sshfs.sshfs_argv("127.0.0.1", 2022, "/k/id", "/k/known_hosts", "/mnt/sda1/dev", "/w/dev", cache=cache)
+    return [o for o in argv[argv.index("-o") + 1].split(",") if o.split("=")[0].endswith(("_timeout", "_cache"))]
+
+
+def test_each_profile_cache_mode_has_its_options_and_the_default_is_fresh():
+    from b2dkit.profile import MOUNT_CACHES
+
+    assert set(sshfs._CACHE_OPTIONS) == set(MOUNT_CACHES)
+    assert sshfs.sshfs_argv("h", 1, "k", "kh", "/r", "/l") == sshfs.sshfs_argv("h", 1, "k", "kh", "/r", "/l",
+                                                                               cache="fresh")
+    assert _cache_options("fresh") == ["dcache_timeout=0", "entry_timeout=1", "attr_timeout=0"]
+    # relaxed: sshfs 9 s (to the end of the second, + 9) and the kernel 10 s on top: the 20 s bound
+    assert _cache_options("relaxed") == ["dcache_timeout=9", "entry_timeout=10", "attr_timeout=10",
+                                         "negative_timeout=10"]
+    assert sshfs.RELAXED_BOUND == 20
+    for cache in MOUNT_CACHES:  # contents are never kept across opens (see check_bound's same-size reopen)
+        assert not {"kernel_cache", "auto_cache"} & set(_cache_options(cache))
+
+
+def test_an_unknown_cache_mode_is_a_bug_not_a_silent_default():
+    from b2dkit.errors import InternalError
+
+    with pytest.raises(InternalError, match="'lazy'"):
+        sshfs.sshfs_argv("h", 1, "k", "kh", "/r", "/l", cache="lazy")
+
+
 def test_missing_sshfs_names_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ToolMissing, match="apt-get install sshfs"):
@@ -109,8 +136,8 @@ def _where(live):
     return [live[k] for k in keys]
 
 
-def _mount(live):
-    return sshfs.mount(*_where(live), user=live["user"])
+def _mount(live, cache="fresh"):
+    return sshfs.mount(*_where(live), user=live["user"], cache=cache)
 
 
 def _remount(live):
@@ -213,6 +240,29 @@ def test_a_change_on_either_side_is_seen_on_the_other_within_a_second(live):
 
     sshfsrule.check_one_second_rule(local, write, lambda name: (remote / name).unlink(),
                                     lambda name: (remote / name).read_text())
+
+
+def test_a_relaxed_mount_shows_the_hosts_own_writes_on_the_host_at_once(live):
+    """Long caches must never hide what the host itself just wrote (sshfs and the kernel drop
+    what a write, create, rename or unlink through the mount touches)."""
+    remote = Path(live["remote_dir"])
+    _mount(live, cache="relaxed")
+    sshfsrule.check_host_writes(live["local_dir"], lambda name: (remote / name).read_text())
+
+
+@pytest.mark.slow
+def test_a_relaxed_mount_shows_a_guest_change_within_its_bound_and_no_sooner_than_a_fresh_one(live):
+    """docs/architecture.md's bound for cache: relaxed, at its worst moment (about 90 s)."""
+    local, remote = live["local_dir"], Path(live["remote_dir"])
+    _mount(live, cache="relaxed")
+
+    def write(name, text):
+        (remote / name).write_text(text)
+        return int((remote / name).stat().st_mtime)
+
+    took = sshfsrule.check_bound(local, write, lambda name: (remote / name).unlink(),
+                                 held=sshfs.RELAXED_SSHFS, bound=sshfs.RELAXED_BOUND)
+    print(took)
 
 
 def test_a_host_dir_on_a_read_only_disk_is_a_mount_error_not_a_traceback(small_fs, tmp_path):
