@@ -14,6 +14,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from ports import free_port
 
 MAGIC = b"boot2docker, please format-me"
 BOOT_COMPLETE = "b2dkit-guest: boot complete"
@@ -21,11 +22,6 @@ GUEST_HTTP_PORT = 8000
 DISK_BYTES = 512 << 20
 BOOT_TIMEOUT = 180
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_format_me_disk(path: Path, public_key: bytes, size: int = DISK_BYTES) -> bytes:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from b2dkit import sshkeys
+from ports import free_port
 
 # One user per checkout: test runs of two clones on one machine must not overwrite each
 # other's authorized_keys (that made either run's SSH tests fail at random).
@@ -32,11 +33,6 @@ def _need(condition, reason):
     if not condition:
         pytest.skip(reason)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _descendants(root: int):

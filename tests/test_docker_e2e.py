@@ -29,6 +29,7 @@ from b2dkit.main import make_program
 from cli import run, run_failing, task
 from jsonschemas import validate
 from waiting import wait_for
+from ports import free_port as _free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -92,13 +93,6 @@ ports: {{auto: {{allow: [{AUTO_ALLOW}]}}}}
     qemuclean.kill_all(root)
     mp.undo()
 
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ from b2dkit import doctor, paths
 from b2dkit import profile as profiles
 import cli
 from fakevbox import install
+from ports import free_port
 
 QEMU = "qemu-system-x86_64"
 APT_QEMU = "sudo apt-get install qemu-system-x86 qemu-utils"
@@ -44,11 +45,6 @@ def only_on_path(tmp_path, monkeypatch, *programs):
     monkeypatch.setenv("PATH", str(bin_dir))
     return bin_dir
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_profile(tmp_path, *lines, name="doc"):

@@ -23,17 +23,13 @@ from b2dkit import paths
 from b2dkit.main import make_program
 import qemuclean
 from cli import run, run_failing
+from ports import free_port as _free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 VM = "e2e-cst"
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

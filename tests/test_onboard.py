@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import qemuclean
 from fakevbox import install
 from httpmirror import Mirror, Route
 from isofixtures import build_iso, tools_available
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CLOCK = "set the guest clock from the host"
@@ -62,11 +62,6 @@ class IsoMirror(Mirror):
     def iso_url(self):
         return self.url("/b2d.iso")
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sha256(path) -> str:

@@ -16,6 +16,7 @@ from b2dkit.hypervisors import get_provider
 from b2dkit.hypervisors.base import MachineSpec, VMState
 from b2dkit.hypervisors.virtualbox.provider import VirtualBoxProvider
 from b2dkit.hypervisors.virtualbox.vboxmanage import RuleExists, VBoxLocked, VBoxManage, natpf_rule
+from ports import free_port
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOriginalKeyForTests b2dkit-test"
 
@@ -31,11 +32,6 @@ def iso(tmp_path):
     path.write_bytes(b"not really an iso")
     return path
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from b2dkit import machines, paths, tlscerts
 from cli import run, run_failing
 from conftest import ONE_VBOX_VERSION
 from fakevbox import install
+from ports import free_port as _free_port
 
 
 
@@ -46,11 +47,6 @@ def created(fake, iso, small, capsys):
     fake.reset_calls()
     return fake
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_create_makes_one_vm_within_the_call_budget_and_becomes_active(fake, iso, small, capsys):
