@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import threading
 from pathlib import Path
@@ -265,6 +266,27 @@ def test_process_alive_checks_marker_and_ignores_zombies(tmp_path):
         proc.kill()
         proc.wait()
     assert not qemu.process_alive(proc.pid)
+
+
+def test_a_qemu_started_under_another_spelling_of_its_folder_is_alive(tmp_path):
+    """B2DKIT_HOME through a symlink (/tmp is /private/tmp on macOS): the VM must not look dead, or
+    _pid() would delete the pid file and monitor socket of a QEMU that runs (seen in a test run)."""
+    real = tmp_path / "real" / "vms" / "a"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    script = "import time; time.sleep(30)"
+    proc = subprocess.Popen(["qemu-system-fake", "-c", script, "-pidfile", str(real / "qemu.pid")],
+                            executable=sys.executable)
+    try:
+        assert _exec_done(proc.pid, "qemu-system-fake")
+        other = tmp_path / "link" / "vms" / "a" / "qemu.pid"
+        assert qemu.process_alive(proc.pid, str(other))
+        assert not qemu.process_alive(proc.pid, str(tmp_path / "link" / "vms" / "b" / "qemu.pid"))
+        found = qemu.processes_by_pidfile(tmp_path / "link" / "vms")
+        assert [(pid, pidfile) for pid, pidfile, _ in found] == [(proc.pid, other)]
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_read_pid(tmp_path):

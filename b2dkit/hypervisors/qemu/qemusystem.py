@@ -327,7 +327,17 @@ def process_alive(pid: int, marker: Optional[str] = None) -> bool:
         argv = (proc / "cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError, IndexError):
         return False
-    return marker is None or os.fsencode(str(marker)) in argv
+    return marker is None or _names(argv, marker)
+
+
+def _names(argv: List[bytes], path: str) -> bool:
+    """``path`` is in ``argv``, as spelled or through symlinks (``/tmp`` is ``/private/tmp`` on macOS;
+    a B2DKIT_HOME reached by another spelling): a live VM must never look dead and lose its files."""
+    wanted = os.fsencode(path)
+    if wanted in argv:
+        return True
+    real, name = os.path.realpath(wanted), os.path.basename(wanted)
+    return any(arg.endswith(name) and os.path.realpath(arg) == real for arg in argv if arg)
 
 
 def processes_by_pidfile(under: Path) -> List[Tuple[int, Path, List[str]]]:
@@ -341,6 +351,7 @@ def processes_by_pidfile(under: Path) -> List[Tuple[int, Path, List[str]]]:
     if not proc.is_dir():
         return found
     prefix = os.fsencode(str(under)) + b"/"
+    real_prefix = os.fsencode(os.path.realpath(under)) + b"/"
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -351,7 +362,11 @@ def processes_by_pidfile(under: Path) -> List[Tuple[int, Path, List[str]]]:
         if b"-pidfile" not in argv[:-1] or not os.path.basename(argv[0]).startswith(b"qemu-system"):
             continue
         pidfile = argv[argv.index(b"-pidfile") + 1]
-        if pidfile.startswith(prefix) and process_alive(int(entry.name), os.fsdecode(pidfile)):
+        if not pidfile.startswith(prefix):
+            if not os.path.realpath(pidfile).startswith(real_prefix):
+                continue
+            pidfile = prefix + os.path.realpath(pidfile)[len(real_prefix):]  # named as the caller spells it
+        if process_alive(int(entry.name), os.fsdecode(pidfile)):
             found.append((int(entry.name), Path(os.fsdecode(pidfile)), [os.fsdecode(a) for a in argv if a]))
     return found
 
