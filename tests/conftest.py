@@ -22,6 +22,32 @@ def b2dkit_home(tmp_path, monkeypatch):
     return home
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed e2e test's report ends with what its guests said on their serial consoles (kernel,
+    boot and dockerd lines) and the host's load: when SSH to a guest hangs in CI, nothing else is left
+    to tell a wedged guest from a starved host (the VM folders go with the test's tmp dir)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed or "e2e" not in item.keywords:
+        return
+    home = os.environ.get("B2DKIT_HOME")
+    lines = [f"host load: {Path('/proc/loadavg').read_text().strip()}" if Path("/proc/loadavg").exists() else ""]
+    qemus = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]).startswith(b"qemu-system") and b"-pidfile" in argv[:-1]:
+            qemus.append(f"{cmdline.parent.name} {os.fsdecode(argv[argv.index(b'-pidfile') + 1])}")
+    lines.append(f"QEMUs running on the host: {'; '.join(qemus) or 'none'}")
+    for serial in sorted(Path(home).glob("data/vms/*/serial.log*")) if home else []:
+        tail = serial.read_text(errors="replace").splitlines()[-40:]
+        lines += [f"--- last {len(tail)} lines of {serial}", *tail]
+    report.sections.append(("guest serial consoles", "\n".join(lines)))
+
+
 @pytest.fixture(params=list(VERSIONS))
 def vbox_version(request, monkeypatch):
     """Every VirtualBox version the fake imitates (tests/fakevbox/versions.py), one run each."""

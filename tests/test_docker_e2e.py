@@ -69,6 +69,7 @@ memory: 1024
 cpus: 2
 disk: 4096
 iso: {{build: guest-docker}}
+boot_codes: {{loglevel: 4}}  # boot2docker's 3 hides hung tasks, RCU stalls and the OOM killer from the serial log
 forwards:
   - {{host: 2022, remove: true}}
   - {{host: 8000, remove: true}}
