@@ -323,7 +323,8 @@ def _until(condition, what="the follower's change"):
     return wait_for(condition, 20.0, what)
 
 
-def test_the_follower_follows_events_and_converges_after_the_daemon_comes_back(tmp_path, monkeypatch):
+def _followed_vm(tmp_path, monkeypatch):
+    """VM vm1 with a fake daemon on its Docker forward and two free allowed ports A < B."""
     from b2dkit import paths
     from b2dkit.forwards import pick_free_port
 
@@ -332,7 +333,11 @@ def test_the_follower_follows_events_and_converges_after_the_daemon_comes_back(t
     daemon = _Daemon("vm1")
     a = pick_free_port(start=8100, end=8999)
     b = pick_free_port(start=a + 1, end=8999)
-    vm = _Hypervisor([SSH, Forward(host_port=daemon.port, guest_port=2376)])
+    return daemon, a, b, _Hypervisor([SSH, Forward(host_port=daemon.port, guest_port=2376)])
+
+
+def test_the_follower_follows_events_and_converges_after_the_daemon_comes_back(tmp_path, monkeypatch):
+    daemon, a, b, vm = _followed_vm(tmp_path, monkeypatch)
     changed, log = [], []
     daemon.containers = [_container("web", a)]
     follower = autoports.Follower("vm1", vm, parse_allow(["8000-8999"]), log.append, lambda: changed.append(1))
@@ -362,16 +367,8 @@ def test_the_follower_follows_events_and_converges_after_the_daemon_comes_back(t
 
 
 def test_a_dismissed_port_stays_off_until_its_container_is_gone_then_a_new_one_gets_it(tmp_path, monkeypatch):
-    from b2dkit import paths
-    from b2dkit.forwards import pick_free_port
-
-    monkeypatch.setenv("B2DKIT_HOME", str(tmp_path))
-    paths.ensure_dir(paths.vm_dir("vm1"))
-    daemon = _Daemon("vm1")
-    a = pick_free_port(start=8100, end=8999)
-    b = pick_free_port(start=a + 1, end=8999)
+    daemon, a, b, vm = _followed_vm(tmp_path, monkeypatch)
     rule_a, rule_b = (autoports.auto_name("tcp", port) for port in (a, b))
-    vm = _Hypervisor([SSH, Forward(host_port=daemon.port, guest_port=2376)])
     log = []
     daemon.containers = [_container("web", a)]
     follower = autoports.Follower("vm1", vm, parse_allow(["8000-8999"]), log.append).start()
@@ -495,6 +492,7 @@ def auto_vm(request, tmp_path, monkeypatch, capsys, boot2docker_iso):
     from b2dkit import lifecycle, machines
     from cli import run
     from fakevbox import install
+    from ports import free_port
 
     provider, _, version = request.param.partition("-")
     fake = None
@@ -506,7 +504,7 @@ def auto_vm(request, tmp_path, monkeypatch, capsys, boot2docker_iso):
     shutil.copyfile(boot2docker_iso, iso)
     prof = tmp_path / "auto.yaml"
     prof.write_text(f"extends: default\nprovider: {provider}\ndisk: 1024\nports: {{auto: {{allow: [8000-8999]}}}}\n"
-                    "forwards:\n  - {host: 2022, remove: true}\n  - {host: 2122, guest: 22}\n")
+                    f"forwards:\n  - {{host: 2022, remove: true}}\n  - {{host: {free_port()}, guest: 22}}\n")
     run("vm.create", f"--profile={prof}", "--name=qa", f"--iso={iso}", "--no-start")
     machine = machines.load("qa")
     assert machine.auto_ports == ["8000-8999"] and machine.provider == provider
