@@ -31,17 +31,12 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.when != "call" or not report.failed or "e2e" not in item.keywords:
         return
+    import qemuclean
+
     home = os.environ.get("B2DKIT_HOME")
-    lines = [f"host load: {Path('/proc/loadavg').read_text().strip()}" if Path("/proc/loadavg").exists() else ""]
-    qemus = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if os.path.basename(argv[0]).startswith(b"qemu-system") and b"-pidfile" in argv[:-1]:
-            qemus.append(f"{cmdline.parent.name} {os.fsdecode(argv[argv.index(b'-pidfile') + 1])}")
-    lines.append(f"QEMUs running on the host: {'; '.join(qemus) or 'none'}")
+    mine = qemuclean.qemu_pids(Path(home)) if home else []
+    lines = [f"host load: {Path('/proc/loadavg').read_text().strip()}",
+             f"QEMUs running on the host: {qemuclean.qemu_pids() or 'none'} (this test's: {mine or 'none'})"]
     for serial in sorted(Path(home).glob("data/vms/*/serial.log*")) if home else []:
         tail = serial.read_text(errors="replace").splitlines()[-40:]
         lines += [f"--- last {len(tail)} lines of {serial}", *tail]

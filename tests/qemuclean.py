@@ -9,8 +9,9 @@ from typing import List, Optional
 from b2dkit.hypervisors.qemu import qemusystem
 
 
-def qemu_pids(root: Path) -> List[int]:
-    """PIDs of QEMU processes whose command line mentions ``root`` (ours, not other tests')."""
+def qemu_pids(root: Optional[Path] = None) -> List[int]:
+    """PIDs of QEMU processes whose command line mentions ``root`` (ours, not other tests'); all of them
+    without one."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -19,7 +20,8 @@ def qemu_pids(root: Path) -> List[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv and b"qemu-system" in argv[0] and any((str(root) + "/").encode() in a for a in argv):
+        mine = root is None or any((str(root) + "/").encode() in a for a in argv)
+        if argv and b"qemu-system" in argv[0] and mine:
             found.append(int(entry.name))
     return found
 
