@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from ports import free_port  # noqa: E402  (the tests' one: never the same port twice)
+
 import qemuclean  # noqa: E402  (the clean-up the tests use)
 
 from b2dkit import guest, paths  # noqa: E402
@@ -51,12 +53,6 @@ from b2dkit.hypervisors.qemu import provider as qemu_provider  # noqa: E402
 
 VM = "bootbench"
 BOOT_COMPLETE = b"b2dkit-guest: boot complete"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_task(*argv) -> None:

@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from ports import free_port  # noqa: E402  (the tests' one: never the same port twice)
 READY = "b2dkit-guest: docker: ready"
 TIMEOUT = 400
 
@@ -42,12 +45,6 @@ def builder():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def format_me_disk(path: Path, size: int = 4 << 30):

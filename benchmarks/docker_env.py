@@ -20,7 +20,6 @@ Run: .venv/bin/python benchmarks/docker_env.py [--rounds N] [--calls N]   (as ro
 import argparse
 import os
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,14 +29,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+
+from ports import free_port  # noqa: E402  (the tests' one: never the same port twice)
 DOCKER = "/usr/bin/docker"
 VM = "bench-docker"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def b2dkit(env, *argv, check=True) -> subprocess.CompletedProcess:

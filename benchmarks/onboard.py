@@ -17,7 +17,6 @@ Run: PYTHONPATH=. python benchmarks/onboard.py [--rounds 5]
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,16 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from ports import free_port  # noqa: E402  (the tests' one: never the same port twice)
+
 import qemuclean  # noqa: E402  (the clean-up the tests use)
 
 TARGET = 2.0
 VM = "bench-onboard"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def timed_process(argv, env) -> float:

@@ -6,13 +6,14 @@ Run: PYTHONPATH=. python benchmarks/vbox_calls.py [VERSION ...]
 """
 
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+
+from ports import free_port  # noqa: E402  (the tests' one: never the same port twice)
 
 import fakevbox  # noqa: E402
 from fakevbox.versions import VERSIONS  # noqa: E402
@@ -31,12 +32,6 @@ BUDGETS = {
     "stop": 4,
     "destroy": 4,
 }
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(versions=None):
