@@ -956,7 +956,7 @@ def mount_changes(mounts: List[Any], facts: MountFacts, remount: bool = False) -
         source = sshfs.source_of(facts.host, m.guest, GUEST_USER)
         if ours and current is not None and here is not None and current.alive and not remount \
                 and facts.port in (None, here.port) and here.source == source and here.cache == m.cache:
-            out.kept.append(f"{m.guest} already mounted on {local}" + _cache_note(m.cache))
+            out.kept.append(f"{m.guest} already mounted on {local}" + sshfs.cache_note(m.cache))
         elif ours and here is not None and here.cache != m.cache:  # sshfs takes its caching at mount only
             mode = f" (cache {here.cache} → {m.cache})"
             out.changes.append(Change(f"remount {m.guest} on {local}{mode}", "remount", m,
@@ -965,17 +965,10 @@ def mount_changes(mounts: List[Any], facts: MountFacts, remount: bool = False) -
             out.changes.append(Change(f"remount {m.guest} on {local}", "remount", m,
                                       past=f"remounted {m.guest} on {local}"))
         else:
-            note = _cache_note(m.cache)
+            note = sshfs.cache_note(m.cache)
             out.changes.append(Change(f"mount {m.guest} on {local} with sshfs{note}", "mount", m,
                                       past=f"mounted {m.guest} on {local}{note}"))
     return out
-
-
-def _cache_note(cache: str) -> str:
-    """Said only of a relaxed mount: the default needs no words."""
-    from . import sshfs
-
-    return "" if cache == "fresh" else f" (cache {cache}: changes in the VM seen within {sshfs.RELAXED_BOUND} s)"
 
 
 def mount_all(machine: Machine, log: Log = _quiet, remount: bool = False,

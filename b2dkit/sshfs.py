@@ -104,6 +104,11 @@ RELAXED_SSHFS = 9
 RELAXED_KERNEL = 10
 RELAXED_BOUND = RELAXED_SSHFS + 1 + RELAXED_KERNEL
 
+
+def cache_note(cache: str) -> str:
+    """What a mount's cache mode means to its user; said only of a relaxed mount: the default needs no words."""
+    return "" if cache == "fresh" else f" (cache {cache}: changes in the VM seen within {RELAXED_BOUND} s)"
+
 _CACHE_OPTIONS = {
     # A change made in the guest shows on the host within a second (tests/test_sshfs.py).
     # sshfs's cache (names, and attributes filled by each directory listing) stamps entries

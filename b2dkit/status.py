@@ -125,7 +125,7 @@ def render(info: dict) -> str:
     lines += autoports.render(info.get("auto_ports"))
     lines.append("mounts:" + ("" if info["mounts"] else " none"))
     for m in info["mounts"]:
-        lines.append(f"  {m['guest']} -> {m['host']}: {m['status']}")
+        lines.append("  " + render_mount(m))
     if info.get("watcher"):
         lines += render_watcher(info["watcher"])
     if info.get("log"):
@@ -185,15 +185,32 @@ def mounts(machine: Machine) -> List[dict]:
     for m in machine.mounts:
         local = lifecycle.mount_dir(m.host)
         cur = live.get(local)
+        row: dict = {"guest": m.guest, "host": local, "status": "not mounted", "cache": m.cache}
         if cur is None:
-            status = "not mounted"
+            pass
         elif local in mine and mine[local].source == cur.source:
-            status = cur.state
+            row["status"] = cur.state
+            if mine[local].cache != m.cache:  # sshfs takes its caching at mount: the profile's waits
+                row["mounted_cache"] = mine[local].cache
         else:  # the dir holds a mount, but not this VM's: never report it as ours
             owner = machines.mount_owner(local, cur.source)
-            status = f"mounted by VM {owner.vm!r}" if owner else f"holds another mount ({cur.source})"
-        rows.append({"guest": m.guest, "host": local, "status": status})
+            row.update(status="another mount", owner=owner.vm if owner else None, source=cur.source)
+        rows.append(row)
     return rows
+
+
+def render_mount(row: dict) -> str:
+    """One line of ``vm.mounts`` and ``vm.status``: state, and what its caching means for seeing VM changes."""
+    from . import sshfs
+
+    head = f"{row['guest']} -> {row['host']}: "
+    if row["status"] == "another mount":
+        owner = row.get("owner")
+        return head + (f"mounted by VM {owner!r}" if owner else f"holds another mount ({row['source']})")
+    if row.get("mounted_cache"):
+        return head + (f"{row['status']} with cache {row['mounted_cache']}; the profile says {row['cache']}: "
+                       "`b2dkit vm.mount` remounts it")
+    return head + row["status"] + sshfs.cache_note(row["cache"])
 
 
 ENV_SHELLS = ("bash", "fish", "powershell", "cmd")  # bash: any POSIX shell (sh, zsh)

@@ -2,7 +2,9 @@
 
 import pytest
 
-from b2dkit import guest, lifecycle, machines
+from jsonschemas import validate
+
+from b2dkit import guest, jsonout, lifecycle, machines
 from b2dkit.errors import GuestError
 from b2dkit.hypervisors.base import VMState
 
@@ -235,7 +237,11 @@ def test_a_vm_never_takes_or_unmounts_another_vms_mount_of_the_same_dir(two_vms)
     assert lifecycle.mount_all(a, endpoint=at).done == [f"mounted {a.mounts[0].guest} on {dev}"]
     out = lifecycle.mount_all(b, endpoint=at)
     assert out.kept == [] and len(out.warnings) == 1 and "VM 'a'" in out.warnings[0]
-    assert [r["status"] for r in status.mounts(b)] == ["mounted by VM 'a'"]
+    (row,) = status.mounts(b)
+    source = f"{lifecycle.GUEST_USER}@127.0.0.1:{a.mounts[0].guest}"
+    assert (row["status"], row["owner"], row["source"]) == ("another mount", "a", source)
+    assert status.render_mount(row) == f"{a.mounts[0].guest} -> {dev}: mounted by VM 'a'"
+    validate("vm.mounts", jsonout.vm_mounts("b", [row]))  # what `vm.mounts --json` prints for it
     assert [r["status"] for r in status.mounts(a)] == ["alive"]
     assert lifecycle.unmount_all(b).done == []  # vm.unmount --name=b / destroying b leaves a's mount
     assert _live(two_vms["work"]) == [dev]
@@ -244,6 +250,32 @@ def test_a_vm_never_takes_or_unmounts_another_vms_mount_of_the_same_dir(two_vms)
     # Now b may have it, and it is b's from then on.
     assert lifecycle.mount_all(b, endpoint=at).done and machines.made_mounts("a") == []
     assert lifecycle.unmount_all(a).done == [] and _live(two_vms["work"]) == [dev]
+
+
+def test_mounts_say_the_cache_mode_and_a_mode_the_live_mount_does_not_have_yet(two_vms):
+    from b2dkit import status
+    from b2dkit.profile import Mount
+
+    a, at, dev = two_vms["vms"]["a"], two_vms["endpoint"], str(two_vms["work"] / "dev")
+    guest_dir = a.mounts[0].guest
+    lifecycle.mount_all(a, endpoint=at)
+    (row,) = status.mounts(a)
+    assert (row["cache"], "mounted_cache" in row) == ("fresh", False)
+    assert status.render_mount(row) == f"{guest_dir} -> {dev}: alive"
+    # The profile now asks for relaxed: the live mount still caches as it was made, and says so.
+    a.mounts = [Mount(guest=guest_dir, host=two_vms["work"] / "dev", cache="relaxed")]
+    machines.save(a)
+    (row,) = status.mounts(a)
+    assert (row["cache"], row["mounted_cache"]) == ("relaxed", "fresh")
+    assert status.render_mount(row) == (f"{guest_dir} -> {dev}: alive with cache fresh; the profile says relaxed: "
+                                        "`b2dkit vm.mount` remounts it")
+    validate("vm.mounts", jsonout.vm_mounts("a", [row]))
+    assert lifecycle.mount_all(a, endpoint=at).done == [f"remounted {guest_dir} on {dev} (cache fresh → relaxed)"]
+    (row,) = status.mounts(a)
+    assert "mounted_cache" not in row
+    relaxed = "alive (cache relaxed: changes in the VM seen within 20 s)"
+    assert status.render_mount(row) == f"{guest_dir} -> {dev}: {relaxed}"
+    lifecycle.unmount_all(a)
 
 
 def test_a_mount_dropped_from_the_profile_is_unmounted(two_vms):

@@ -241,4 +241,4 @@ def mounts(c: Context, name: Optional[str] = None, json: bool = False) -> None:
     if not rows:
         say("no mounts in this VM's profile")
     for row in rows:
-        say(f"{row['guest']} -> {row['host']}: {row['status']}")
+        say(vmstatus.render_mount(row))
