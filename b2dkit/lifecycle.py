@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import forwards as fw
 from . import atomic, iso, machines, paths, sshkeys
@@ -914,7 +914,6 @@ class MountFacts:
     owners: Dict[str, Optional[machines.MadeMount]]  # local dir -> the VM whose mount holds it
     host: str
     port: Optional[int]
-    feeds_down: FrozenSet[str] = frozenset()  # local dirs of our watched mounts whose supervisor is gone
 
 
 def mount_facts(machine: Machine, endpoint: Optional[Tuple[str, Optional[int]]] = None) -> MountFacts:
@@ -922,15 +921,11 @@ def mount_facts(machine: Machine, endpoint: Optional[Tuple[str, Optional[int]]] 
     query); (host, None) for a VM that does not exist yet."""
     from . import sshfs
 
-    from . import mountfeed
-
     live = {str(m.local_dir): m for m in sshfs.list_mounts()}
     mine = {r.local_dir: r for r in machines.made_mounts(machine.name)}
     owners = {local: machines.mount_owner(local, m.source) for local, m in live.items() if local not in mine}
     host, port = endpoint or provider_for(machine).ssh_endpoint()
-    down = frozenset(local for local, made in mine.items() if made.cache == "watched" and local in live
-                     and not mountfeed.running(paths.vm_dir(machine.name), local))  # fmt: skip
-    return MountFacts(live, mine, owners, host, None if port is None else int(port), down)
+    return MountFacts(live, mine, owners, host, None if port is None else int(port))
 
 
 def mount_changes(mounts: List[Any], facts: MountFacts, remount: bool = False) -> Decision:
@@ -960,12 +955,8 @@ def mount_changes(mounts: List[Any], facts: MountFacts, remount: bool = False) -
             continue
         source = sshfs.source_of(facts.host, m.guest, GUEST_USER)
         if ours and current is not None and here is not None and current.alive and not remount \
-                and facts.port in (None, here.port) and here.source == source and here.cache == m.cache \
-                and local not in facts.feeds_down:
+                and facts.port in (None, here.port) and here.source == source and here.cache == m.cache:
             out.kept.append(f"{m.guest} already mounted on {local}" + sshfs.cache_note(m.cache))
-        elif ours and local in facts.feeds_down and here is not None and here.cache == m.cache:
-            out.changes.append(Change(f"remount {m.guest} on {local} (its change feed stopped)", "remount", m,
-                                      past=f"remounted {m.guest} on {local} (its change feed stopped)"))
         elif ours and here is not None and here.cache != m.cache:  # sshfs takes its caching at mount only
             mode = f" (cache {here.cache} → {m.cache})"
             out.changes.append(Change(f"remount {m.guest} on {local}{mode}", "remount", m,
@@ -1029,7 +1020,7 @@ def apply_mounts(machine: Machine, facts: MountFacts, decided: Decision) -> Outc
                     machines.forget_mount(machine.name, local)
                 source = sshfs.source_of(facts.host, m.guest, GUEST_USER)
                 sshfs.mount(facts.host, facts.port, key_path(machine.name), known_hosts_path(machine.name),
-                            m.guest, local, user=GUEST_USER, cache=m.cache, state_dir=paths.vm_dir(machine.name))
+                            m.guest, local, user=GUEST_USER, cache=m.cache)
                 machines.record_mount(machines.MadeMount(machine.name, source, facts.port, local, m.guest, m.cache))
             out.done.append(change.done)
         except B2dkitError as exc:

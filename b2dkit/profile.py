@@ -78,7 +78,7 @@ FORWARD_KEYS = ("host", "guest", "proto", "host_ip", "force", "remove")
 MOUNT_KEYS = ("guest", "host", "cache", "remove")
 # How long a mount may show the guest's old state (sshfs.py has the options and the bounds):
 # fresh, the default: within 1 s; relaxed: up to 20 s, for faster warm stat walks (opt-in).
-MOUNT_CACHES = ("fresh", "relaxed", "watched")
+MOUNT_CACHES = ("fresh", "relaxed")
 PERSISTENT_KEYS = ("path", "remove")
 PORTS_MODES = ("auto", "manual")  # ports: auto | manual | {auto: true | false | {allow: [...]}}
 _REMOVE = object()  # marks "drop the inherited item" inside a layer
@@ -748,8 +748,7 @@ def _check_cache(check: _Checker, where: str, value: object) -> str:
         close = difflib.get_close_matches(text, MOUNT_CACHES, n=1)
         tip = f" (did you mean {close[0]!r}?)" if close else ""
         raise check.error(where, f"unknown cache mode {text!r}{tip}: use fresh (changes in the VM seen within 1 s, "
-                                 "the default), relaxed (up to 20 s, faster repeated stat walks) or watched "
-                                 "(both: the VM reports its changes; Linux, b2dkit's guest)")
+                                 "the default) or relaxed (up to 20 s, faster repeated stat walks)")
     return text
 
 

@@ -139,9 +139,8 @@ def _repair_clock(session: guest.GuestSession, result: Repair) -> None:
 
 
 def _repair_mounts(machine: Machine, endpoint: Tuple[str, int], steps: List[Step]) -> None:
-    """Remount each profile mount that is mounted but does not answer, or is watched by a change feed
-    that stopped (list.append is thread-safe)."""
-    from . import lifecycle, mountfeed, sshfs
+    """Remount each profile mount that is mounted but does not answer (list.append is thread-safe)."""
+    from . import lifecycle, sshfs
 
     host, port = endpoint
     made = {r.local_dir: r for r in machines.made_mounts(machine.name)}
@@ -150,24 +149,16 @@ def _repair_mounts(machine: Machine, endpoint: Tuple[str, int], steps: List[Step
         current = sshfs.find_mount(local, check=False)
         if current is None:
             continue
+        state, detail = sshfs.probe(local, timeout=1.0)
+        if state == "alive":
+            continue
+        t0 = time.monotonic()
+        user = current.source.split("@", 1)[0] or DEFAULT_USER  # remount it as it was
         record = made.get(str(current.local_dir))
         cache = record.cache if record is not None else m.cache  # its record is kept, so keep its mode
-        state, detail = sshfs.probe(local, timeout=1.0)
-        t0 = time.monotonic()
-        if state == "alive":
-            if cache != "watched" or mountfeed.running(paths.vm_dir(machine.name), current.local_dir):
-                continue
-            detail = "its change feed stopped"
-            try:
-                sshfs.unmount(local, lazy=True)  # alive: remount would keep it as it is
-            except B2dkitError as exc:
-                steps.append(Step(f"could not remount {local}: {exc}", time.monotonic() - t0, ok=False))
-                continue
-        user = current.source.split("@", 1)[0] or DEFAULT_USER  # remount it as it was
         try:
             sshfs.remount(host, port, lifecycle.key_path(machine.name),
-                          lifecycle.known_hosts_path(machine.name), m.guest, local, user=user, cache=cache,
-                          state_dir=paths.vm_dir(machine.name))
+                          lifecycle.known_hosts_path(machine.name), m.guest, local, user=user, cache=cache)
             steps.append(Step(f"remounted {local} ({detail})", time.monotonic() - t0))
         except B2dkitError as exc:
             steps.append(Step(f"could not remount {local}: {exc}", time.monotonic() - t0, ok=False))

@@ -23,7 +23,6 @@ from typing import Dict, List, Optional, Tuple
 from . import guest, install
 from .boot2docker import DEFAULT_USER
 from .errors import GuestError, InternalError, MountError, ToolMissing
-from .mountfeed import WATCHED_KERNEL
 from .paths import StrPath
 
 PROBE_TIMEOUT = 2.0
@@ -107,9 +106,7 @@ RELAXED_BOUND = RELAXED_SSHFS + 1 + RELAXED_KERNEL
 
 
 def cache_note(cache: str) -> str:
-    """What a mount's cache mode means to its user; the default needs no words."""
-    if cache == "watched":
-        return " (cache watched: the VM reports its changes, seen within 1 s)"
+    """What a mount's cache mode means to its user; said only of a relaxed mount: the default needs no words."""
     return "" if cache == "fresh" else f" (cache {cache}: changes in the VM seen within {RELAXED_BOUND} s)"
 
 _CACHE_OPTIONS = {
@@ -134,10 +131,6 @@ _CACHE_OPTIONS = {
     # made within one second for good, which no time bound covers.
     "relaxed": [f"dcache_timeout={RELAXED_SSHFS}", f"entry_timeout={RELAXED_KERNEL}",
                 f"attr_timeout={RELAXED_KERNEL}", f"negative_timeout={RELAXED_KERNEL}"],
-    # The kernel keeps everything WATCHED_KERNEL s and mountfeed.py drops what the VM changes;
-    # sshfs's own copy is the fresh one (to the end of its second), dropped by that second pass.
-    "watched": ["dcache_timeout=0", f"entry_timeout={WATCHED_KERNEL}", f"attr_timeout={WATCHED_KERNEL}",
-                f"negative_timeout={WATCHED_KERNEL}"],
 }
 
 
@@ -254,13 +247,12 @@ def find_mount(local_dir: StrPath, check: bool = True) -> Optional[MountInfo]:
 
 
 def mount(host: str, port: int, key_path: StrPath, known_hosts_path: StrPath, remote_dir: str, local_dir: StrPath,
-          user: str = DEFAULT_USER, cache: str = "fresh", state_dir: Optional[Path] = None) -> str:
+          user: str = DEFAULT_USER, cache: str = "fresh") -> str:
     """Mount guest ``remote_dir`` at host ``local_dir``; "mounted" or "already mounted" (in
     whatever cache mode: the mount table does not say; lifecycle.mount_changes knows from its record).
 
     The host dir is created if needed; a non-empty one is refused, because mounting over
     it would hide its files (and an editor saving there would write into the void).
-    ``cache: watched`` mounts through mountfeed's supervisor, whose files go in ``state_dir``.
     """
     require_sshfs()
     local = Path(local_dir).expanduser()
@@ -287,13 +279,6 @@ def mount(host: str, port: int, key_path: StrPath, known_hosts_path: StrPath, re
                          "choose a host dir you can write to") from None
     if not guest.pinned_keys(known_hosts_path, host, port):
         _diagnose(host, port, key_path, known_hosts_path, user, source, local)  # pins on first contact
-    if cache == "watched":
-        from . import mountfeed
-
-        if state_dir is None:
-            raise InternalError("a watched mount needs the VM's folder for its supervisor's files")
-        mountfeed.start(state_dir, host, port, key_path, known_hosts_path, remote_dir, local, user)
-        return "mounted"
     argv = sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, local, user, cache)
     try:
         returncode, _, stderr = _run(argv, timeout=MOUNT_TIMEOUT)
@@ -312,53 +297,6 @@ def mount(host: str, port: int, key_path: StrPath, known_hosts_path: StrPath, re
         _diagnose(host, port, key_path, known_hosts_path, user, source, local)
         raise MountError(f"cannot mount {source} on {local}: {lines[-1] if lines else 'sshfs failed'}")
     return "mounted"
-
-
-def fuse_fd(local_dir: Path, source: str) -> int:
-    """Mount an empty FUSE filesystem on ``local_dir`` with fusermount3 and take its /dev/fuse
-    descriptor (libfuse's own hand-over: a socket in _FUSE_COMMFD). The mount table shows it as
-    sshfs shows its own (``source`` on ``fuse.sshfs``) once ``serve`` runs sshfs on it."""
-    import array
-    import socket
-
-    tool = shutil.which("fusermount3")
-    if tool is None:
-        raise ToolMissing(f"fusermount3 is not installed; {install.hint('fuse')}")
-    if "," in source or "\\" in source:
-        raise MountError(f"cannot mount {source} with cache: watched: its path has a comma or backslash; "
-                         "use cache: fresh")  # fmt: skip
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with ours, theirs:
-        env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
-        proc = subprocess.run([tool, "-o", f"rw,nosuid,nodev,fsname={source},subtype=sshfs", "--", str(local_dir)],
-                              env=env, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=MOUNT_TIMEOUT)  # fmt: skip
-        if proc.returncode != 0:
-            said = (proc.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
-            raise MountError(f"cannot mount {source} on {local_dir}: {said}")
-        fds = array.array("i")
-        _, ancillary, _, _ = ours.recvmsg(1, socket.CMSG_LEN(fds.itemsize))
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(data[: fds.itemsize])
-    if not fds:
-        raise MountError(f"cannot mount {source} on {local_dir}: fusermount3 handed over no descriptor")
-    return fds[0]
-
-
-def serve(fd: int, host: str, port: int, key_path: StrPath, known_hosts_path: StrPath, remote_dir: str,
-          user: str) -> Tuple[subprocess.Popen, str]:
-    """Run sshfs in the foreground on the FUSE descriptor ``fd`` (``/dev/fd/N``, libfuse >= 3.3) with
-    the watched mode's options: (its process, the file its stderr goes to)."""
-    argv = sshfs_argv(host, port, key_path, known_hosts_path, remote_dir, f"/dev/fd/{fd}", user, "watched")
-    err = tempfile.NamedTemporaryFile(prefix="b2dkit-sshfs-", suffix=".log", delete=False)
-    with err:
-        try:
-            proc = subprocess.Popen([*argv, "-f"], pass_fds=(fd,), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
-        except FileNotFoundError:
-            raise ToolMissing(f"sshfs is not installed; {install.hint('sshfs')}") from None
-    return proc, err.name
 
 
 def _diagnose(
@@ -393,7 +331,7 @@ def _lazy_unmount_quietly(local: Path) -> None:
 
 
 def remount(host: str, port: int, key_path: StrPath, known_hosts_path: StrPath, remote_dir: str, local_dir: StrPath,
-            user: str = DEFAULT_USER, cache: str = "fresh", state_dir: Optional[Path] = None) -> str:
+            user: str = DEFAULT_USER, cache: str = "fresh") -> str:
     """Make the mount work again after sleep or a VM reboot: "alive", "repaired" or "mounted"."""
     require_sshfs()
     local = Path(local_dir).expanduser()
@@ -410,6 +348,6 @@ def remount(host: str, port: int, key_path: StrPath, known_hosts_path: StrPath, 
         _run(_unmount_argv(local, lazy=True))
         if find_mount(local, check=False) is not None:
             raise MountError(f"cannot detach the stale mount at {local}; try `fusermount -uz {local}`")
-        mount(host, port, key_path, known_hosts_path, remote_dir, local, user, cache, state_dir)
+        mount(host, port, key_path, known_hosts_path, remote_dir, local, user, cache)
         return "repaired"
-    return mount(host, port, key_path, known_hosts_path, remote_dir, local, user, cache, state_dir)
+    return mount(host, port, key_path, known_hosts_path, remote_dir, local, user, cache)

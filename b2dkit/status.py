@@ -174,7 +174,7 @@ def list_all() -> List[dict]:
 
 
 def mounts(machine: Machine) -> List[dict]:
-    from . import mountfeed, sshfs
+    from . import sshfs
 
     try:
         live = {str(m.local_dir): m for m in sshfs.list_mounts()}
@@ -192,8 +192,6 @@ def mounts(machine: Machine) -> List[dict]:
             row["status"] = cur.state
             if mine[local].cache != m.cache:  # sshfs takes its caching at mount: the profile's waits
                 row["mounted_cache"] = mine[local].cache
-            if mine[local].cache == "watched":
-                row["feed"] = "running" if mountfeed.running(paths.vm_dir(machine.name), local) else "stopped"
         else:  # the dir holds a mount, but not this VM's: never report it as ours
             owner = machines.mount_owner(local, cur.source)
             row.update(status="another mount", owner=owner.vm if owner else None, source=cur.source)
@@ -212,11 +210,6 @@ def render_mount(row: dict) -> str:
     if row.get("mounted_cache"):
         return head + (f"{row['status']} with cache {row['mounted_cache']}; the profile says {row['cache']}: "
                        "`b2dkit vm.mount` remounts it")
-    if row.get("feed") == "stopped":
-        from .mountfeed import WATCHED_BOUND
-
-        return head + (f"{row['status']} (cache watched, but its change feed stopped: VM changes seen within "
-                       f"{WATCHED_BOUND} s; `b2dkit vm.mount` restarts it)")
     return head + row["status"] + sshfs.cache_note(row["cache"])
 
 

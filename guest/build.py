@@ -49,7 +49,7 @@ SOURCE_DATE_EPOCH = 1593388800
 PACKAGES = (
     "linux-image-amd64", "busybox-static", "dropbear-bin", "openssh-sftp-server", "e2fsprogs",
     "sudo", "libc6", "libpam-modules", "isolinux", "syslinux-common", "xorriso", "kmod",
-    "netcat-traditional", "inotify-tools",
+    "netcat-traditional",
 )
 
 # Dynamic programs copied with the libraries ldd finds: {path in guest: path on host}.
@@ -63,8 +63,6 @@ BINARIES = {
     "/usr/bin/sudo": "/usr/bin/sudo",
     # busybox's nc has no UDP: the UDP echo on port 53 (UDP forwards tested end to end).
     "/usr/bin/nc.traditional": "/bin/nc.traditional",
-    # The change feed of `cache: watched` mounts (b2dkit/mountfeed.py): busybox has no inotifyd here.
-    "/usr/bin/inotifywait": "/usr/bin/inotifywait",
     "/usr/libexec/sudo/sudoers.so": "/usr/libexec/sudo/sudoers.so",
     "/lib/x86_64-linux-gnu/security/pam_permit.so": "/lib/x86_64-linux-gnu/security/pam_permit.so",
     "/lib/x86_64-linux-gnu/security/pam_deny.so": "/lib/x86_64-linux-gnu/security/pam_deny.so",
@@ -73,8 +71,7 @@ SYMLINKS = {
     "/sbin/mkfs.ext4": "mke2fs",
     "/usr/lib/openssh/sftp-server": "../sftp-server",
 }
-GUEST_APT = ("busybox-static dropbear-bin openssh-sftp-server e2fsprogs sudo libpam-modules netcat-traditional "
-             "inotify-tools")
+GUEST_APT = "busybox-static dropbear-bin openssh-sftp-server e2fsprogs sudo libpam-modules netcat-traditional"
 HOST_FILES = {"/etc/mke2fs.conf": "/etc/mke2fs.conf"}
 
 # -- guest-docker: Docker Engine the boot2docker way, from Debian packages only ----------------

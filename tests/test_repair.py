@@ -2,17 +2,14 @@
 # ruff: noqa: F811  (fixtures imported from other test modules are re-bound as parameters)
 
 import json
-import os
 import shutil
-import signal
 import time
 from pathlib import Path
 
-import pytest
 from sshserver import ssh_keys, ssh_user, sshd, vm  # noqa: F401
 from test_sshfs import _kill_sshfs_for, _mount, _wait_state, live  # noqa: F401
 
-from b2dkit import guest, machines, mountfeed, paths, repair, sshfs, sshkeys
+from b2dkit import guest, machines, paths, repair, sshfs, sshkeys
 from b2dkit.profile import Mount
 
 
@@ -68,50 +65,3 @@ def test_an_unmounted_folder_is_left_alone(live, b2dkit_home):
         result = repair.repair(machine, session, (live["host"], live["port"]), by="test", reason="a look",
                                check_clock=False)  # fmt: skip
     assert not result.changed and sshfs.find_mount(live["local_dir"]) is None
-
-
-def _watched_machine(live, b2dkit_home):
-    if shutil.which("inotifywait") is None:
-        pytest.skip("watched mounts need inotifywait where the guest dir is")
-    machine = _machine_for(live, b2dkit_home)
-    machine.mounts = [Mount(guest=live["remote_dir"], host=Path(live["local_dir"]), cache="watched")]
-    machines.record_mount(machines.MadeMount("testvm", f"{live['user']}@127.0.0.1:{live['remote_dir']}", live["port"],
-                                             str(live["local_dir"]), live["remote_dir"], "watched"))
-    _mount(live, cache="watched")
-    return machine
-
-
-def _wait(condition, seconds=10.0):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
-def test_a_watched_mount_whose_change_feed_died_is_remounted_with_a_new_one(live, b2dkit_home):
-    machine = _watched_machine(live, b2dkit_home)
-    vm_dir, local = paths.vm_dir("testvm"), live["local_dir"]
-    pidfile, log = mountfeed.files(vm_dir, local)
-    old = int(pidfile.read_text())
-    os.kill(old, signal.SIGKILL)  # sshfs, its child, goes on serving: alive, but nobody drops stale names
-    _wait(lambda: not mountfeed.running(vm_dir, local))
-    assert sshfs.find_mount(local).alive
-    with _session(live) as session:
-        result = repair.repair(machine, session, (live["host"], live["port"]), by="test", reason="a look")
-    assert [s.what for s in result.steps] == [f"remounted {local} (its change feed stopped)"]
-    assert mountfeed.running(vm_dir, local) and int(pidfile.read_text()) != old
-    (Path(live["remote_dir"]) / "seen.txt").write_text("from the guest\n")
-    _wait(lambda: (local / "seen.txt").exists(), 2.0)
-    assert "mounted " in log.read_text()
-
-
-def test_a_watched_mount_whose_sshfs_died_ends_its_feed_and_is_remounted(live, b2dkit_home):
-    machine = _watched_machine(live, b2dkit_home)
-    vm_dir, local = paths.vm_dir("testvm"), live["local_dir"]
-    _kill_sshfs_for(Path("/dev/fd"))  # a watched mount's sshfs serves /dev/fd/N
-    _wait(lambda: not mountfeed.running(vm_dir, local))  # the supervisor ends with its sshfs
-    _wait_state(local, "stale")  # not a hang: the supervisor's descriptor went with it
-    with _session(live) as session:
-        result = repair.repair(machine, session, (live["host"], live["port"]), by="test", reason="sshfs died")
-    assert [s.what for s in result.steps] == [f"remounted {local} (not connected)"]
-    assert sshfs.find_mount(local).alive and mountfeed.running(vm_dir, local)

@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import sshfsrule
 from sshserver import ssh_keys, ssh_user, sshd, vm  # noqa: F401
 
-from b2dkit import guest, mountfeed, sshfs
+from b2dkit import guest, sshfs
 from b2dkit.errors import MountError, ToolMissing
 
 PROC_MOUNTS = (
@@ -138,7 +137,7 @@ def _where(live):
 
 
 def _mount(live, cache="fresh"):
-    return sshfs.mount(*_where(live), user=live["user"], cache=cache, state_dir=Path(live["known_hosts_path"]).parent)
+    return sshfs.mount(*_where(live), user=live["user"], cache=cache)
 
 
 def _remount(live):
@@ -272,77 +271,3 @@ def test_a_host_dir_on_a_read_only_disk_is_a_mount_error_not_a_traceback(small_f
     ro = small_fs(tmp_path / "ro", read_only=True)
     with pytest.raises(MountError, match="(?i)cannot create the mount point .*read-only"):
         sshfs.mount("127.0.0.1", 22, tmp_path / "key", tmp_path / "kh", "/mnt/sda1/dev", ro / "workspace" / "dev")
-
-
-# -- cache: watched (mountfeed.py): the kernel keeps what it saw, the guest's inotifywait drops it --
-
-
-@pytest.fixture
-def watched(live):
-    if shutil.which("inotifywait") is None:
-        pytest.skip("watched mounts need inotifywait where the guest dir is (apt-get install inotify-tools)")
-    assert _mount(live, cache="watched") == "mounted"
-    return live
-
-
-def _supervisor_running(live):
-    return mountfeed.running(Path(live["known_hosts_path"]).parent, live["local_dir"])
-
-
-def test_a_watched_mount_keeps_the_one_second_rule(watched):
-    local, remote = watched["local_dir"], Path(watched["remote_dir"])
-    info = sshfs.find_mount(local)
-    assert info.alive and info.source == f"{watched['user']}@127.0.0.1:{remote}"  # as sshfs's own mounts show
-    assert _supervisor_running(watched)
-
-    def write(name, text):
-        (remote / name).write_text(text)
-        return int((remote / name).stat().st_mtime)
-
-    sshfsrule.check_one_second_rule(local, write, lambda name: (remote / name).unlink(),
-                                    lambda name: (remote / name).read_text())
-    sshfsrule.check_host_writes(local, lambda name: (remote / name).read_text())
-
-
-@pytest.mark.parametrize("cache", ["watched", "fresh"])
-def test_a_watched_mount_answers_a_warm_stat_from_the_kernel_where_fresh_asks_sshfs(live, cache):
-    """What makes warm stat walks fast: with sshfs stopped, the kernel alone answers a watched mount."""
-    if shutil.which("inotifywait") is None:
-        pytest.skip("needs inotifywait")
-    local, remote = live["local_dir"], Path(live["remote_dir"])
-    (remote / "kept.txt").write_text("x")
-    _mount(live, cache=cache)
-    time.sleep(1.2)  # the feed's second pass for the write is over
-    os.stat(local / "kept.txt")
-    time.sleep(1.1)  # past sshfs's own second: only the kernel can still answer
-    (pid,) = _sshfs_pids(Path("/dev/fd") if cache == "watched" else local)  # watched: sshfs serves /dev/fd/N
-    os.kill(pid, signal.SIGSTOP)
-    got = {}
-    try:
-        asker = threading.Thread(target=lambda: got.update(size=os.stat(local / "kept.txt").st_size), daemon=True)
-        asker.start()
-        asker.join(2.0)
-        assert got.get("size") == (1 if cache == "watched" else None)
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    asker.join(10)
-    assert got == {"size": 1}
-
-
-def test_the_supervisor_ends_with_the_mount_and_a_new_mount_starts_another(watched):
-    local = watched["local_dir"]
-    assert sshfs.unmount(local)
-    deadline = time.monotonic() + 10
-    while _supervisor_running(watched) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _supervisor_running(watched) and sshfs.find_mount(local) is None
-    assert _mount(watched, cache="watched") == "mounted" and _supervisor_running(watched)
-
-
-def test_a_watched_mount_of_a_missing_guest_dir_is_one_line_and_leaves_nothing_mounted(live):
-    if shutil.which("inotifywait") is None:
-        pytest.skip("needs inotifywait")
-    live["remote_dir"] = live["remote_dir"] + "/nope"
-    with pytest.raises(MountError, match="^the guest dir does not exist"):
-        _mount(live, cache="watched")
-    assert sshfs.find_mount(live["local_dir"]) is None and not _supervisor_running(live)
