@@ -8,7 +8,8 @@ mount    the seed's own command, ``sshfs docker@localhost:/mnt/sda1/dev DIR -p P
          a fresh mount, warm = again right after), create+read of SMALL 1 KiB files, MB MiB
          sequential write and read (read after a fresh mount, so from the guest, not the page
          cache). Rounds alternate ABBA. Also checks each mount's correctness: a file written on
-         one side is seen on the other within 1 s (relaxed: within its documented bound).
+         one side is seen on the other within 1 s (relaxed: within its documented bound), and
+         prints two floors: the same tree on the host's disk, and one bulk listing over SSH.
 forward  HTTP to the guest's busybox httpd (port 8000): connect+GET latency of a small page and
          throughput of a BIG MiB file through QEMU's hostfwd, through an ``ssh -L`` tunnel (the
          seed's ``boot2docker ssh -L 8000:localhost:8000``), and from the guest to its own
