@@ -197,7 +197,7 @@ def _summary(run: _Run) -> None:
     for f in info["forwards"]:
         run.log(f"  forward  {f['host_ip']}:{f['host_port']} -> VM port {f['guest_port']}/{f['proto']}")
     for m in info["mounts"]:
-        run.log(f"  folder   {m['host']} <-> VM {m['guest']} ({m['status']})")
+        run.log(f"  folder   {m['host']} <-> VM {m['guest']}: {status.mount_state(m)}")
     cli = _cli()
     run.log(f"  ssh      {cli} vm.ssh      (or: {cli} vm.ssh -c 'date')")
     if any(f["guest_port"] == fw.DOCKER_TLS_PORT for f in info["forwards"]):

@@ -200,17 +200,21 @@ def mounts(machine: Machine) -> List[dict]:
 
 
 def render_mount(row: dict) -> str:
-    """One line of ``vm.mounts`` and ``vm.status``: state, and what its caching means for seeing VM changes."""
+    """One line of ``vm.mounts`` and ``vm.status``."""
+    return f"{row['guest']} -> {row['host']}: {mount_state(row)}"
+
+
+def mount_state(row: dict) -> str:
+    """A mount's state in words, and what its caching means for seeing the VM's changes."""
     from . import sshfs
 
-    head = f"{row['guest']} -> {row['host']}: "
     if row["status"] == "another mount":
         owner = row.get("owner")
-        return head + (f"mounted by VM {owner!r}" if owner else f"holds another mount ({row['source']})")
+        return f"mounted by VM {owner!r}" if owner else f"holds another mount ({row['source']})"
     if row.get("mounted_cache"):
-        return head + (f"{row['status']} with cache {row['mounted_cache']}; the profile says {row['cache']}: "
-                       "`b2dkit vm.mount` remounts it")
-    return head + row["status"] + sshfs.cache_note(row["cache"])
+        return (f"{row['status']} with cache {row['mounted_cache']}; the profile says {row['cache']}: "
+                "`b2dkit vm.mount` remounts it")
+    return row["status"] + sshfs.cache_note(row["cache"])
 
 
 ENV_SHELLS = ("bash", "fish", "powershell", "cmd")  # bash: any POSIX shell (sh, zsh)

@@ -505,7 +505,7 @@ class TestFreshRunThenReRuns:
         changed = int(re.search(r"changed this run: (\d+)", out).group(1))
         assert changed >= 5  # download, remaster, create, start, dirs/clock, mount
         assert f"forward  127.0.0.1:{world.ssh_port} -> VM port 22/tcp" in out
-        assert f"folder   {world.mount} <-> VM /mnt/sda1/dev (alive)" in out
+        assert f"folder   {world.mount} <-> VM /mnt/sda1/dev: alive" in out
         # This guest has no Docker daemon (no /etc/init.d/docker), so there is no docker line.
         assert "docker   " not in out and "Docker" not in out
         # The VM as a user would check it.
