@@ -109,6 +109,7 @@ def cache_note(cache: str) -> str:
     """What a mount's cache mode means to its user; said only of a relaxed mount: the default needs no words."""
     return "" if cache == "fresh" else f" (cache {cache}: changes in the VM seen within {RELAXED_BOUND} s)"
 
+
 _CACHE_OPTIONS = {
     # A change made in the guest shows on the host within a second (tests/test_sshfs.py).
     # sshfs's cache (names, and attributes filled by each directory listing) stamps entries

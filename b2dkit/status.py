@@ -186,13 +186,11 @@ def mounts(machine: Machine) -> List[dict]:
         local = lifecycle.mount_dir(m.host)
         cur = live.get(local)
         row: dict = {"guest": m.guest, "host": local, "status": "not mounted", "cache": m.cache}
-        if cur is None:
-            pass
-        elif local in mine and mine[local].source == cur.source:
+        if cur is not None and local in mine and mine[local].source == cur.source:
             row["status"] = cur.state
             if mine[local].cache != m.cache:  # sshfs takes its caching at mount: the profile's waits
                 row["mounted_cache"] = mine[local].cache
-        else:  # the dir holds a mount, but not this VM's: never report it as ours
+        elif cur is not None:  # the dir holds a mount, but not this VM's: never report it as ours
             owner = machines.mount_owner(local, cur.source)
             row.update(status="another mount", owner=owner.vm if owner else None, source=cur.source)
         rows.append(row)
